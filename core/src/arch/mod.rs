@@ -1,0 +1,188 @@
+//! Architectures: the [`Architecture`] trait and its implementations.
+//!
+//! An architecture defines the page geometry, the page-table walk, the register set and
+//! the event types. The walk reads page tables through [`PhysRead`], a small trait that
+//! knows nothing of `VmiCore`: the core hands it a reader that goes through the page
+//! cache, tests hand it a byte slice, and a hypervisor backend can hand it one that walks
+//! its second-level tables first.
+
+pub mod amd64;
+
+use core::fmt::Debug;
+
+use crate::access::MemoryAccess;
+use crate::addr::{Gfn, Pa, Va};
+use crate::error::{PageFault, VmiError};
+
+/// Reads little-endian page-table entries from guest-physical memory.
+///
+/// An implementation returns [`VmiError::OutOfBounds`] or [`VmiError::GfnNotPresent`] for
+/// an address outside guest memory (the walker turns both into a fault with reason
+/// [`FaultReason::OutOfMemory`](crate::FaultReason::OutOfMemory)); any other error ends
+/// the walk as it is.
+pub trait PhysRead {
+    /// Reads the 8 bytes at `pa`.
+    fn read_u64(&self, pa: Pa) -> Result<u64, VmiError>;
+
+    /// Reads the 4 bytes at `pa`.
+    fn read_u32(&self, pa: Pa) -> Result<u32, VmiError>;
+}
+
+/// Guest-physical memory as a byte slice starting at address zero.
+impl PhysRead for [u8] {
+    fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
+        let start = usize::try_from(pa.0).map_err(|_| VmiError::OutOfBounds(pa))?;
+        let bytes = start
+            .checked_add(8)
+            .and_then(|end| self.get(start..end))
+            .ok_or(VmiError::OutOfBounds(pa))?;
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(bytes);
+        Ok(u64::from_le_bytes(raw))
+    }
+
+    fn read_u32(&self, pa: Pa) -> Result<u32, VmiError> {
+        let start = usize::try_from(pa.0).map_err(|_| VmiError::OutOfBounds(pa))?;
+        let bytes = start
+            .checked_add(4)
+            .and_then(|end| self.get(start..end))
+            .ok_or(VmiError::OutOfBounds(pa))?;
+        let mut raw = [0u8; 4];
+        raw.copy_from_slice(bytes);
+        Ok(u32::from_le_bytes(raw))
+    }
+}
+
+impl<T: PhysRead + ?Sized> PhysRead for &T {
+    fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
+        (**self).read_u64(pa)
+    }
+
+    fn read_u32(&self, pa: Pa) -> Result<u32, VmiError> {
+        (**self).read_u32(pa)
+    }
+}
+
+/// The result of a successful page walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Translation {
+    /// The guest-physical address the virtual address maps to.
+    pub pa: Pa,
+    /// The size of the page that maps it, in bytes (4 KiB, 2 MiB, 4 MiB or 1 GiB on AMD64).
+    pub page_size: u64,
+    /// The effective rights, combined over every level: `R` always, `W` if every level
+    /// allows writes, `X` unless a level forbids execution.
+    pub access: MemoryAccess,
+    /// Whether every level allows user-mode access.
+    pub user: bool,
+}
+
+impl Translation {
+    /// The guest-physical base of the page.
+    pub const fn page_base(&self) -> Pa {
+        Pa(self.pa.0 & !(self.page_size.wrapping_sub(1)))
+    }
+}
+
+/// One entry the walker read, reported by [`Architecture::translate_observed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct WalkStep {
+    /// The level, 1 for the last-level page table.
+    pub level: u8,
+    /// The guest-physical address of the entry.
+    pub entry: Pa,
+    /// The raw entry.
+    pub value: u64,
+}
+
+/// An instruction-set architecture as the core sees it.
+pub trait Architecture: Sized + Send + Sync + 'static {
+    /// The base page size in bytes.
+    const PAGE_SIZE: u64;
+    /// log2 of [`Self::PAGE_SIZE`].
+    const PAGE_SHIFT: u32;
+    /// The mask of the page-number bits of an address (`!(PAGE_SIZE - 1)`).
+    const PAGE_MASK: u64;
+
+    /// The register set of one vCPU.
+    type Registers: Copy + Debug + Default + Send + Sync;
+    /// How the page tables are to be read (mode, physical address width, ...).
+    type Paging: Copy + Debug + Default + PartialEq + Send + Sync;
+    /// An event source a driver can enable or disable.
+    type EventMonitor: Copy + Debug + PartialEq + Send + Sync;
+    /// The architecture-specific part of an event.
+    type EventReason: Copy + Debug + Send + Sync;
+    /// An interrupt or exception to inject.
+    type Interrupt: Copy + Debug + Send + Sync;
+
+    /// The frame that holds `pa`.
+    #[inline]
+    fn gfn_from_pa(pa: Pa) -> Gfn {
+        Gfn(pa.0 >> Self::PAGE_SHIFT)
+    }
+
+    /// The first address of `gfn` (address bits above 64 are dropped).
+    #[inline]
+    fn pa_from_gfn(gfn: Gfn) -> Pa {
+        Pa(gfn.0.wrapping_shl(Self::PAGE_SHIFT))
+    }
+
+    /// The offset of `address` inside its page.
+    #[inline]
+    fn page_offset(address: u64) -> u64 {
+        address & !Self::PAGE_MASK
+    }
+
+    /// `va` rounded down to its page.
+    #[inline]
+    fn va_align_down(va: Va) -> Va {
+        Va(va.0 & Self::PAGE_MASK)
+    }
+
+    /// Translates `va` through the page tables rooted at `root`, read from `mem`.
+    ///
+    /// # Errors
+    /// [`VmiError::Translation`] with a [`PageFault`] that names the level, the entry and
+    /// the reason when the walk fails; any other error `mem` returns.
+    fn translate(
+        mem: &(impl PhysRead + ?Sized),
+        paging: &Self::Paging,
+        va: Va,
+        root: Pa,
+    ) -> Result<Translation, VmiError> {
+        Self::translate_observed(mem, paging, va, root, |_| {})
+    }
+
+    /// [`Self::translate`], calling `observe` with every entry read, in walk order.
+    ///
+    /// # Errors
+    /// As [`Self::translate`].
+    fn translate_observed(
+        mem: &(impl PhysRead + ?Sized),
+        paging: &Self::Paging,
+        va: Va,
+        root: Pa,
+        observe: impl FnMut(WalkStep),
+    ) -> Result<Translation, VmiError>;
+}
+
+/// A convenience: builds the error for a walk that stopped at `level`.
+pub(crate) const fn fault(
+    va: Va,
+    root: Pa,
+    level: u8,
+    entry: Pa,
+    value: u64,
+    reason: crate::FaultReason,
+) -> VmiError {
+    VmiError::Translation(PageFault {
+        va,
+        root,
+        level,
+        entry,
+        value,
+        reason,
+    })
+}

@@ -1,0 +1,1146 @@
+//! [`VmiCore`]: reads, writes and translations through the caches, over one driver.
+//!
+//! # Contract
+//! Every method that reads guest data (page tables, strings, structures) returns `Ok` or
+//! `Err` for any guest contents: it never panics, never loops without bound (strings stop
+//! at the configured length limit, walks at the level count) and never allocates more
+//! than the caller asked for (the `alloc` string methods allocate at most the limit).
+
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::time::Duration;
+
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use crate::access::{AccessContext, AddressContext, MemoryAccess, TranslationMechanism, VmiInfo};
+use crate::addr::{Gfn, Pa, Va, VcpuId, View};
+use crate::arch::{Architecture, PhysRead, Translation, WalkStep};
+use crate::cache::{CacheKey, CacheMetrics, ShardedLru, mix64};
+use crate::driver::{EventMonitorOf, InterruptOf, RegistersOf, VmiDriver};
+use crate::error::VmiError;
+use crate::event::{VmiEvent, VmiEventResponse};
+use crate::page::PageRef;
+
+/// The default cap on string reads, in bytes: 64 KiB.
+pub const DEFAULT_STRING_LENGTH_LIMIT: usize = 64 * 1024;
+
+/// Shards of each cache.
+const SHARDS: usize = 8;
+/// Entries per shard of the page cache.
+const GFN_PER_SHARD: usize = 32;
+/// Entries per shard of the translation cache.
+const V2P_PER_SHARD: usize = 64;
+
+/// The compile-time capacity of the page (GFN) cache.
+pub const GFN_CACHE_CAPACITY: usize = SHARDS * GFN_PER_SHARD;
+/// The compile-time capacity of the translation cache.
+pub const V2P_CACHE_CAPACITY: usize = SHARDS * V2P_PER_SHARD;
+
+/// The key of the translation cache: a root and a 4 KiB virtual page.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct TlbKey {
+    root: u64,
+    vpn: u64,
+}
+
+impl CacheKey for TlbKey {
+    #[inline]
+    fn hash64(&self) -> u64 {
+        mix64(self.root) ^ self.vpn
+    }
+}
+
+/// A cached translation of one 4 KiB virtual page: the frame of that page (whatever the
+/// leaf's size), the leaf's size, the effective rights, and the flush generation it
+/// belongs to.
+#[derive(Clone, Copy)]
+struct TlbEntry {
+    /// Page-aligned physical address; bits 0..=2 hold W, X and U.
+    frame: u64,
+    page_size: u64,
+    generation: u64,
+}
+
+const TLB_W: u64 = 1 << 0;
+const TLB_X: u64 = 1 << 1;
+const TLB_U: u64 = 1 << 2;
+
+/// The introspection core: one driver, a page cache, a translation cache.
+///
+/// `VmiCore` is `Send + Sync` when its driver and the driver's page handles are: one core
+/// serves every vCPU. Both caches are sharded behind spin locks. Writes through the core
+/// keep both caches true; changes the guest makes itself are not seen by the translation
+/// cache until it is flushed ([`VmiCore::flush_v2p_cache`], O(1), at each event).
+///
+/// # Examples
+/// See the crate documentation for a complete driver; with one in hand:
+/// ```ignore
+/// let core = VmiCore::new(driver);
+/// let pid = core.read_u32(AccessContext::paging(task + pid_offset, cr3))?;
+/// ```
+pub struct VmiCore<D: VmiDriver> {
+    driver: D,
+    paging: <D::Architecture as Architecture>::Paging,
+    gfn_cache: ShardedLru<Gfn, D::Page, SHARDS, GFN_PER_SHARD>,
+    gfn_cache_enabled: AtomicBool,
+    v2p_cache: ShardedLru<TlbKey, TlbEntry, SHARDS, V2P_PER_SHARD>,
+    v2p_cache_enabled: AtomicBool,
+    v2p_generation: AtomicU64,
+    string_limit: AtomicUsize,
+    next_gfn: AtomicU64,
+    created: Option<Duration>,
+}
+
+/// Reads page-table entries for the walker through the core's page path.
+struct CoreReader<'a, D: VmiDriver>(&'a VmiCore<D>);
+
+impl<D: VmiDriver> PhysRead for CoreReader<'_, D> {
+    #[inline]
+    fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
+        let mut raw = [0u8; 8];
+        self.0.read_physical_in_page(pa, &mut raw)?;
+        Ok(u64::from_le_bytes(raw))
+    }
+
+    #[inline]
+    fn read_u32(&self, pa: Pa) -> Result<u32, VmiError> {
+        let mut raw = [0u8; 4];
+        self.0.read_physical_in_page(pa, &mut raw)?;
+        Ok(u32::from_le_bytes(raw))
+    }
+}
+
+impl<D: VmiDriver> VmiCore<D> {
+    const PAGE_SIZE: u64 = <D::Architecture as Architecture>::PAGE_SIZE;
+    const PAGE_SHIFT: u32 = <D::Architecture as Architecture>::PAGE_SHIFT;
+
+    /// A core over `driver`, both caches enabled at full capacity, the architecture's
+    /// default paging, and the default string limit.
+    pub fn new(driver: D) -> Self {
+        let created = driver.now();
+        Self {
+            driver,
+            paging: Default::default(),
+            gfn_cache: ShardedLru::new(),
+            gfn_cache_enabled: AtomicBool::new(true),
+            v2p_cache: ShardedLru::new(),
+            v2p_cache_enabled: AtomicBool::new(true),
+            v2p_generation: AtomicU64::new(0),
+            string_limit: AtomicUsize::new(DEFAULT_STRING_LENGTH_LIMIT),
+            next_gfn: AtomicU64::new(0),
+            created,
+        }
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &D {
+        &self.driver
+    }
+
+    // ----- configuration -------------------------------------------------------------
+
+    /// Sets how page tables are read (AMD64: the paging mode, MAXPHYADDR, NXE, ...).
+    pub fn with_paging(mut self, paging: <D::Architecture as Architecture>::Paging) -> Self {
+        self.set_paging(paging);
+        self
+    }
+
+    /// Sets how page tables are read, and flushes the translation cache.
+    pub fn set_paging(&mut self, paging: <D::Architecture as Architecture>::Paging) {
+        self.paging = paging;
+        self.flush_v2p_cache();
+    }
+
+    /// How page tables are read.
+    pub fn paging(&self) -> &<D::Architecture as Architecture>::Paging {
+        &self.paging
+    }
+
+    /// Enables the page cache with an effective capacity of `size` entries (at most
+    /// [`GFN_CACHE_CAPACITY`]).
+    pub fn with_gfn_cache(self, size: usize) -> Self {
+        self.resize_gfn_cache(size);
+        self.enable_gfn_cache();
+        self
+    }
+
+    /// Enables the page cache.
+    pub fn enable_gfn_cache(&self) {
+        self.gfn_cache_enabled.store(true, Ordering::Relaxed);
+    }
+
+    /// Disables the page cache and drops its entries. Reads then go to
+    /// [`VmiDriver::read_physical`] directly: the fastest path for a driver whose memory
+    /// is mapped into this process.
+    pub fn disable_gfn_cache(&self) {
+        self.gfn_cache_enabled.store(false, Ordering::Relaxed);
+        self.gfn_cache.clear();
+    }
+
+    /// Sets the page cache's effective capacity (clamped to [`GFN_CACHE_CAPACITY`]).
+    pub fn resize_gfn_cache(&self, size: usize) {
+        self.gfn_cache.set_capacity(size);
+    }
+
+    /// Drops one frame from the page cache.
+    pub fn flush_gfn_cache_entry(&self, gfn: Gfn) {
+        self.gfn_cache.remove(&gfn);
+    }
+
+    /// Drops every frame from the page cache. O(capacity).
+    pub fn flush_gfn_cache(&self) {
+        self.gfn_cache.clear();
+    }
+
+    /// The page cache's counters.
+    pub fn gfn_cache_metrics(&self) -> CacheMetrics {
+        self.gfn_cache.metrics()
+    }
+
+    /// Enables the translation cache with an effective capacity of `size` entries (at
+    /// most [`V2P_CACHE_CAPACITY`]).
+    pub fn with_v2p_cache(self, size: usize) -> Self {
+        self.resize_v2p_cache(size);
+        self.enable_v2p_cache();
+        self
+    }
+
+    /// Enables the translation cache.
+    pub fn enable_v2p_cache(&self) {
+        self.v2p_cache_enabled.store(true, Ordering::Relaxed);
+    }
+
+    /// Disables the translation cache and flushes it.
+    pub fn disable_v2p_cache(&self) {
+        self.v2p_cache_enabled.store(false, Ordering::Relaxed);
+        self.flush_v2p_cache();
+    }
+
+    /// Sets the translation cache's effective capacity (clamped to
+    /// [`V2P_CACHE_CAPACITY`]).
+    pub fn resize_v2p_cache(&self, size: usize) {
+        self.v2p_cache.set_capacity(size);
+    }
+
+    /// Drops the cached translation of the page that holds `ctx.va` under `ctx.root`.
+    pub fn flush_v2p_cache_entry(&self, ctx: AddressContext) {
+        self.v2p_cache.remove(&TlbKey {
+            root: ctx.root.0,
+            vpn: ctx.va.0 >> Self::PAGE_SHIFT,
+        });
+    }
+
+    /// Drops every cached translation. O(1): the cache's generation moves on, and older
+    /// entries are never returned again.
+    pub fn flush_v2p_cache(&self) {
+        self.v2p_generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The translation cache's counters.
+    pub fn v2p_cache_metrics(&self) -> CacheMetrics {
+        self.v2p_cache.metrics()
+    }
+
+    /// Sets the default cap on string reads, in bytes.
+    pub fn with_read_string_length_limit(self, limit: usize) -> Self {
+        self.set_read_string_length_limit(limit);
+        self
+    }
+
+    /// The default cap on string reads, in bytes.
+    pub fn read_string_length_limit(&self) -> usize {
+        self.string_limit.load(Ordering::Relaxed)
+    }
+
+    /// Sets the default cap on string reads, in bytes.
+    pub fn set_read_string_length_limit(&self, limit: usize) {
+        self.string_limit.store(limit, Ordering::Relaxed);
+    }
+
+    // ----- the VM and its vCPUs ------------------------------------------------------
+
+    /// Time since the core was created, by the driver's clock.
+    ///
+    /// # Errors
+    /// [`VmiError::NotSupported`] when the driver has no clock.
+    pub fn elapsed(&self) -> Result<Duration, VmiError> {
+        match (self.created, self.driver.now()) {
+            (Some(start), Some(now)) => Ok(now.saturating_sub(start)),
+            _ => Err(VmiError::NotSupported("clock")),
+        }
+    }
+
+    /// Page geometry, highest frame, vCPU count.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn info(&self) -> Result<VmiInfo, VmiError> {
+        self.driver.info()
+    }
+
+    /// Pauses the VM.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn pause(&self) -> Result<(), VmiError> {
+        self.driver.pause()
+    }
+
+    /// Resumes the VM.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn resume(&self) -> Result<(), VmiError> {
+        self.driver.resume()
+    }
+
+    /// Pauses the VM until the guard is dropped or [`PauseGuard::resume`] is called.
+    ///
+    /// # Errors
+    /// As [`VmiCore::pause`].
+    pub fn pause_guard(&self) -> Result<PauseGuard<'_, D>, VmiError> {
+        self.driver.pause()?;
+        Ok(PauseGuard {
+            core: self,
+            armed: true,
+        })
+    }
+
+    /// The registers of a vCPU.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn registers(&self, vcpu: VcpuId) -> Result<RegistersOf<D>, VmiError> {
+        self.driver.registers(vcpu)
+    }
+
+    /// Sets the registers of a vCPU.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn set_registers(&self, vcpu: VcpuId, registers: RegistersOf<D>) -> Result<(), VmiError> {
+        self.driver.set_registers(vcpu, registers)
+    }
+
+    /// The rights of a frame in a view.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn memory_access(&self, gfn: Gfn, view: View) -> Result<MemoryAccess, VmiError> {
+        self.driver.memory_access(gfn, view)
+    }
+
+    /// Sets the rights of a frame in a view.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn set_memory_access(
+        &self,
+        gfn: Gfn,
+        view: View,
+        access: MemoryAccess,
+    ) -> Result<(), VmiError> {
+        self.driver.set_memory_access(gfn, view, access)
+    }
+
+    /// Allocates the next frame past the highest one in use. Each call returns a frame no
+    /// earlier call returned, even from several threads at once.
+    ///
+    /// # Errors
+    /// As the driver's; [`VmiError::CapacityExceeded`] if frame numbers run out.
+    pub fn allocate_next_available_gfn(&self) -> Result<Gfn, VmiError> {
+        let floor = self.driver.info()?.max_gfn.0.saturating_add(1);
+        self.next_gfn.fetch_max(floor, Ordering::Relaxed);
+        let gfn = self.next_gfn.fetch_add(1, Ordering::Relaxed);
+        if gfn >= u64::MAX >> Self::PAGE_SHIFT {
+            return Err(VmiError::CapacityExceeded);
+        }
+        self.driver.allocate_gfn(Gfn(gfn))?;
+        Ok(Gfn(gfn))
+    }
+
+    /// Allocates a specific frame.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn allocate_gfn(&self, gfn: Gfn) -> Result<(), VmiError> {
+        self.driver.allocate_gfn(gfn)?;
+        self.forget_frame(gfn);
+        Ok(())
+    }
+
+    /// Frees a frame; its cached page and every cached translation go too.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn free_gfn(&self, gfn: Gfn) -> Result<(), VmiError> {
+        self.driver.free_gfn(gfn)?;
+        self.forget_frame(gfn);
+        Ok(())
+    }
+
+    /// The default view.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn default_view(&self) -> Result<View, VmiError> {
+        self.driver.default_view()
+    }
+
+    /// Creates a view with `default_access` on every frame.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn create_view(&self, default_access: MemoryAccess) -> Result<View, VmiError> {
+        self.driver.create_view(default_access)
+    }
+
+    /// Destroys a view.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn destroy_view(&self, view: View) -> Result<(), VmiError> {
+        self.driver.destroy_view(view)
+    }
+
+    /// Switches every vCPU to `view`.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn switch_to_view(&self, view: View) -> Result<(), VmiError> {
+        self.driver.switch_to_view(view)?;
+        self.flush_gfn_cache();
+        self.flush_v2p_cache();
+        Ok(())
+    }
+
+    /// Maps `old_gfn` to the frame `new_gfn` inside `view`.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn change_view_gfn(&self, view: View, old_gfn: Gfn, new_gfn: Gfn) -> Result<(), VmiError> {
+        self.driver.change_view_gfn(view, old_gfn, new_gfn)?;
+        self.forget_frame(old_gfn);
+        Ok(())
+    }
+
+    /// Undoes [`VmiCore::change_view_gfn`].
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn reset_view_gfn(&self, view: View, gfn: Gfn) -> Result<(), VmiError> {
+        self.driver.reset_view_gfn(view, gfn)?;
+        self.forget_frame(gfn);
+        Ok(())
+    }
+
+    /// Enables an event source.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn monitor_enable(&self, monitor: EventMonitorOf<D>) -> Result<(), VmiError> {
+        self.driver.monitor_enable(monitor)
+    }
+
+    /// Disables an event source.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn monitor_disable(&self, monitor: EventMonitorOf<D>) -> Result<(), VmiError> {
+        self.driver.monitor_disable(monitor)
+    }
+
+    /// Injects an interrupt or exception into a vCPU.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn inject_interrupt(
+        &self,
+        vcpu: VcpuId,
+        interrupt: InterruptOf<D>,
+    ) -> Result<(), VmiError> {
+        self.driver.inject_interrupt(vcpu, interrupt)
+    }
+
+    /// The number of events waiting.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn events_pending(&self) -> Result<usize, VmiError> {
+        self.driver.events_pending()
+    }
+
+    /// The time spent handling events.
+    ///
+    /// # Errors
+    /// As the driver's.
+    pub fn event_processing_overhead(&self) -> Result<Duration, VmiError> {
+        self.driver.event_processing_overhead()
+    }
+
+    /// Waits up to `timeout` for events and answers each with `handler`.
+    ///
+    /// # Errors
+    /// As the driver's ([`VmiError::Timeout`] when nothing came).
+    pub fn wait_for_event(
+        &self,
+        timeout: Duration,
+        mut handler: impl FnMut(&VmiEvent<D::Architecture>) -> VmiEventResponse<D::Architecture>,
+    ) -> Result<(), VmiError> {
+        self.driver.wait_for_event(timeout, &mut handler)
+    }
+
+    /// Drops monitors, views and caches: back to a clean state.
+    ///
+    /// # Errors
+    /// As the driver's; the caches are flushed in any case.
+    pub fn reset_state(&self) -> Result<(), VmiError> {
+        self.flush_gfn_cache();
+        self.flush_v2p_cache();
+        self.driver.reset_state()
+    }
+
+    fn forget_frame(&self, gfn: Gfn) {
+        self.gfn_cache.remove(&gfn);
+        self.flush_v2p_cache();
+    }
+
+    // ----- translation ---------------------------------------------------------------
+
+    /// Translates a virtual address through the translation cache.
+    ///
+    /// # Errors
+    /// [`VmiError::Translation`] naming the level, entry and reason of the failure.
+    pub fn translate_address(&self, ctx: AddressContext) -> Result<Pa, VmiError> {
+        self.translate(ctx.va, ctx.root).map(|t| t.pa)
+    }
+
+    /// Resolves an access context to a guest-physical address (identity for direct
+    /// contexts).
+    ///
+    /// # Errors
+    /// As [`VmiCore::translate_address`].
+    pub fn translate_access_context(&self, ctx: AccessContext) -> Result<Pa, VmiError> {
+        match ctx.mechanism {
+            TranslationMechanism::Direct => Ok(Pa(ctx.address)),
+            TranslationMechanism::Paging { root } => {
+                self.translate(Va(ctx.address), root).map(|t| t.pa)
+            }
+        }
+    }
+
+    /// Translates `va` under `root`, through the translation cache, with the page size and
+    /// the effective rights.
+    ///
+    /// # Errors
+    /// As [`VmiCore::translate_address`].
+    #[inline]
+    pub fn translate(&self, va: Va, root: Pa) -> Result<Translation, VmiError> {
+        if !self.v2p_cache_enabled.load(Ordering::Relaxed) {
+            return self.translate_uncached(va, root);
+        }
+        let key = TlbKey {
+            root: root.0,
+            vpn: va.0 >> Self::PAGE_SHIFT,
+        };
+        let generation = self.v2p_generation.load(Ordering::Relaxed);
+        if let Some(entry) = self.v2p_cache.with(&key, |e| *e)
+            && entry.generation == generation
+        {
+            let mut access = MemoryAccess::R;
+            if entry.frame & TLB_W != 0 {
+                access |= MemoryAccess::W;
+            }
+            if entry.frame & TLB_X != 0 {
+                access |= MemoryAccess::X;
+            }
+            return Ok(Translation {
+                pa: Pa((entry.frame & !(Self::PAGE_SIZE - 1)) | (va.0 & (Self::PAGE_SIZE - 1))),
+                page_size: entry.page_size,
+                access,
+                user: entry.frame & TLB_U != 0,
+            });
+        }
+        let t = self.translate_uncached(va, root)?;
+        let mut frame = t.pa.0 & !(Self::PAGE_SIZE - 1);
+        if t.access.contains(MemoryAccess::W) {
+            frame |= TLB_W;
+        }
+        if t.access.contains(MemoryAccess::X) {
+            frame |= TLB_X;
+        }
+        if t.user {
+            frame |= TLB_U;
+        }
+        self.v2p_cache.insert(
+            key,
+            TlbEntry {
+                frame,
+                page_size: t.page_size,
+                generation,
+            },
+        );
+        Ok(t)
+    }
+
+    /// Walks the page tables for `va` under `root`, bypassing the translation cache (the
+    /// tables themselves are still read through the page cache).
+    ///
+    /// # Errors
+    /// As [`VmiCore::translate_address`].
+    pub fn translate_uncached(&self, va: Va, root: Pa) -> Result<Translation, VmiError> {
+        <D::Architecture as Architecture>::translate(&CoreReader(self), &self.paging, va, root)
+    }
+
+    /// Walks the page tables with an explicit paging configuration, calling `observe` on
+    /// every entry read (for a detailed walk). Bypasses the translation cache.
+    ///
+    /// # Errors
+    /// As [`VmiCore::translate_address`].
+    pub fn translate_with(
+        &self,
+        paging: &<D::Architecture as Architecture>::Paging,
+        va: Va,
+        root: Pa,
+        observe: impl FnMut(WalkStep),
+    ) -> Result<Translation, VmiError> {
+        <D::Architecture as Architecture>::translate_observed(
+            &CoreReader(self),
+            paging,
+            va,
+            root,
+            observe,
+        )
+    }
+
+    // ----- physical access -----------------------------------------------------------
+
+    /// Reads within one page of guest-physical memory.
+    #[inline]
+    fn read_physical_in_page(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
+        if !self.gfn_cache_enabled.load(Ordering::Relaxed) {
+            return self.driver.read_physical(pa, buf);
+        }
+        let gfn = Gfn(pa.0 >> Self::PAGE_SHIFT);
+        let offset = pa.0 & (Self::PAGE_SIZE - 1);
+        if let Some(result) = self
+            .gfn_cache
+            .with(&gfn, |page| page.read(offset, &mut *buf))
+        {
+            return result;
+        }
+        let page = self.driver.read_page(gfn)?;
+        let result = page.read(offset, buf);
+        self.gfn_cache.insert(gfn, page);
+        result
+    }
+
+    /// One frame, through the page cache.
+    ///
+    /// # Errors
+    /// As the driver's [`VmiDriver::read_page`].
+    pub fn read_page(&self, gfn: Gfn) -> Result<D::Page, VmiError> {
+        if self.gfn_cache_enabled.load(Ordering::Relaxed) {
+            if let Some(page) = self.gfn_cache.with(&gfn, Clone::clone) {
+                return Ok(page);
+            }
+            let page = self.driver.read_page(gfn)?;
+            self.gfn_cache.insert(gfn, page.clone());
+            Ok(page)
+        } else {
+            self.driver.read_page(gfn)
+        }
+    }
+
+    /// Resolves the page that holds `address` (translated for paging contexts).
+    #[inline]
+    fn resolve(&self, mechanism: TranslationMechanism, address: u64) -> Result<Pa, VmiError> {
+        match mechanism {
+            TranslationMechanism::Direct => Ok(Pa(address)),
+            TranslationMechanism::Paging { root } => {
+                self.translate(Va(address), root).map(|t| t.pa)
+            }
+        }
+    }
+
+    // ----- memory --------------------------------------------------------------------
+
+    /// Fills `buf` from guest memory at `ctx`, across as many pages as it spans.
+    ///
+    /// # Errors
+    /// The first failure: for a translation, the [`PageFault`](crate::PageFault) names the
+    /// first address that could not be read.
+    pub fn read(&self, ctx: AccessContext, buf: &mut [u8]) -> Result<(), VmiError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let address = ctx.address.wrapping_add(done as u64);
+            let in_page = (Self::PAGE_SIZE - (address & (Self::PAGE_SIZE - 1))) as usize;
+            let chunk = in_page.min(buf.len() - done);
+            let pa = self.resolve(ctx.mechanism, address)?;
+            let dst = buf
+                .get_mut(done..done + chunk)
+                .ok_or(VmiError::InvalidArgument("buffer range"))?;
+            self.read_physical_in_page(pa, dst)?;
+            done += chunk;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` to guest memory at `ctx`, across as many pages as it spans. The
+    /// written frames leave the page cache and the translation cache is flushed (a write
+    /// may change a page table), so no later read sees stale data.
+    ///
+    /// # Errors
+    /// The first failure; bytes before it have been written.
+    pub fn write(&self, ctx: AccessContext, data: &[u8]) -> Result<(), VmiError> {
+        let mut done = 0usize;
+        while done < data.len() {
+            let address = ctx.address.wrapping_add(done as u64);
+            let in_page = (Self::PAGE_SIZE - (address & (Self::PAGE_SIZE - 1))) as usize;
+            let chunk = in_page.min(data.len() - done);
+            let pa = self.resolve(ctx.mechanism, address)?;
+            let src = data
+                .get(done..done + chunk)
+                .ok_or(VmiError::InvalidArgument("buffer range"))?;
+            let result = self.driver.write_physical(pa, src);
+            self.forget_frame(Gfn(pa.0 >> Self::PAGE_SHIFT));
+            result?;
+            done += chunk;
+        }
+        Ok(())
+    }
+
+    /// Reads a `u8`.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_u8(&self, ctx: AccessContext) -> Result<u8, VmiError> {
+        let mut b = [0u8; 1];
+        self.read(ctx, &mut b)?;
+        Ok(b[0])
+    }
+
+    /// Reads a little-endian `u16`.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_u16(&self, ctx: AccessContext) -> Result<u16, VmiError> {
+        let mut b = [0u8; 2];
+        self.read(ctx, &mut b)?;
+        Ok(u16::from_le_bytes(b))
+    }
+
+    /// Reads a little-endian `u32`.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_u32(&self, ctx: AccessContext) -> Result<u32, VmiError> {
+        let mut b = [0u8; 4];
+        self.read(ctx, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// Reads a little-endian `u64`.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    #[inline]
+    pub fn read_u64(&self, ctx: AccessContext) -> Result<u64, VmiError> {
+        let mut b = [0u8; 8];
+        self.read(ctx, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Writes a `u8`.
+    ///
+    /// # Errors
+    /// As [`VmiCore::write`].
+    pub fn write_u8(&self, ctx: AccessContext, value: u8) -> Result<(), VmiError> {
+        self.write(ctx, &[value])
+    }
+
+    /// Writes a little-endian `u16`.
+    ///
+    /// # Errors
+    /// As [`VmiCore::write`].
+    pub fn write_u16(&self, ctx: AccessContext, value: u16) -> Result<(), VmiError> {
+        self.write(ctx, &value.to_le_bytes())
+    }
+
+    /// Writes a little-endian `u32`.
+    ///
+    /// # Errors
+    /// As [`VmiCore::write`].
+    pub fn write_u32(&self, ctx: AccessContext, value: u32) -> Result<(), VmiError> {
+        self.write(ctx, &value.to_le_bytes())
+    }
+
+    /// Writes a little-endian `u64`.
+    ///
+    /// # Errors
+    /// As [`VmiCore::write`].
+    pub fn write_u64(&self, ctx: AccessContext, value: u64) -> Result<(), VmiError> {
+        self.write(ctx, &value.to_le_bytes())
+    }
+
+    /// Reads an address of `width` bytes (4 or 8), zero-extended.
+    ///
+    /// # Errors
+    /// [`VmiError::InvalidAddressWidth`] for any other width; otherwise as
+    /// [`VmiCore::read`].
+    pub fn read_address(&self, ctx: AccessContext, width: u8) -> Result<u64, VmiError> {
+        match width {
+            4 => self.read_u32(ctx).map(u64::from),
+            8 => self.read_u64(ctx),
+            other => Err(VmiError::InvalidAddressWidth(other)),
+        }
+    }
+
+    /// Reads a 4-byte address.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_address32(&self, ctx: AccessContext) -> Result<u64, VmiError> {
+        self.read_u32(ctx).map(u64::from)
+    }
+
+    /// Reads an 8-byte address.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_address64(&self, ctx: AccessContext) -> Result<u64, VmiError> {
+        self.read_u64(ctx)
+    }
+
+    /// Reads a virtual address of `width` bytes (4 or 8).
+    ///
+    /// # Errors
+    /// As [`VmiCore::read_address`].
+    pub fn read_va(&self, ctx: AccessContext, width: u8) -> Result<Va, VmiError> {
+        self.read_address(ctx, width).map(Va)
+    }
+
+    /// Reads a 4-byte virtual address.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_va32(&self, ctx: AccessContext) -> Result<Va, VmiError> {
+        self.read_address32(ctx).map(Va)
+    }
+
+    /// Reads an 8-byte virtual address.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_va64(&self, ctx: AccessContext) -> Result<Va, VmiError> {
+        self.read_address64(ctx).map(Va)
+    }
+
+    /// Reads a plain-old-data structure.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_struct<T: FromBytes + IntoBytes>(&self, ctx: AccessContext) -> Result<T, VmiError> {
+        let mut value = T::new_zeroed();
+        self.read(ctx, value.as_mut_bytes())?;
+        Ok(value)
+    }
+
+    /// Writes a plain-old-data structure.
+    ///
+    /// # Errors
+    /// As [`VmiCore::write`].
+    pub fn write_struct<T: IntoBytes + Immutable>(
+        &self,
+        ctx: AccessContext,
+        value: &T,
+    ) -> Result<(), VmiError> {
+        self.write(ctx, value.as_bytes())
+    }
+
+    // ----- strings -------------------------------------------------------------------
+
+    /// The length of the next string chunk at `address`: never past the page, never past
+    /// `left`, and growing with `step` so short strings cost a short copy.
+    #[inline]
+    fn string_chunk(address: u64, left: usize, step: usize) -> usize {
+        let in_page = (Self::PAGE_SIZE - (address & (Self::PAGE_SIZE - 1))) as usize;
+        in_page.min(left).min(step)
+    }
+
+    /// Reads a NUL-terminated byte string into `buf`, at most `min(buf.len(), limit)`
+    /// bytes; returns the bytes before the NUL (or all that were read if none came).
+    /// Pages after the one holding the NUL are never touched.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`], for a page the string reaches into.
+    pub fn read_string_bytes_limited_into<'b>(
+        &self,
+        ctx: AccessContext,
+        limit: usize,
+        buf: &'b mut [u8],
+    ) -> Result<&'b [u8], VmiError> {
+        let cap = buf.len().min(limit);
+        let mut len = 0usize;
+        let mut step = 64usize;
+        while len < cap {
+            let address = ctx.address.wrapping_add(len as u64);
+            let chunk = Self::string_chunk(address, cap - len, step);
+            let dst = buf
+                .get_mut(len..len + chunk)
+                .ok_or(VmiError::InvalidArgument("buffer range"))?;
+            self.read(ctx.offset(len as u64), dst)?;
+            if let Some(nul) = dst.iter().position(|&b| b == 0) {
+                return buf
+                    .get(..len + nul)
+                    .ok_or(VmiError::InvalidArgument("buffer range"));
+            }
+            len += chunk;
+            step = step.saturating_mul(2);
+        }
+        buf.get(..len)
+            .ok_or(VmiError::InvalidArgument("buffer range"))
+    }
+
+    /// [`VmiCore::read_string_bytes_limited_into`] with the core's string limit.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_string_bytes_into<'b>(
+        &self,
+        ctx: AccessContext,
+        buf: &'b mut [u8],
+    ) -> Result<&'b [u8], VmiError> {
+        self.read_string_bytes_limited_into(ctx, self.read_string_length_limit(), buf)
+    }
+
+    /// A NUL-terminated UTF-8 string into `buf`, with the core's limit.
+    ///
+    /// # Errors
+    /// [`VmiError::InvalidUtf8`] if the bytes are not UTF-8; otherwise as
+    /// [`VmiCore::read`].
+    pub fn read_string_into<'b>(
+        &self,
+        ctx: AccessContext,
+        buf: &'b mut [u8],
+    ) -> Result<&'b str, VmiError> {
+        let bytes = self.read_string_bytes_into(ctx, buf)?;
+        core::str::from_utf8(bytes).map_err(|e| VmiError::InvalidUtf8 {
+            valid_up_to: e.valid_up_to(),
+        })
+    }
+
+    /// Reads a NUL-terminated UTF-16LE string into `buf` as code units, at most
+    /// `min(buf.len(), limit / 2)` units; returns the units before the NUL unit. The string
+    /// may start at an odd address and cross pages in the middle of a unit.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`], for a page the string reaches into.
+    pub fn read_wstring_bytes_limited_into<'b>(
+        &self,
+        ctx: AccessContext,
+        limit: usize,
+        buf: &'b mut [u16],
+    ) -> Result<&'b [u16], VmiError> {
+        let cap = buf.len().min(limit / 2);
+        let mut units = 0usize;
+        let mut step = 64usize;
+        let mut raw = [0u8; 256];
+        while units < cap {
+            let address = ctx.address.wrapping_add((units as u64) * 2);
+            let in_page = (Self::PAGE_SIZE - (address & (Self::PAGE_SIZE - 1))) as usize;
+            // Round up to whole units: a unit split by the page boundary needs its second
+            // byte from the next page anyway.
+            let bytes = ((in_page + 1) & !1)
+                .min((cap - units) * 2)
+                .min(step)
+                .min(raw.len());
+            let chunk = raw
+                .get_mut(..bytes)
+                .ok_or(VmiError::InvalidArgument("chunk"))?;
+            self.read(ctx.offset((units as u64) * 2), chunk)?;
+            for pair in chunk.chunks_exact(2) {
+                let [lo, hi] = *pair else { break };
+                let unit = u16::from_le_bytes([lo, hi]);
+                if unit == 0 {
+                    return buf
+                        .get(..units)
+                        .ok_or(VmiError::InvalidArgument("buffer range"));
+                }
+                if let Some(slot) = buf.get_mut(units) {
+                    *slot = unit;
+                }
+                units += 1;
+            }
+            step = step.saturating_mul(2);
+        }
+        buf.get(..units)
+            .ok_or(VmiError::InvalidArgument("buffer range"))
+    }
+
+    /// [`VmiCore::read_wstring_bytes_limited_into`] with the core's string limit.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_wstring_bytes_into<'b>(
+        &self,
+        ctx: AccessContext,
+        buf: &'b mut [u16],
+    ) -> Result<&'b [u16], VmiError> {
+        self.read_wstring_bytes_limited_into(ctx, self.read_string_length_limit(), buf)
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<D: VmiDriver> VmiCore<D> {
+    /// A NUL-terminated byte string, at most `limit` bytes (without the NUL). Allocates at
+    /// most `limit` bytes, growing as the string does.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_string_bytes_limited(
+        &self,
+        ctx: AccessContext,
+        limit: usize,
+    ) -> Result<alloc::vec::Vec<u8>, VmiError> {
+        let mut out = alloc::vec::Vec::new();
+        let mut step = 64usize;
+        while out.len() < limit {
+            let len = out.len();
+            let address = ctx.address.wrapping_add(len as u64);
+            let chunk = Self::string_chunk(address, limit - len, step);
+            out.resize(len + chunk, 0);
+            let dst = out
+                .get_mut(len..)
+                .ok_or(VmiError::InvalidArgument("buffer range"))?;
+            self.read(ctx.offset(len as u64), dst)?;
+            if let Some(nul) = dst.iter().position(|&b| b == 0) {
+                out.truncate(len + nul);
+                return Ok(out);
+            }
+            step = step.saturating_mul(2);
+        }
+        Ok(out)
+    }
+
+    /// A NUL-terminated byte string, capped by the core's limit.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_string_bytes(&self, ctx: AccessContext) -> Result<alloc::vec::Vec<u8>, VmiError> {
+        self.read_string_bytes_limited(ctx, self.read_string_length_limit())
+    }
+
+    /// A NUL-terminated string as lossy UTF-8, at most `limit` bytes.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_string_limited(
+        &self,
+        ctx: AccessContext,
+        limit: usize,
+    ) -> Result<alloc::string::String, VmiError> {
+        let bytes = self.read_string_bytes_limited(ctx, limit)?;
+        Ok(match alloc::string::String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => alloc::string::String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+    }
+
+    /// A NUL-terminated string as lossy UTF-8, capped by the core's limit.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_string(&self, ctx: AccessContext) -> Result<alloc::string::String, VmiError> {
+        self.read_string_limited(ctx, self.read_string_length_limit())
+    }
+
+    /// A NUL-terminated UTF-16LE string as code units, at most `limit` bytes.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_wstring_bytes_limited(
+        &self,
+        ctx: AccessContext,
+        limit: usize,
+    ) -> Result<alloc::vec::Vec<u16>, VmiError> {
+        let mut out = alloc::vec::Vec::new();
+        let mut block = [0u16; 512];
+        loop {
+            let done = out.len();
+            let want = (limit / 2).saturating_sub(done).min(block.len());
+            if want == 0 {
+                return Ok(out);
+            }
+            let dst = block
+                .get_mut(..want)
+                .ok_or(VmiError::InvalidArgument("block"))?;
+            let got =
+                self.read_wstring_bytes_limited_into(ctx.offset(done as u64 * 2), want * 2, dst)?;
+            let n = got.len();
+            out.extend_from_slice(got);
+            if n < want {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// A NUL-terminated UTF-16LE string as code units, capped by the core's limit.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_wstring_bytes(&self, ctx: AccessContext) -> Result<alloc::vec::Vec<u16>, VmiError> {
+        self.read_wstring_bytes_limited(ctx, self.read_string_length_limit())
+    }
+
+    /// A NUL-terminated UTF-16LE string as lossy text, at most `limit` bytes.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_wstring_limited(
+        &self,
+        ctx: AccessContext,
+        limit: usize,
+    ) -> Result<alloc::string::String, VmiError> {
+        let units = self.read_wstring_bytes_limited(ctx, limit)?;
+        Ok(alloc::string::String::from_utf16_lossy(&units))
+    }
+
+    /// A NUL-terminated UTF-16LE string as lossy text, capped by the core's limit.
+    ///
+    /// # Errors
+    /// As [`VmiCore::read`].
+    pub fn read_wstring(&self, ctx: AccessContext) -> Result<alloc::string::String, VmiError> {
+        self.read_wstring_limited(ctx, self.read_string_length_limit())
+    }
+}
+
+/// Keeps the VM paused; resumes it when dropped.
+///
+/// Dropping cannot report an error: call [`PauseGuard::resume`] to see whether resuming
+/// worked. A failure on drop is logged.
+#[must_use = "the VM resumes as soon as the guard is dropped"]
+pub struct PauseGuard<'a, D: VmiDriver> {
+    core: &'a VmiCore<D>,
+    armed: bool,
+}
+
+impl<D: VmiDriver> PauseGuard<'_, D> {
+    /// Resumes the VM now, reporting a failure.
+    ///
+    /// # Errors
+    /// As the driver's resume.
+    pub fn resume(mut self) -> Result<(), VmiError> {
+        self.armed = false;
+        self.core.driver.resume()
+    }
+}
+
+impl<D: VmiDriver> Drop for PauseGuard<'_, D> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Err(e) = self.core.driver.resume()
+        {
+            crate::fmt::log_warn!("resuming the VM failed: {:?}", e);
+        }
+    }
+}

@@ -1,0 +1,66 @@
+#!/bin/busybox sh
+# /init of the introvisor real-guest initramfs (see capture.sh, README.md).
+# Sets the guest up, starts a few user processes (one busy-spins so that a
+# stopped vCPU is almost surely running it), prints what the host needs to the
+# serial console between "@@BEGIN name" / "@@END name" markers, then "@@READY".
+/bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+# Keep kernel messages off the console while we print.
+echo 1 > /proc/sys/kernel/printk
+# Linux turns THP off on small guests; force it on (harmless otherwise).
+echo always > /sys/kernel/mm/transparent_hugepage/enabled
+echo always > /sys/kernel/mm/transparent_hugepage/defrag
+
+sleep 1000001 &
+sleep 1000002 &
+sleep 1000003 &
+# The spinner: first fills an 8 MiB shell variable (large anonymous memory,
+# a candidate for transparent huge pages), then spins in user mode forever.
+sh -c 'x=$(yes introvisor | head -c 8388608); while :; do :; done' &
+SPIN=$!
+
+# Wait until the spinner holds its 8 MiB (RSS over 8 MiB), at most ~60 s.
+i=0
+while [ $i -lt 120 ]; do
+    rss=$(awk '/^VmRSS:/ {print $2}' /proc/$SPIN/status 2>/dev/null)
+    [ -n "$rss" ] && [ "$rss" -gt 8192 ] && break
+    sleep 0.5
+    i=$((i + 1))
+done
+sleep 1
+
+section() { echo "@@BEGIN $1"; shift; "$@"; echo "@@END"; }
+
+section uname uname -a
+section cmdline cat /proc/cmdline
+section spinner echo "$SPIN"
+section maps cat /proc/$SPIN/maps
+section smaps cat /proc/$SPIN/smaps
+section status cat /proc/$SPIN/status
+section meminfo cat /proc/meminfo
+section iomem cat /proc/iomem
+section thp cat /sys/kernel/mm/transparent_hugepage/enabled
+section vmallocinfo cat /proc/vmallocinfo
+# kallsyms is ~100k lines: send named anchors plus every 25th text and every
+# 10th data/rodata/bss symbol of the kernel image (no modules are loaded).
+section kallsyms awk '
+    BEGIN {
+        split("_text _stext _etext _sdata _edata __bss_start __bss_stop _end " \
+              "__start_rodata __end_rodata _sinittext _einittext init_task " \
+              "init_mm init_top_pgt level4_kernel_pgt page_offset_base " \
+              "vmalloc_base vmemmap_base phys_base linux_banner " \
+              "startup_64 __per_cpu_offset pgdir_shift ptrs_per_p4d " \
+              "__pgtable_l5_enabled jiffies_64 idt_table", a, " ")
+        for (k in a) want[a[k]] = 1
+    }
+    want[$3] { print; next }
+    $2 ~ /^[Tt]$/ { if (nt++ % 25 == 0) print; next }
+    $2 ~ /^[DdBbRr]$/ { if (nd++ % 10 == 0) print; next }
+' /proc/kallsyms
+section ps ps
+echo "@@READY"
+while :; do sleep 3600; done
