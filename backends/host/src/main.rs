@@ -1,1 +1,3 @@
+//! The `introvisor` command-line tool (placeholder; the commands land next).
+
 fn main() {}

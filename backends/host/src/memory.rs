@@ -1,0 +1,363 @@
+//! Guest-physical memory held by this process: an owned buffer or a memory-mapped file,
+//! with a map from guest-physical ranges to offsets in that storage.
+//!
+//! # Contract
+//! Every access is bounds-checked against the ranges and the storage: for any address and
+//! length, a read or write returns `Ok` or [`VmiError::OutOfBounds`], and never panics or
+//! touches bytes outside the storage.
+
+use std::fs::File;
+use std::sync::{PoisonError, RwLock};
+
+use introvisor::{Pa, VmiError};
+
+/// One contiguous run of guest-physical memory and where its bytes live in the storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryRange {
+    /// The first guest-physical address.
+    pub start: Pa,
+    /// The length in bytes.
+    pub len: u64,
+    /// The offset of `start`'s byte in the storage (the file offset for a dump).
+    pub offset: u64,
+}
+
+impl MemoryRange {
+    /// The first address past the range (saturating).
+    pub fn end(&self) -> u64 {
+        self.start.0.saturating_add(self.len)
+    }
+}
+
+enum Storage {
+    Owned(Box<[u8]>),
+    Mapped(memmap2::Mmap),
+    OwnedWritable(RwLock<Box<[u8]>>),
+    MappedWritable(RwLock<memmap2::MmapMut>),
+}
+
+/// Guest-physical memory: storage plus the ranges that map guest addresses into it.
+///
+/// Read-only memory is read without any lock. Writable memory sits behind a `RwLock`:
+/// correct under concurrent writes, at the price of a lock per access.
+pub struct GuestMemory {
+    storage: Storage,
+    /// Sorted by `start`, non-overlapping, each inside the storage.
+    ranges: Vec<MemoryRange>,
+    /// The common case: one range at address 0, offset 0.
+    identity_len: Option<u64>,
+}
+
+impl GuestMemory {
+    /// Memory in a buffer: guest-physical address `n` is `bytes[n]`.
+    pub fn from_vec(bytes: Vec<u8>) -> Self {
+        let len = bytes.len() as u64;
+        Self::new(
+            Storage::Owned(bytes.into_boxed_slice()),
+            vec![MemoryRange {
+                start: Pa(0),
+                len,
+                offset: 0,
+            }],
+        )
+    }
+
+    /// Writable memory in a buffer.
+    pub fn from_vec_writable(bytes: Vec<u8>) -> Self {
+        let len = bytes.len() as u64;
+        Self::new(
+            Storage::OwnedWritable(RwLock::new(bytes.into_boxed_slice())),
+            vec![MemoryRange {
+                start: Pa(0),
+                len,
+                offset: 0,
+            }],
+        )
+    }
+
+    /// A file mapped read-only, with the given ranges (`None`: the whole file at address 0,
+    /// a raw dump).
+    ///
+    /// # Errors
+    /// The error of mapping the file.
+    pub fn map_file(file: &File, ranges: Option<Vec<MemoryRange>>) -> std::io::Result<Self> {
+        // SAFETY: the mapping is read-only and private to this process. Like every user of
+        // a memory-mapped file, we rely on no other process truncating or rewriting the
+        // dump while it is open; that is documented on `HostDriver::open_raw`.
+        let map = unsafe { memmap2::Mmap::map(file)? };
+        let len = map.len() as u64;
+        let ranges = ranges.unwrap_or_else(|| {
+            vec![MemoryRange {
+                start: Pa(0),
+                len,
+                offset: 0,
+            }]
+        });
+        Ok(Self::new(Storage::Mapped(map), ranges))
+    }
+
+    /// A file mapped for writing (changes go to the file), with the given ranges.
+    ///
+    /// # Errors
+    /// The error of mapping the file.
+    pub fn map_file_writable(
+        file: &File,
+        ranges: Option<Vec<MemoryRange>>,
+    ) -> std::io::Result<Self> {
+        // SAFETY: as in `map_file`; writes go through the RwLock, so this process never
+        // races with itself.
+        let map = unsafe { memmap2::MmapMut::map_mut(file)? };
+        let len = map.len() as u64;
+        let ranges = ranges.unwrap_or_else(|| {
+            vec![MemoryRange {
+                start: Pa(0),
+                len,
+                offset: 0,
+            }]
+        });
+        Ok(Self::new(Storage::MappedWritable(RwLock::new(map)), ranges))
+    }
+
+    fn new(storage: Storage, mut ranges: Vec<MemoryRange>) -> Self {
+        let storage_len = match &storage {
+            Storage::Owned(b) => b.len(),
+            Storage::Mapped(m) => m.len(),
+            Storage::OwnedWritable(l) => l.read().unwrap_or_else(PoisonError::into_inner).len(),
+            Storage::MappedWritable(l) => l.read().unwrap_or_else(PoisonError::into_inner).len(),
+        } as u64;
+        // Keep only what the storage really holds, sorted, without overlaps.
+        ranges.retain_mut(|r| {
+            let available = storage_len.saturating_sub(r.offset);
+            r.len = r.len.min(available);
+            r.len > 0
+        });
+        ranges.sort_by_key(|r| r.start);
+        let mut kept: Vec<MemoryRange> = Vec::with_capacity(ranges.len());
+        for mut r in ranges {
+            if let Some(prev) = kept.last() {
+                let prev_end = prev.end();
+                if r.start.0 < prev_end {
+                    let cut = prev_end - r.start.0;
+                    if cut >= r.len {
+                        continue;
+                    }
+                    r.start = Pa(prev_end);
+                    r.offset = r.offset.saturating_add(cut);
+                    r.len -= cut;
+                }
+            }
+            kept.push(r);
+        }
+        let identity_len = match kept.as_slice() {
+            [only] if only.start == Pa(0) && only.offset == 0 => Some(only.len),
+            _ => None,
+        };
+        Self {
+            storage,
+            ranges: kept,
+            identity_len,
+        }
+    }
+
+    /// The guest-physical ranges, sorted.
+    pub fn ranges(&self) -> &[MemoryRange] {
+        &self.ranges
+    }
+
+    /// The number of guest-physical bytes backed by storage.
+    pub fn size(&self) -> u64 {
+        self.ranges.iter().map(|r| r.len).sum()
+    }
+
+    /// The first address past the highest backed byte.
+    pub fn end(&self) -> u64 {
+        self.ranges.last().map_or(0, MemoryRange::end)
+    }
+
+    /// Whether writes are allowed.
+    pub fn is_writable(&self) -> bool {
+        matches!(
+            self.storage,
+            Storage::OwnedWritable(_) | Storage::MappedWritable(_)
+        )
+    }
+
+    /// The storage offset of `[pa, pa + len)`, if one range holds all of it.
+    #[inline]
+    pub fn offset_of(&self, pa: Pa, len: u64) -> Option<usize> {
+        let end = pa.0.checked_add(len)?;
+        if let Some(size) = self.identity_len {
+            return (end <= size).then_some(pa.0 as usize);
+        }
+        let index = self
+            .ranges
+            .partition_point(|r| r.start.0 <= pa.0)
+            .checked_sub(1)?;
+        let range = self.ranges.get(index)?;
+        if end > range.end() {
+            return None;
+        }
+        usize::try_from(range.offset.checked_add(pa.0 - range.start.0)?).ok()
+    }
+
+    /// Runs `f` on the storage bytes.
+    #[inline]
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        match &self.storage {
+            Storage::Owned(b) => f(b),
+            Storage::Mapped(m) => f(m),
+            Storage::OwnedWritable(l) => f(&l.read().unwrap_or_else(PoisonError::into_inner)),
+            Storage::MappedWritable(l) => f(&l.read().unwrap_or_else(PoisonError::into_inner)),
+        }
+    }
+
+    /// Copies storage bytes at `offset` into `buf`.
+    ///
+    /// # Errors
+    /// [`VmiError::OutOfBounds`] (reported at `pa`) if the storage is too short.
+    #[inline]
+    pub(crate) fn read_storage(
+        &self,
+        offset: usize,
+        pa: Pa,
+        buf: &mut [u8],
+    ) -> Result<(), VmiError> {
+        self.with_bytes(|bytes| {
+            let src = offset
+                .checked_add(buf.len())
+                .and_then(|end| bytes.get(offset..end))
+                .ok_or(VmiError::OutOfBounds(pa))?;
+            buf.copy_from_slice(src);
+            Ok(())
+        })
+    }
+
+    /// Copies guest-physical memory at `pa` into `buf`.
+    ///
+    /// # Errors
+    /// [`VmiError::OutOfBounds`] unless one range holds the whole of `[pa, pa + len)`.
+    #[inline]
+    pub fn read(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
+        let offset = self
+            .offset_of(pa, buf.len() as u64)
+            .ok_or(VmiError::OutOfBounds(pa))?;
+        self.read_storage(offset, pa, buf)
+    }
+
+    /// Copies `data` into guest-physical memory at `pa`.
+    ///
+    /// # Errors
+    /// [`VmiError::NotSupported`] for read-only memory; [`VmiError::OutOfBounds`] unless one
+    /// range holds the whole of `[pa, pa + len)`.
+    pub fn write(&self, pa: Pa, data: &[u8]) -> Result<(), VmiError> {
+        let offset = self
+            .offset_of(pa, data.len() as u64)
+            .ok_or(VmiError::OutOfBounds(pa))?;
+        let copy = |bytes: &mut [u8]| {
+            let dst = offset
+                .checked_add(data.len())
+                .and_then(|end| bytes.get_mut(offset..end))
+                .ok_or(VmiError::OutOfBounds(pa))?;
+            dst.copy_from_slice(data);
+            Ok(())
+        };
+        match &self.storage {
+            Storage::OwnedWritable(l) => {
+                copy(&mut l.write().unwrap_or_else(PoisonError::into_inner))
+            }
+            Storage::MappedWritable(l) => {
+                copy(&mut l.write().unwrap_or_else(PoisonError::into_inner))
+            }
+            Storage::Owned(_) | Storage::Mapped(_) => {
+                Err(VmiError::NotSupported("write to read-only memory"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_clipped_sorted_and_deoverlapped() {
+        let storage = Storage::Owned(vec![7u8; 100].into_boxed_slice());
+        let mem = GuestMemory::new(
+            storage,
+            vec![
+                MemoryRange {
+                    start: Pa(0x2000),
+                    len: 50,
+                    offset: 60,
+                }, // clipped to 40
+                MemoryRange {
+                    start: Pa(0x1000),
+                    len: 10,
+                    offset: 0,
+                },
+                MemoryRange {
+                    start: Pa(0x1005),
+                    len: 10,
+                    offset: 10,
+                }, // overlaps: trimmed
+                MemoryRange {
+                    start: Pa(0x9000),
+                    len: 10,
+                    offset: 500,
+                }, // outside: dropped
+            ],
+        );
+        assert_eq!(
+            mem.ranges(),
+            &[
+                MemoryRange {
+                    start: Pa(0x1000),
+                    len: 10,
+                    offset: 0
+                },
+                MemoryRange {
+                    start: Pa(0x100a),
+                    len: 5,
+                    offset: 15
+                },
+                MemoryRange {
+                    start: Pa(0x2000),
+                    len: 40,
+                    offset: 60
+                },
+            ]
+        );
+        let mut b = [0u8; 40];
+        assert!(mem.read(Pa(0x2000), &mut b).is_ok());
+        assert_eq!(
+            mem.read(Pa(0x2001), &mut b),
+            Err(VmiError::OutOfBounds(Pa(0x2001)))
+        );
+        assert_eq!(
+            mem.read(Pa(u64::MAX), &mut b[..2]),
+            Err(VmiError::OutOfBounds(Pa(u64::MAX)))
+        );
+        assert_eq!(
+            mem.read(Pa(0x500), &mut b[..1]),
+            Err(VmiError::OutOfBounds(Pa(0x500)))
+        );
+    }
+
+    #[test]
+    fn writes_need_writable_memory() {
+        let ro = GuestMemory::from_vec(vec![0; 16]);
+        assert!(matches!(
+            ro.write(Pa(0), &[1]),
+            Err(VmiError::NotSupported(_))
+        ));
+        let rw = GuestMemory::from_vec_writable(vec![0; 16]);
+        rw.write(Pa(15), &[9]).unwrap();
+        let mut b = [0u8; 1];
+        rw.read(Pa(15), &mut b).unwrap();
+        assert_eq!(b, [9]);
+        assert_eq!(
+            rw.write(Pa(15), &[1, 2]),
+            Err(VmiError::OutOfBounds(Pa(15)))
+        );
+    }
+}
