@@ -337,6 +337,27 @@ impl<K: CacheKey, V, const N: usize> Lru<K, V, N> {
         }
     }
 
+    /// Looks `key` up; counts a hit and promotes it only if `valid` accepts the value.
+    /// An entry `valid` rejects is removed and counted as a miss. O(1).
+    #[inline]
+    pub fn get_if(&mut self, key: &K, valid: impl FnOnce(&V) -> bool) -> Option<&V> {
+        let Some(index) = self.find(key) else {
+            self.misses = self.misses.wrapping_add(1);
+            return None;
+        };
+        if !self.slot(index).is_some_and(|s| valid(&s.value)) {
+            self.misses = self.misses.wrapping_add(1);
+            self.take(index);
+            return None;
+        }
+        self.hits = self.hits.wrapping_add(1);
+        if self.head != index {
+            self.unlink_list(index);
+            self.push_front(index);
+        }
+        self.slot(index).map(|s| &s.value)
+    }
+
     /// Looks `key` up without changing the order or the counters. O(1).
     pub fn peek(&self, key: &K) -> Option<&V> {
         self.find(key).and_then(|i| self.slot(i)).map(|s| &s.value)
@@ -458,6 +479,16 @@ impl<K: CacheKey, V, const S: usize, const N: usize> ShardedLru<K, V, S, N> {
     pub fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
         let mut shard = self.shard(key)?.lock();
         shard.get(key).map(f)
+    }
+
+    /// Copies out the value of `key` if `valid` accepts it, as [`Lru::get_if`]. O(1).
+    #[inline]
+    pub fn get_if(&self, key: &K, valid: impl FnOnce(&V) -> bool) -> Option<V>
+    where
+        V: Copy,
+    {
+        let mut shard = self.shard(key)?.lock();
+        shard.get_if(key, valid).copied()
     }
 
     /// Inserts or replaces `key`; returns what made room, as [`Lru::insert`]. O(1).

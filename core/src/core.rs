@@ -543,9 +543,7 @@ impl<D: VmiDriver> VmiCore<D> {
             vpn: va.0 >> Self::PAGE_SHIFT,
         };
         let generation = self.v2p_generation.load(Ordering::Relaxed);
-        if let Some(entry) = self.v2p_cache.with(&key, |e| *e)
-            && entry.generation == generation
-        {
+        if let Some(entry) = self.v2p_cache.get_if(&key, |e| e.generation == generation) {
             let mut access = MemoryAccess::R;
             if entry.frame & TLB_W != 0 {
                 access |= MemoryAccess::W;

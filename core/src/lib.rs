@@ -115,3 +115,8 @@ pub use self::driver::VmiDriver;
 pub use self::error::{FaultReason, PageFault, VmiError};
 pub use self::event::{VmiEvent, VmiEventFlags, VmiEventResponse, VmiEventResponseFlags};
 pub use self::page::PageRef;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -177,7 +177,7 @@ bitflags::bitflags! {
 pub struct Paging {
     /// The paging mode.
     pub mode: PagingMode,
-    /// MAXPHYADDR, the physical-address width (CPUID 0x8000_0008 EAX[7:0]); clamped to
+    /// MAXPHYADDR, the physical-address width (CPUID 0x8000_0008, EAX bits 7:0); clamped to
     /// 32..=52 by the walker. Address bits at or above it in a present entry are reserved.
     pub max_phys_addr: u8,
     /// EFER.NXE: bit 63 of an entry is XD when set, reserved when clear (64-bit entries).
@@ -185,7 +185,7 @@ pub struct Paging {
     /// CR4.PSE: whether a 32-bit PDE with PS = 1 maps a 4 MiB page.
     pub pse: bool,
     /// PAE only: the four PDPTEs as the processor holds them (in the VMCS for a
-    /// hypervisor). When `None`, they are read from memory at CR3[31:5].
+    /// hypervisor). When `None`, they are read from memory at CR3 bits 31:5.
     pub pdptes: Option<[u64; 4]>,
 }
 
