@@ -72,11 +72,8 @@ const TLB_U: u64 = 1 << 2;
 /// cache until it is flushed ([`VmiCore::flush_v2p_cache`], O(1), at each event).
 ///
 /// # Examples
-/// See the crate documentation for a complete driver; with one in hand:
-/// ```ignore
-/// let core = VmiCore::new(driver);
-/// let pid = core.read_u32(AccessContext::paging(task + pid_offset, cr3))?;
-/// ```
+/// The [crate documentation](crate) builds a complete driver over a byte slice and reads
+/// a string through a 4-level walk; `introvisor-host` has ready-made drivers.
 pub struct VmiCore<D: VmiDriver> {
     driver: D,
     paging: <D::Architecture as Architecture>::Paging,

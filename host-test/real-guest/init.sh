@@ -11,6 +11,8 @@ mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 # Keep kernel messages off the console while we print.
 echo 1 > /proc/sys/kernel/printk
+# Real (unhashed) kernel pointers in /proc/vmallocinfo for root.
+echo 1 > /proc/sys/kernel/kptr_restrict
 # Linux turns THP off on small guests; force it on (harmless otherwise).
 echo always > /sys/kernel/mm/transparent_hugepage/enabled
 echo always > /sys/kernel/mm/transparent_hugepage/defrag

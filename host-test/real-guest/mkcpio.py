@@ -8,6 +8,7 @@ a /dev/console character device (5,1) so the kernel can give /init a console
 before devtmpfs is mounted. Made without root and reproducibly (mtime 0).
 """
 import gzip
+import os
 import stat
 import sys
 
@@ -45,7 +46,6 @@ def main():
             for ino, (name, mode, data, rdev) in enumerate(items, start=1):
                 entry(out, ino, name, mode, data, rdev)
             entry(out, 0, "TRAILER!!!", 0)
-    import os
     os.replace(out_path + ".tmp", out_path)
 
 

@@ -525,11 +525,16 @@ def capture(args, qemu_argv):
             except Exception:
                 pass
             q.close()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            try:
+                proc.wait(timeout=10 if q is not None else 0.1)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         qlog.close()
 
 
@@ -569,9 +574,13 @@ def with_vm(args, q, proc, serial_text):
         raise Fail("guest is not in long mode with paging: CR0=%x EFER=%x"
                    % (regs["CR0"], regs["EFER"]))
 
+    scratch = os.path.join(out, ".scratch")
+
     def memsave(va, n):
         path = os.path.join(scratch, "v.bin")
-        q.cmd("memsave", val=va, size=n, filename=path, **{"cpu-index": 0})
+        # QMP's 'val' is an int64: kernel addresses go as negative numbers.
+        sval = va - (1 << 64) if va >> 63 else va
+        q.cmd("memsave", val=sval, size=n, filename=path, **{"cpu-index": 0})
         with open(path, "rb") as f:
             return f.read()
 
@@ -581,7 +590,6 @@ def with_vm(args, q, proc, serial_text):
         with open(path, "rb") as f:
             return f.read()
 
-    scratch = os.path.join(out, ".scratch")
     layout = {}
     for name in ("page_offset_base", "vmalloc_base", "vmemmap_base"):
         layout[name] = struct.unpack("<Q", memsave(symaddr[name], 8))[0]
@@ -602,10 +610,11 @@ def with_vm(args, q, proc, serial_text):
     def in_ram(pa):
         return any(s <= pa < e for s, e in ram)
 
-    def gpa_of(va):
+    def gpa_of(va, cat):
+        # helper queries for the pages a read touches join the read's category
         if va not in result:
             result[va] = translate(q, va)
-            picker.add(picker.cat.get(va & ~0xFFF) or "extra", va)
+            picker.add(cat, va)
         return result[va][0]
 
     quotas = {"ktext": 70, "kdata": 50, "directmap": 60, "vmalloc": 30,
@@ -628,9 +637,7 @@ def with_vm(args, q, proc, serial_text):
         cur, left = va, n
         while left:
             take = min(left, PAGE - (cur & 0xFFF))
-            # classify the helper queries like the address they serve
-            picker.cat.setdefault(cur, cat)
-            pa = gpa_of(cur)
+            pa = gpa_of(cur, cat)
             if pa is None or not in_ram(pa):
                 pieces = None
                 break
@@ -676,12 +683,12 @@ def check_and_write(args, serial_text, sec, regs_text, regs, layout, g,
     try:
         for va in picker.order:
             pa, raw = result[va]
-            w = walk(dump, cr3, mode, va)
-            if (w[0] if w else None) != pa:
+            wk = walk(dump, cr3, mode, va)
+            if (wk[0] if wk else None) != pa:
                 problems.append("walk of dump disagrees with gva2gpa at 0x%x:"
-                                " %s vs %r" % (va, w and hex(w[0]), raw))
-            if w:
-                sizes[va] = w[1]
+                                " %s vs %r" % (va, wk and hex(wk[0]), raw))
+            if wk:
+                sizes[va] = wk[1]
         for va, n, data, pieces in byte_rows:
             got = b"".join(dump.read(pa, take) for pa, take in pieces)
             if got != data:

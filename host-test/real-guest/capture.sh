@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Capture two real Linux guests (4-level and 5-level paging) under QEMU/TCG for
+# introvisor's page-table walker test: memory dump, registers, and QEMU's own
+# gva2gpa answers and bytes for a few thousand virtual addresses.
+# See README.md beside this file.
+#
+# Usage: capture.sh [OUTDIR]
+#   OUTDIR defaults to ${INTROVISOR_REAL_GUEST_DIR:-$HOME/.cache/introvisor/real-guest}
+# Environment:
+#   INTROVISOR_REAL_GUEST_CACHE   build cache (kernel, initramfs); default
+#                                 $HOME/.cache/introvisor/real-guest-build
+#   INTROVISOR_REAL_GUEST_KERNEL  Debian kernel package to boot (default: what
+#                                 linux-image-amd64 depends on)
+# Exit status: 0 captures ready (made now or cached), 77 package archive
+# unreachable (the only skip), anything else a failure.
+set -euo pipefail
+
+# Bump when anything that shapes the captures changes (this script, qmp.py,
+# init.sh, mkcpio.py): the stamp holds it, so old captures get redone.
+CAPTURE_VERSION=1
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+OUTDIR=${1:-${INTROVISOR_REAL_GUEST_DIR:-$HOME/.cache/introvisor/real-guest}}
+CACHE=${INTROVISOR_REAL_GUEST_CACHE:-$HOME/.cache/introvisor/real-guest-build}
+MEM=2304M
+APPEND="console=ttyS0 nokaslr nopti nopcid quiet panic=-1"
+CPU_L4="max,la57=off"
+CPU_L5="max"
+MODES="4 5"
+FILES="dump.elf regs.txt cr3.txt mode.txt translations.tsv bytes.tsv counts.txt"
+
+say() { echo "real-guest: $*" >&2; }
+die() { say "FAIL: $*"; exit 1; }
+skip() { say "SKIP: package archive unreachable ($*)"; exit 77; }
+
+APT_OPTS=(-o DPkg::Lock::Timeout=300 -o APT::Sandbox::User=root)
+NET_ERR='Failed to fetch|Could not resolve|Temporary failure|Unable to connect|Could not connect|Connection failed|Connection timed out|Network is unreachable|No route to host'
+
+# Run an apt command; a failure that looks like the network is a skip.
+# $1: "skip" (any failure is a skip) or "net" (only network-looking ones).
+apt_run() {
+    local policy=$1; shift
+    local log
+    log=$(mktemp)
+    if "$@" >"$log" 2>&1; then
+        rm -f "$log"
+        return 0
+    fi
+    local tail
+    tail=$(tail -n 5 "$log" | tr '\n' ' ')
+    if [ "$policy" = skip ] || grep -Eq "$NET_ERR" "$log"; then
+        rm -f "$log"
+        skip "$* failed: $tail"
+    fi
+    rm -f "$log"
+    die "$* failed: $tail"
+}
+
+# KPKG/KVER from the local apt lists (no network).
+resolve_kernel() {
+    KPKG=${INTROVISOR_REAL_GUEST_KERNEL:-}
+    if [ -z "$KPKG" ]; then
+        KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null |
+               awk '$1 == "Depends:" && $2 ~ /^linux-image-/ {print $2; exit}')
+    fi
+    [ -n "$KPKG" ] || return 1
+    KVER=$(apt-cache policy "$KPKG" 2>/dev/null | awk '$1 == "Candidate:" {print $2; exit}')
+    [ -n "$KVER" ] && [ "$KVER" != "(none)" ]
+}
+
+stamp_text() {
+    printf 'introvisor real-guest capture v%s\nkernel %s %s\n' \
+        "$CAPTURE_VERSION" "$KPKG" "$KVER"
+}
+
+captures_complete() {
+    [ -f "$OUTDIR/stamp" ] || return 1
+    [ "$(cat "$OUTDIR/stamp")" = "$(stamp_text)" ] || return 1
+    local m f
+    for m in $MODES; do
+        for f in $FILES; do
+            [ -s "$OUTDIR/l$m/$f" ] || return 1
+        done
+    done
+}
+
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+T0=$(date +%s)
+
+# 1. Fast path: complete captures for this script version and kernel.
+if resolve_kernel && captures_complete; then
+    say "captures in $OUTDIR are up to date ($KPKG $KVER); nothing to do"
+    exit 0
+fi
+
+# 2. Packages.
+say "apt-get update"
+apt_run skip apt-get "${APT_OPTS[@]}" update
+resolve_kernel || die "cannot resolve a kernel package (linux-image-amd64 or \$INTROVISOR_REAL_GUEST_KERNEL)"
+if captures_complete; then
+    say "captures in $OUTDIR are up to date ($KPKG $KVER); nothing to do"
+    exit 0
+fi
+need=()
+for p in qemu-system-x86 busybox-static; do
+    installed "$p" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    say "apt-get install ${need[*]}"
+    apt_run net env DEBIAN_FRONTEND=noninteractive apt-get "${APT_OPTS[@]}" \
+        install -y --no-install-recommends "${need[@]}"
+fi
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found after install"
+BUSYBOX=$(dpkg -L busybox-static | grep -m1 '/bin/busybox$' || true)
+[ -n "$BUSYBOX" ] && [ -x "$BUSYBOX" ] || die "busybox-static's busybox not found"
+
+# 3. Kernel: download the .deb and keep only vmlinuz and config.
+KDIR=$CACHE/kernel/${KPKG}_$KVER
+if [ ! -f "$KDIR/.complete" ]; then
+    say "fetching kernel $KPKG $KVER"
+    rm -rf "$KDIR"
+    mkdir -p "$KDIR"
+    work=$(mktemp -d "$CACHE/kernel/tmp.XXXXXX")
+    (cd "$work" && apt_run skip apt-get "${APT_OPTS[@]}" download "$KPKG=$KVER")
+    deb=$(ls "$work"/*.deb)
+    dpkg-deb --fsys-tarfile "$deb" |
+        tar -x -C "$work" --wildcards './boot/vmlinuz-*' './boot/config-*'
+    cp "$work"/boot/vmlinuz-* "$KDIR/vmlinuz"
+    cp "$work"/boot/config-* "$KDIR/config"
+    rm -rf "$work"
+    printf '%s %s\n' "$KPKG" "$KVER" >"$KDIR/.complete"
+fi
+grep -q '^CONFIG_X86_5LEVEL=y' "$KDIR/config" || die "kernel lacks CONFIG_X86_5LEVEL"
+grep -q '^CONFIG_BLK_DEV_INITRD=y' "$KDIR/config" || die "kernel lacks initrd support"
+
+# 4. Initramfs (busybox + init.sh), cached by the hash of its inputs.
+key=$(cat "$HERE/init.sh" "$HERE/mkcpio.py" "$BUSYBOX" | sha256sum | cut -c1-16)
+INITRD=$CACHE/initramfs-$key.cpio.gz
+if [ ! -s "$INITRD" ]; then
+    say "building initramfs"
+    mkdir -p "$CACHE"
+    python3 "$HERE/mkcpio.py" "$INITRD" "$BUSYBOX" "$HERE/init.sh"
+fi
+
+# 5. The two captures.
+mkdir -p "$OUTDIR"
+rm -f "$OUTDIR/stamp"
+RUN=$(mktemp -d /tmp/introvisor-real-guest.XXXXXX)
+trap 'rm -rf "$RUN"' EXIT
+QEMU_VERSION=$(qemu-system-x86_64 --version | head -n 1)
+for m in $MODES; do
+    if [ "$m" = 4 ]; then cpu=$CPU_L4; else cpu=$CPU_L5; fi
+    part=$OUTDIR/l$m.partial
+    rm -rf "$part" "$OUTDIR/l$m"   # old dumps are 2.3 GB each: free them first
+    mkdir -p "$part"
+    say "l$m: booting (-cpu $cpu -m $MEM, TCG)"
+    python3 "$HERE/qmp.py" --mode "$m" --out "$part" \
+        --serial "$RUN/serial-l$m.log" --qmp-sock "$RUN/qmp-l$m.sock" -- \
+        qemu-system-x86_64 -accel tcg -machine pc -cpu "$cpu" -smp 1 -m "$MEM" \
+        -nodefaults -no-user-config -display none -no-reboot \
+        -serial "file:$RUN/serial-l$m.log" \
+        -qmp "unix:$RUN/qmp-l$m.sock,server=on,wait=off" \
+        -kernel "$KDIR/vmlinuz" -initrd "$INITRD" -append "$APPEND" ||
+        die "l$m capture failed (partial output in $part)"
+    {
+        echo "qemu $QEMU_VERSION"
+        echo "qemu_cpu $cpu"
+        echo "qemu_mem $MEM"
+        echo "kernel_package $KPKG $KVER"
+        echo "capture_version $CAPTURE_VERSION"
+    } >>"$part/layout.txt"
+    mv "$part" "$OUTDIR/l$m"
+done
+stamp_text >"$OUTDIR/stamp"
+say "done in $(( $(date +%s) - T0 )) s: $OUTDIR/l4 $OUTDIR/l5"
