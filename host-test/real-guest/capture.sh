@@ -36,23 +36,26 @@ skip() { say "SKIP: package archive unreachable ($*)"; exit 77; }
 APT_OPTS=(-o DPkg::Lock::Timeout=300 -o APT::Sandbox::User=root)
 NET_ERR='Failed to fetch|Could not resolve|Temporary failure|Unable to connect|Could not connect|Connection failed|Connection timed out|Network is unreachable|No route to host'
 
-# Run an apt command; a failure that looks like the network is a skip.
-# $1: "skip" (any failure is a skip) or "net" (only network-looking ones).
+# Run an apt command. A failure is a skip when it looks like the network
+# ($NET_ERR in its output, or an earlier apt-get update could not fetch);
+# with policy "skip" any failure is. Sets NET_DOWN=1 when apt printed network
+# errors even though it succeeded (apt-get update only warns about those).
+NET_DOWN=0
 apt_run() {
     local policy=$1; shift
-    local log
+    local log rc=0 tail
     log=$(mktemp)
-    if "$@" >"$log" 2>&1; then
-        rm -f "$log"
-        return 0
+    "$@" >"$log" 2>&1 || rc=$?
+    if grep -Eq "$NET_ERR|Some index files failed" "$log"; then
+        NET_DOWN=1
     fi
-    local tail
-    tail=$(tail -n 5 "$log" | tr '\n' ' ')
-    if [ "$policy" = skip ] || grep -Eq "$NET_ERR" "$log"; then
-        rm -f "$log"
+    tail=$(grep -E '^(E|W|Err):' "$log" | tail -n 3 | tr '\n' ' ' || true)
+    [ -n "$tail" ] || tail=$(tail -n 3 "$log" | tr '\n' ' ' || true)
+    rm -f "$log"
+    [ "$rc" = 0 ] && return 0
+    if [ "$policy" = skip ] || [ "$NET_DOWN" = 1 ]; then
         skip "$* failed: $tail"
     fi
-    rm -f "$log"
     die "$* failed: $tail"
 }
 
@@ -61,10 +64,10 @@ resolve_kernel() {
     KPKG=${INTROVISOR_REAL_GUEST_KERNEL:-}
     if [ -z "$KPKG" ]; then
         KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null |
-               awk '$1 == "Depends:" && $2 ~ /^linux-image-/ {print $2; exit}')
+               awk '$1 == "Depends:" && $2 ~ /^linux-image-/ && !n++ {print $2}')
     fi
     [ -n "$KPKG" ] || return 1
-    KVER=$(apt-cache policy "$KPKG" 2>/dev/null | awk '$1 == "Candidate:" {print $2; exit}')
+    KVER=$(apt-cache policy "$KPKG" 2>/dev/null | awk '$1 == "Candidate:" && !n++ {print $2}')
     [ -n "$KVER" ] && [ "$KVER" != "(none)" ]
 }
 
@@ -85,7 +88,7 @@ captures_complete() {
 }
 
 installed() {
-    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
 }
 
 T0=$(date +%s)
@@ -99,7 +102,11 @@ fi
 # 2. Packages.
 say "apt-get update"
 apt_run skip apt-get "${APT_OPTS[@]}" update
-resolve_kernel || die "cannot resolve a kernel package (linux-image-amd64 or \$INTROVISOR_REAL_GUEST_KERNEL)"
+[ "$NET_DOWN" = 0 ] || say "apt-get update could not fetch everything; going on with the lists we have"
+if ! resolve_kernel; then
+    [ "$NET_DOWN" = 0 ] || skip "apt-get update could not fetch the package lists"
+    die "cannot resolve a kernel package (linux-image-amd64 or \$INTROVISOR_REAL_GUEST_KERNEL)"
+fi
 if captures_complete; then
     say "captures in $OUTDIR are up to date ($KPKG $KVER); nothing to do"
     exit 0
@@ -114,14 +121,14 @@ if [ ${#need[@]} -gt 0 ]; then
         install -y --no-install-recommends "${need[@]}"
 fi
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found after install"
-BUSYBOX=$(dpkg -L busybox-static | grep -m1 '/bin/busybox$' || true)
+BUSYBOX=$(dpkg -L busybox-static | grep '/bin/busybox$' | sed -n 1p || true)
 [ -n "$BUSYBOX" ] && [ -x "$BUSYBOX" ] || die "busybox-static's busybox not found"
 
 # 3. Kernel: download the .deb and keep only vmlinuz and config.
 KDIR=$CACHE/kernel/${KPKG}_$KVER
 if [ ! -f "$KDIR/.complete" ]; then
     say "fetching kernel $KPKG $KVER"
-    rm -rf "$KDIR"
+    rm -rf "$KDIR" "$CACHE"/kernel/tmp.*
     mkdir -p "$KDIR"
     work=$(mktemp -d "$CACHE/kernel/tmp.XXXXXX")
     (cd "$work" && apt_run skip apt-get "${APT_OPTS[@]}" download "$KPKG=$KVER")
@@ -150,7 +157,7 @@ mkdir -p "$OUTDIR"
 rm -f "$OUTDIR/stamp"
 RUN=$(mktemp -d /tmp/introvisor-real-guest.XXXXXX)
 trap 'rm -rf "$RUN"' EXIT
-QEMU_VERSION=$(qemu-system-x86_64 --version | head -n 1)
+QEMU_VERSION=$(qemu-system-x86_64 --version | sed -n 1p)
 for m in $MODES; do
     if [ "$m" = 4 ]; then cpu=$CPU_L4; else cpu=$CPU_L5; fi
     part=$OUTDIR/l$m.partial

@@ -22,14 +22,14 @@ sleep 1000002 &
 sleep 1000003 &
 # The spinner: first fills an 8 MiB shell variable (large anonymous memory,
 # a candidate for transparent huge pages), then spins in user mode forever.
-sh -c 'x=$(yes introvisor | head -c 8388608); while :; do :; done' &
+# It touches /tmp/spin-ready once its memory layout is final, so the maps we
+# print are the ones the host will see.
+sh -c 'x=$(yes introvisor | head -c 8388608); : >/tmp/spin-ready; while :; do :; done' &
 SPIN=$!
 
-# Wait until the spinner holds its 8 MiB (RSS over 8 MiB), at most ~60 s.
+# Wait for the spinner to be set up, at most ~120 s.
 i=0
-while [ $i -lt 120 ]; do
-    rss=$(awk '/^VmRSS:/ {print $2}' /proc/$SPIN/status 2>/dev/null)
-    [ -n "$rss" ] && [ "$rss" -gt 8192 ] && break
+while [ ! -e /tmp/spin-ready ] && [ $i -lt 240 ]; do
     sleep 0.5
     i=$((i + 1))
 done

@@ -360,10 +360,13 @@ def pick_addresses(mode, g, rng):
     for name in ("IDT", "GDT", "TR"):
         if name in g["regs"]:
             p.add("kother", g["regs"][name])
-    for k in range(16):
+    # (the espfix stack of CPU 0 sits at a random GiB above this base)
+    for k in range(4):
         p.add("kother", 0xFFFFFF0000000000 + k * PAGE)
-    for k in range(40):
-        p.add("kother", 0xFFFFFFFFFF7FF000 - k * PAGE)
+    # fixmap: indices below 0x200 are the vsyscall page and what lies above
+    # it; the real slots grow down from FIXADDR_TOP - 0x200 pages.
+    for k in range(64):
+        p.add("kother", 0xFFFFFFFFFF5FF000 - k * PAGE)
     p.add("kother", 0xFFFFFFFFFF600000)
 
     # user: the spinner's mappings, its registers, and the gaps between.
@@ -495,7 +498,8 @@ def stop_in_user(q, tries=60):
 
 def translate(q, va):
     raw = q.hmp("gva2gpa 0x%x" % va).strip()
-    m = re.fullmatch(r"gpa: 0x([0-9a-fA-F]+)", raw)
+    # QEMU prints the gpa with "%#" PRIx64: physical 0 comes out as "gpa: 0".
+    m = re.fullmatch(r"gpa: (0x[0-9a-fA-F]+|0)", raw)
     return (int(m.group(1), 16), raw) if m else (None, raw)
 
 
@@ -658,6 +662,7 @@ def with_vm(args, q, proc, serial_text):
     dump_path = os.path.join(out, "dump.elf")
     q.cmd("dump-guest-memory", paging=False, protocol="file:" + dump_path,
           format="elf")
+    os.chmod(dump_path, 0o644)  # QEMU creates it owner-read-only
     log("l%d: dump-guest-memory took %.1f s (%d MiB)"
         % (mode, time.monotonic() - t0, os.path.getsize(dump_path) >> 20))
     q.cmd("quit")
@@ -720,13 +725,22 @@ def check_and_write(args, serial_text, sec, regs_text, regs, layout, g,
     if not any(result[va][0] is not None for va in picker.order
                if cat[va] == "user"):
         problems.append("no user address of the spinner is mapped")
+    # The stopped vCPU runs the spinner: its RIP and RSP are mapped and lie
+    # in the mappings the guest printed.
+    for name in ("RIP", "RSP"):
+        v = regs.get(name)
+        if v is None or result.get(v, (None,))[0] is None:
+            problems.append("%s=%r is not mapped" % (name, v))
+        elif not any(s <= v < e for s, e, _ in g["maps"]):
+            problems.append("%s=0x%x is outside the spinner's maps" % (name, v))
     if problems:
         raise Fail("%d problems:\n  " % len(problems) +
                    "\n  ".join(problems[:40]))
     user_2m = sum(1 for va in picker.order
                   if cat[va] == "user" and sizes.get(va) == 2 * MIB)
     if not user_2m:
-        log("l%d: note: no user address is in a 2 MiB page (THP)" % mode)
+        log("l%d: note: no user address is in a 2 MiB page (no THP hit)"
+            % mode)
 
     def w(name, text):
         with open(os.path.join(out, name), "w") as f:
