@@ -242,7 +242,13 @@ pub trait VmiDriver {
         Err(VmiError::NotSupported("event_processing_overhead"))
     }
 
-    /// Waits up to `timeout` for events, and answers each with `handler`.
+    /// Waits up to `timeout` for events, hands each to `handler`, and applies the
+    /// response it returns before the vCPU resumes (registers, view, single step,
+    /// emulation or denial, reinjection; see [`VmiEventResponse`]).
+    ///
+    /// The handler calls back into the driver (reads, injections, monitors), so a driver
+    /// holds no lock of its own across the call. The path must not allocate: the
+    /// handler arrives as `&mut dyn FnMut`, with no `Box`.
     ///
     /// # Errors
     /// [`VmiError::Timeout`] when no event came; [`VmiError::NotSupported`] by default.

@@ -497,6 +497,7 @@ impl Architecture for Arch16K {
     const PAGE_SHIFT: u32 = 14;
     const PAGE_MASK: u64 = !0x3fff;
     type Registers = ();
+    type GpRegisters = ();
     type Paging = ();
     type EventMonitor = ();
     type EventReason = ();

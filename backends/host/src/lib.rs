@@ -25,6 +25,7 @@
 pub mod builder;
 mod driver;
 pub mod memory;
+pub mod scripted;
 
 pub use driver::{HostDriver, HostPage};
 pub use memory::{GuestMemory, MemoryRange};

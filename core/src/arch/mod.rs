@@ -97,6 +97,47 @@ pub struct WalkStep {
     pub value: u64,
 }
 
+/// What the architecture-independent layers (the event context, OS layers) need to know
+/// of a vCPU's registers.
+pub trait Registers: Copy + Debug + Default + Send + Sync {
+    /// The address of the next instruction (AMD64: RIP).
+    fn instruction_pointer(&self) -> Va;
+
+    /// The stack pointer (AMD64: RSP).
+    fn stack_pointer(&self) -> Va;
+
+    /// The root of the page tables the vCPU translates with (AMD64: CR3 as it is; the
+    /// walker masks it for the paging mode).
+    fn translation_root(&self) -> Pa;
+
+    /// The width in bytes of an address in the code running now (AMD64: 8 in 64-bit
+    /// mode, 4 in compatibility and protected mode, 2 in 16-bit code).
+    fn address_width(&self) -> u8;
+}
+
+/// The empty register set, for an architecture that has none to offer (a test
+/// architecture, say): every pointer and the root are zero, addresses are 8 bytes wide.
+impl Registers for () {
+    fn instruction_pointer(&self) -> Va {
+        Va(0)
+    }
+
+    fn stack_pointer(&self) -> Va {
+        Va(0)
+    }
+
+    fn translation_root(&self) -> Pa {
+        Pa(0)
+    }
+
+    fn address_width(&self) -> u8 {
+        8
+    }
+}
+
+/// The general-purpose register subset of an architecture.
+pub type GpRegistersOf<A> = <A as Architecture>::GpRegisters;
+
 /// An instruction-set architecture as the core sees it.
 pub trait Architecture: Sized + Send + Sync + 'static {
     /// The base page size in bytes.
@@ -107,13 +148,16 @@ pub trait Architecture: Sized + Send + Sync + 'static {
     const PAGE_MASK: u64;
 
     /// The register set of one vCPU.
-    type Registers: Copy + Debug + Default + Send + Sync;
+    type Registers: Registers;
+    /// The general-purpose subset of [`Self::Registers`] that an event response can set:
+    /// small, so that a response stays cheap to copy.
+    type GpRegisters: Copy + Debug + Default + PartialEq + Send + Sync;
     /// How the page tables are to be read (mode, physical address width, ...).
     type Paging: Copy + Debug + Default + PartialEq + Send + Sync;
     /// An event source a driver can enable or disable.
     type EventMonitor: Copy + Debug + PartialEq + Send + Sync;
     /// The architecture-specific part of an event.
-    type EventReason: Copy + Debug + Send + Sync;
+    type EventReason: Copy + Debug + PartialEq + Send + Sync;
     /// An interrupt or exception to inject.
     type Interrupt: Copy + Debug + Send + Sync;
 

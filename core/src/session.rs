@@ -1,0 +1,166 @@
+//! [`VmiSession`]: a core joined to an OS layer, and the event loop that drives a
+//! [`VmiHandler`].
+//!
+//! # The loop
+//! [`VmiSession::handle`] waits for events with a timeout and hands each one to the
+//! handler, until the handler says it is finished or an error other than a timeout ends
+//! it. Then it cleans up, whatever the outcome: the driver's state is reset (monitors,
+//! views, caches), and events the guest raised before that are answered by the handler
+//! with the VM paused, so no vCPU is left waiting for a response.
+//!
+//! The loop allocates nothing and uses no `Box`: the handler is borrowed, the context
+//! lives on the stack, and the driver receives the callback as `&mut dyn FnMut`.
+
+use core::time::Duration;
+
+use crate::context::VmiContext;
+use crate::core::VmiCore;
+use crate::driver::VmiDriver;
+use crate::error::VmiError;
+use crate::handler::VmiHandler;
+use crate::os::VmiOs;
+
+/// How long [`VmiSession::handle`] waits for each event before calling
+/// [`VmiHandler::handle_timeout`]: 5 seconds.
+pub const DEFAULT_EVENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A core and an OS layer, together: the place to run handlers from.
+///
+/// The session borrows both, so several sessions (one per thread, say) can share one
+/// core; it is `Send` and `Sync` when the core and the OS layer are `Sync`.
+pub struct VmiSession<'a, D: VmiDriver, O: VmiOs<D>> {
+    core: &'a VmiCore<D>,
+    os: &'a O,
+    flush_v2p_per_event: bool,
+}
+
+impl<D: VmiDriver, O: VmiOs<D>> Clone for VmiSession<'_, D, O> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<D: VmiDriver, O: VmiOs<D>> Copy for VmiSession<'_, D, O> {}
+
+impl<'a, D: VmiDriver, O: VmiOs<D>> VmiSession<'a, D, O> {
+    /// A session over `core` and `os`. The translation cache is flushed at each event
+    /// (O(1)), since the guest may have changed its page tables while it ran.
+    pub fn new(core: &'a VmiCore<D>, os: &'a O) -> Self {
+        Self {
+            core,
+            os,
+            flush_v2p_per_event: true,
+        }
+    }
+
+    /// Whether to flush the translation cache at each event (the default). Turn it off
+    /// only when the guest's page tables cannot change between events (a paused guest,
+    /// a replay).
+    #[must_use]
+    pub fn with_v2p_flush_per_event(mut self, flush: bool) -> Self {
+        self.flush_v2p_per_event = flush;
+        self
+    }
+
+    /// The core.
+    pub fn core(&self) -> &'a VmiCore<D> {
+        self.core
+    }
+
+    /// The OS layer.
+    pub fn os(&self) -> &'a O {
+        self.os
+    }
+
+    /// Waits up to `timeout` for events and answers each with `handler`.
+    ///
+    /// # Errors
+    /// [`VmiError::Timeout`] when none came; otherwise as the driver's
+    /// [`VmiDriver::wait_for_event`].
+    pub fn wait_for_event<H: VmiHandler<D, O>>(
+        &self,
+        timeout: Duration,
+        handler: &mut H,
+    ) -> Result<(), VmiError> {
+        let (core, os, flush) = (self.core, self.os, self.flush_v2p_per_event);
+        core.wait_for_event(timeout, |event| {
+            if flush {
+                core.flush_v2p_cache();
+            }
+            handler.handle_event(VmiContext::new(core, os, event))
+        })
+    }
+
+    /// Runs `handler` until it is finished, waiting [`DEFAULT_EVENT_TIMEOUT`] for each
+    /// event, then cleans up (see the [module documentation](self)).
+    ///
+    /// # Errors
+    /// The first error other than a timeout, from the loop or from the clean-up.
+    pub fn handle<H: VmiHandler<D, O>>(&self, handler: &mut H) -> Result<(), VmiError> {
+        self.handle_with_timeout(DEFAULT_EVENT_TIMEOUT, handler)
+    }
+
+    /// [`VmiSession::handle`] with another timeout per event.
+    ///
+    /// # Errors
+    /// As [`VmiSession::handle`].
+    pub fn handle_with_timeout<H: VmiHandler<D, O>>(
+        &self,
+        timeout: Duration,
+        handler: &mut H,
+    ) -> Result<(), VmiError> {
+        let mut result = Ok(());
+        while !handler.finished() {
+            match self.wait_for_event(timeout, handler) {
+                Ok(()) => {}
+                Err(VmiError::Timeout) => handler.handle_timeout(self),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let cleanup = self.clean_up(handler);
+        result.and(cleanup)
+    }
+
+    /// Resets the driver's state, then answers the events still pending with the VM
+    /// paused. Capabilities the driver lacks (pause, a pending count) are skipped.
+    fn clean_up<H: VmiHandler<D, O>>(&self, handler: &mut H) -> Result<(), VmiError> {
+        let reset = supported(self.core.reset_state());
+        let paused = match self.core.pause() {
+            Ok(()) => true,
+            Err(VmiError::NotSupported(_)) => false,
+            Err(e) => return reset.and(Err(e)),
+        };
+        let mut drain = Ok(());
+        match self.core.events_pending() {
+            // Bounded by the count seen now: the VM is paused, so no new event should
+            // come, and a driver that keeps producing them cannot hold the loop.
+            Ok(pending) => {
+                for _ in 0..pending {
+                    match self.wait_for_event(Duration::ZERO, handler) {
+                        Ok(()) => {}
+                        Err(VmiError::Timeout) => break,
+                        Err(e) => {
+                            drain = Err(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(VmiError::NotSupported(_)) => {}
+            Err(e) => drain = Err(e),
+        }
+        let resume = if paused { self.core.resume() } else { Ok(()) };
+        reset.and(drain).and(resume)
+    }
+}
+
+/// `Ok` for a capability the driver does not have.
+fn supported(result: Result<(), VmiError>) -> Result<(), VmiError> {
+    match result {
+        Err(VmiError::NotSupported(_)) => Ok(()),
+        other => other,
+    }
+}
