@@ -1,0 +1,1 @@
+//! The `introvisor` command-line tool.
