@@ -16,7 +16,7 @@ struct TempFile(PathBuf);
 
 impl TempFile {
     fn new(tag: &str, bytes: &[u8]) -> Self {
-        use std::sync::atomic::{AtomicU32, Ordering};
+        use core::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         let path = std::env::temp_dir().join(format!(
             "introvisor-dump-test-{}-{}-{tag}",
@@ -462,11 +462,11 @@ fn qemu_cpu_state_errors() {
     put32(&mut b, state + 4, 441); // size: larger than the note
     assert!(matches!(parse(&b), Err(ElfError::BadQemuCpuState { .. })));
     // A descriptor too short for the version and size fields.
-    let mut b = v.clone();
-    put32(&mut b, QEMU_NOTE + 4, 4);
-    let pad = 440 - 4;
-    let _ = pad;
-    assert!(matches!(parse(&b), Err(_)));
+    let b = with_notes(&raw_note(b"QEMU", 0, &[1, 0, 0, 0]));
+    assert!(matches!(
+        parse(&b),
+        Err(ElfError::BadQemuCpuState { vcpu: 0, .. })
+    ));
     // The older 432-byte layout (no kernel_gs_base) is read.
     let mut b = v.clone();
     put32(&mut b, state + 4, 432);
