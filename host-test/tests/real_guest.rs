@@ -23,8 +23,8 @@
 //! guest built with `GuestBuilder`, saved as a QEMU-style ELF core, with the builder's own
 //! record as the expected answers), untouched and tampered with.
 
-use std::collections::BTreeMap;
 use core::fmt::Write as _;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use introvisor::arch::amd64::{PagingMode, Registers, Segment};
