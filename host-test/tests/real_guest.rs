@@ -12,10 +12,12 @@
 //! | `mode.txt` | `4` or `5` |
 //! | `translations.tsv` | `# va\tresult\tcategory`, then `0x<va>\t0x<gpa>\t<category>` or `0x<va>\tunmapped\t<category>\t<qemu text>` |
 //! | `bytes.tsv` | `# va\tlen\thex`, then `0x<va>\t<len>\t<hex>` |
+//! | `pagesizes.tsv` | optional: `0x<va>\t<page size>` for the mapped VAs |
 //!
 //! This test opens `dump.elf` with introvisor's ELF reader, takes vCPU 0's registers
 //! (CR3 must equal `cr3.txt`, the paging mode `mode.txt`), and holds every translation
-//! and every byte read of QEMU against `VmiCore`'s. It prints the counts per category
+//! and every byte read of QEMU against `VmiCore`'s (and the page sizes the capture
+//! recorded against `Translation::page_size`). It prints the counts per category
 //! and fails on any mismatch.
 //!
 //! With no fixture it prints a SKIP line and passes, unless `INTROVISOR_REQUIRE_REAL_GUEST=1`.
@@ -273,6 +275,32 @@ fn compare(dir: &Path) -> Result<Report, String> {
                 );
             }
             Err(e) => report.mismatch("bytes", format!("{va:#x}+{len}: introvisor {e}")),
+        }
+    }
+    // Page sizes, where the capture recorded them (from qmp.py's own walk of dump.elf, whose
+    // addresses equal QEMU's on every line): a check of `Translation::page_size`.
+    if let Ok(sizes) = read_text(dir, "pagesizes.tsv") {
+        for line in sizes
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let mut fields = line.split('\t');
+            let (Some(va), Some(size)) = (fields.next(), fields.next()) else {
+                return Err(format!("pagesizes.tsv: {line:?}"));
+            };
+            let va = hex(va)?;
+            let size: u64 = size
+                .trim()
+                .parse()
+                .map_err(|e| format!("pagesizes.tsv: {line:?}: {e}"))?;
+            match core.translate(Va(va), root) {
+                Ok(t) if t.page_size == size => report.tally("page-size").matches += 1,
+                Ok(t) => report.mismatch(
+                    "page-size",
+                    format!("{va:#x}: capture {size:#x}, introvisor {:#x}", t.page_size),
+                ),
+                Err(e) => report.mismatch("page-size", format!("{va:#x}: introvisor {e}")),
+            }
         }
     }
     Ok(report)
