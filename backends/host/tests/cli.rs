@@ -350,7 +350,7 @@ fn read_hex_dump_across_a_page_boundary() {
     let g = guest();
     let dump = raw_dump(&g);
     let root = cr3(&g);
-    let out = run(&["read", dump.path(), "--cr3", &root, "0x400ff0", "38"]);
+    let out = run(&["read", dump.path(), "--cr3", &root, "0x400ff0", "26"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(
         out.text(),
@@ -395,7 +395,7 @@ fn read_raw_gives_exactly_the_bytes() {
         "--cr3",
         &root,
         &hex(va),
-        &len.to_string(),
+        &hex(len as u64),
         "--raw",
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -408,7 +408,7 @@ fn read_raw_gives_exactly_the_bytes() {
         "--cr3",
         &root,
         &hex(DIRECT),
-        "8388608",
+        "800000",
         "--raw",
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);

@@ -86,8 +86,8 @@ A DUMP is a raw image of guest-physical memory (byte n = address n) or an ELF co
 file as written by QEMU's dump-guest-memory or `virsh dump --memory-only`; the format
 is recognised by content.
 
-Numbers: addresses and CR3 are hexadecimal, with or without 0x; lengths and counts
-are decimal, or hexadecimal with 0x; '_' may separate digits.
+Numbers: addresses, CR3 and LEN are hexadecimal, with or without 0x; '_' may
+separate digits. Only --vcpu and --maxphyaddr take decimal numbers.
 
 Exit status: 0 success; 1 a read met unmapped memory; 2 a usage error, a malformed
 number, or a dump that cannot be opened.
@@ -142,10 +142,10 @@ level is where the walk stopped: 1 = PTE, 2 = PDE, 3 = PDPTE, 4 = PML4E, 5 = PML
 Options:
   --cr3 HEX          the page-table root (CR3). Required for a raw dump; with an
                      ELF dump it defaults to the vCPU's CR3
-  --vcpu N           take CR3 and the paging mode from vCPU N (default 0)
+  --vcpu N           take CR3 and the paging mode from vCPU N (decimal; default 0)
   --paging MODE      32, pae, 4, 5 (or off): override the paging mode. Default: the
                      vCPU's mode, or 4 for a raw dump
-  --maxphyaddr N     physical-address width, 32..52 (default 52)
+  --maxphyaddr N     physical-address width, decimal 32..52 (default 52)
   --nxe 0|1          EFER.NXE (default 1: every 64-bit OS runs with it; an ELF
                      dump's EFER is derived, since QEMU does not record it)
   --pse 0|1          CR4.PSE for 32-bit paging (default: the vCPU's CR4, else 1)
@@ -166,6 +166,8 @@ a page fault.
 introvisor read: read virtual memory
 
 Usage: introvisor read DUMP [--cr3 HEX] [OPTIONS] VA LEN
+
+VA and LEN are hexadecimal, with or without 0x (LEN 100 is 256 bytes).
 
 Reads LEN bytes at VA through the page tables and prints a hex dump (address, 16
 bytes in groups of two, ASCII), or with --raw writes exactly LEN bytes to stdout.

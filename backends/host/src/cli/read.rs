@@ -110,7 +110,7 @@ pub(crate) fn run(
             .ok_or_else(|| Failure::input(format!("malformed {what} '{}'", args::show(s))))
     };
     let va = args::hex_arg(&text(va, "VA")?, "VA")?;
-    let len = args::count_arg(&text(len, "LEN")?, "LEN")?;
+    let len = args::hex_arg(&text(len, "LEN")?, "LEN")?;
     if len > 0 && va.checked_add(len - 1).is_none() {
         return Err(Failure::input(format!(
             "the range {va:#x} + {len:#x} runs past the end of the address space"
