@@ -23,9 +23,12 @@
 //! ```
 
 pub mod builder;
+pub mod cli;
 mod driver;
+pub mod dump;
 pub mod memory;
 pub mod scripted;
 
 pub use driver::{HostDriver, HostPage};
+pub use dump::{DumpError, DumpFormat, DumpInfo};
 pub use memory::{GuestMemory, MemoryRange};

@@ -159,6 +159,17 @@ impl GuestMemory {
         }
     }
 
+    /// The same storage under other ranges (clipped, sorted and de-overlapped as in the
+    /// constructors): how a dump file mapped whole becomes the memory its headers describe.
+    pub(crate) fn with_ranges(self, ranges: Vec<MemoryRange>) -> Self {
+        Self::new(self.storage, ranges)
+    }
+
+    /// The length of the storage in bytes (the file size for a dump).
+    pub fn storage_len(&self) -> u64 {
+        self.with_bytes(|b| b.len() as u64)
+    }
+
     /// The guest-physical ranges, sorted.
     pub fn ranges(&self) -> &[MemoryRange] {
         &self.ranges
@@ -202,7 +213,7 @@ impl GuestMemory {
 
     /// Runs `f` on the storage bytes.
     #[inline]
-    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+    pub(crate) fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
         match &self.storage {
             Storage::Owned(b) => f(b),
             Storage::Mapped(m) => f(m),

@@ -1,0 +1,278 @@
+//! The `introvisor` command-line tool: `demo`, `info`, `translate` and `read`.
+//!
+//! `main.rs` only calls [`run`]; everything else lives here so that it can be tested.
+//! The output formats and exit codes are a contract other tools script against: they are
+//! written out in each subcommand's `--help` (see [`help`]) and tested in
+//! `tests/cli.rs`.
+//!
+//! Exit codes: 0 success; 1 a read that met unmapped memory (or a walk that failed for a
+//! reason other than a page fault); 2 a usage error, a malformed number, or a dump that
+//! cannot be opened.
+
+mod args;
+mod demo;
+mod info;
+mod progress;
+mod read;
+mod target;
+mod translate;
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+
+/// Success.
+pub const EXIT_OK: i32 = 0;
+/// A read met memory that is not mapped or not in the dump.
+pub const EXIT_FAULT: i32 = 1;
+/// A usage error, a malformed number, or an unreadable dump.
+pub const EXIT_USAGE: i32 = 2;
+
+/// The streams a command works on.
+pub struct Io<'a> {
+    /// Standard input (addresses for `translate`).
+    pub stdin: &'a mut dyn Read,
+    /// Standard output.
+    pub stdout: &'a mut dyn Write,
+    /// Standard error: messages and the progress line.
+    pub stderr: &'a mut dyn Write,
+    /// Whether stderr is a terminal (progress is shown only then, unless forced).
+    pub stderr_is_terminal: bool,
+}
+
+/// Why a command stopped.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Bad usage: the message, then a hint to `--help`; exit 2.
+    Usage(String),
+    /// Bad input (a malformed number, an unreadable dump); exit 2.
+    Input(String),
+    /// Unmapped memory where it had to be mapped; exit 1.
+    Fault(String),
+    /// Writing the output failed.
+    Output(io::Error),
+}
+
+impl Failure {
+    pub(crate) fn usage(msg: impl Into<String>) -> Self {
+        Self::Usage(msg.into())
+    }
+
+    pub(crate) fn input(msg: impl Into<String>) -> Self {
+        Self::Input(msg.into())
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Self::Output(e)
+    }
+}
+
+/// Help texts.
+pub mod help {
+    /// `introvisor --help`.
+    pub const TOP: &str = "\
+introvisor: look inside a virtual machine's memory dump
+
+Usage: introvisor <COMMAND> [ARGS...]
+
+Commands:
+  demo        build a small guest in memory and show translations, strings, caches
+  info        describe a dump: format, size, memory ranges, vCPUs
+  translate   translate virtual addresses to guest-physical ones
+  read        read virtual memory (hex dump, or raw bytes)
+
+A DUMP is a raw image of guest-physical memory (byte n = address n) or an ELF core
+file as written by QEMU's dump-guest-memory or `virsh dump --memory-only`; the format
+is recognised by content.
+
+Numbers: addresses, CR3 and LEN are hexadecimal, with or without 0x; '_' may
+separate digits. Only --vcpu and --maxphyaddr take decimal numbers.
+
+Exit status: 0 success; 1 a read met unmapped memory; 2 a usage error, a malformed
+number, or a dump that cannot be opened.
+
+Run 'introvisor <COMMAND> --help' for the details of a command.
+";
+
+    /// `introvisor demo --help`.
+    pub const DEMO: &str = "\
+introvisor demo: build a guest in memory and look inside it (no input needed)
+
+Usage: introvisor demo
+
+Builds a guest with 4-level page tables mapping 4 KiB, 2 MiB and 1 GiB pages, a
+string that crosses a page boundary and a UTF-16 string; then translates and reads
+in it through introvisor's VmiCore and prints the translations (va -> pa, page
+size, rights), the strings, and the counters of the page and translation caches.
+";
+
+    /// `introvisor info --help`.
+    pub const INFO: &str = "\
+introvisor info: describe a dump
+
+Usage: introvisor info DUMP
+
+Prints the format, the file size, the guest-physical memory ranges (with their
+file offsets) and, for an ELF core, each vCPU: where its registers come from,
+CR0/CR3/CR4, the derived EFER, the paging mode, RIP and CPL.
+";
+
+    /// `introvisor translate --help`.
+    pub const TRANSLATE: &str = "\
+introvisor translate: translate virtual addresses to guest-physical addresses
+
+Usage: introvisor translate DUMP [--cr3 HEX] [OPTIONS] [VA ...]
+
+With no VA arguments, reads one VA per line from standard input (blank lines and
+lines starting with '#' are skipped). Prints one line per VA, in input order:
+
+  0x<va> 0x<pa>
+  0x<va> unmapped <reason> level=<n> entry=0x<entry-pa> value=0x<entry>
+
+Hex is lowercase without leading zeros. <reason> is one of:
+  not-present           the entry's P bit is clear
+  reserved-bit          the entry sets a reserved bit
+  table-outside-memory  the entry lies outside the dump's memory
+  non-canonical         the address is not canonical (no entry read: entry=0x0)
+  access-denied         the rights forbid the access
+  fault                 any other page fault
+level is where the walk stopped: 1 = PTE, 2 = PDE, 3 = PDPTE, 4 = PML4E, 5 = PML5E.
+
+Options:
+  --cr3 HEX          the page-table root (CR3). Required for a raw dump; with an
+                     ELF dump it defaults to the vCPU's CR3
+  --vcpu N           take CR3 and the paging mode from vCPU N (decimal; default 0)
+  --paging MODE      32, pae, 4, 5 (or off): override the paging mode. Default: the
+                     vCPU's mode, or 4 for a raw dump
+  --maxphyaddr N     physical-address width, decimal 32..52 (default 52)
+  --nxe 0|1          EFER.NXE (default 1: every 64-bit OS runs with it; an ELF
+                     dump's EFER is derived, since QEMU does not record it)
+  --pse 0|1          CR4.PSE for 32-bit paging (default: the vCPU's CR4, else 1)
+  -v, --verbose      before each result, print the walk: one line per level with
+                     the entry's address, raw value and flags. These lines start
+                     with '#', so `grep -v '^#'` leaves the plain output
+  --progress         show progress on stderr (default: only on a terminal, after
+                     two seconds)
+
+Exit status: 0 when every VA was well formed (unmapped ones included); 2 if a VA
+was malformed (reported on stderr, skipped on stdin, fatal in arguments), the dump
+cannot be opened or an option is wrong; 1 if a walk failed for a reason other than
+a page fault.
+";
+
+    /// `introvisor read --help`.
+    pub const READ: &str = "\
+introvisor read: read virtual memory
+
+Usage: introvisor read DUMP [--cr3 HEX] [OPTIONS] VA LEN
+
+VA and LEN are hexadecimal, with or without 0x (LEN 100 is 256 bytes).
+
+Reads LEN bytes at VA through the page tables and prints a hex dump (address, 16
+bytes in groups of two, ASCII), or with --raw writes exactly LEN bytes to stdout.
+The whole range is checked before anything is written: if any byte is unmapped,
+or mapped to memory the dump does not hold, nothing goes to stdout, stderr names
+the first faulting address, and the exit status is 1. Memory is read in chunks,
+so LEN may be large.
+
+Options:
+  --raw              write the bytes, not a hex dump
+  --cr3, --vcpu, --paging, --maxphyaddr, --nxe, --pse, --progress
+                     as for 'introvisor translate --help'
+
+Exit status: 0 success; 1 the range is not wholly mapped; 2 usage error,
+malformed number, or a dump that cannot be opened.
+";
+}
+
+/// Runs the tool with `args` (without the program name); returns the exit code.
+pub fn run(args: &[OsString], io: Io<'_>) -> i32 {
+    let Io {
+        stdin,
+        stdout,
+        stderr,
+        stderr_is_terminal,
+    } = io;
+    let result = dispatch(args, stdin, stdout, stderr, stderr_is_terminal);
+    let flushed = stdout.flush();
+    match result.and_then(|code| flushed.map(|()| code).map_err(Failure::Output)) {
+        Ok(code) => code,
+        Err(failure) => report(failure, args, stderr),
+    }
+}
+
+fn report(failure: Failure, args: &[OsString], stderr: &mut dyn Write) -> i32 {
+    let command = args
+        .first()
+        .and_then(|a| a.to_str())
+        .filter(|c| matches!(*c, "demo" | "info" | "translate" | "read"));
+    let prefix = match command {
+        Some(c) => format!("introvisor {c}"),
+        None => "introvisor".to_owned(),
+    };
+    // Messages to stderr are best effort: there is nowhere else to report.
+    match failure {
+        Failure::Usage(msg) => {
+            let hint = match command {
+                Some(c) => format!("introvisor {c} --help"),
+                None => "introvisor --help".to_owned(),
+            };
+            let _ = writeln!(stderr, "{prefix}: {msg}\nTry '{hint}'.");
+            EXIT_USAGE
+        }
+        Failure::Input(msg) => {
+            let _ = writeln!(stderr, "{prefix}: {msg}");
+            EXIT_USAGE
+        }
+        Failure::Fault(msg) => {
+            let _ = writeln!(stderr, "{prefix}: {msg}");
+            EXIT_FAULT
+        }
+        // A closed pipe (`| head`) is how a reader says it has seen enough.
+        Failure::Output(e) if e.kind() == io::ErrorKind::BrokenPipe => EXIT_OK,
+        Failure::Output(e) => {
+            let _ = writeln!(stderr, "{prefix}: cannot write the output: {e}");
+            EXIT_USAGE
+        }
+    }
+}
+
+fn dispatch(
+    args: &[OsString],
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    stderr_is_terminal: bool,
+) -> Result<i32, Failure> {
+    let Some(command) = args.first() else {
+        stderr.write_all(help::TOP.as_bytes())?;
+        return Ok(EXIT_USAGE);
+    };
+    let rest = args.get(1..).unwrap_or_default();
+    match command.to_str() {
+        Some("--help" | "-h" | "help") => {
+            let text = match rest.first().and_then(|a| a.to_str()) {
+                Some("demo") => help::DEMO,
+                Some("info") => help::INFO,
+                Some("translate") => help::TRANSLATE,
+                Some("read") => help::READ,
+                _ => help::TOP,
+            };
+            stdout.write_all(text.as_bytes())?;
+            Ok(EXIT_OK)
+        }
+        Some("--version" | "-V") => {
+            writeln!(stdout, "introvisor {}", env!("CARGO_PKG_VERSION"))?;
+            Ok(EXIT_OK)
+        }
+        Some("demo") => demo::run(rest, stdout),
+        Some("info") => info::run(rest, stdout),
+        Some("translate") => translate::run(rest, stdin, stdout, stderr, stderr_is_terminal),
+        Some("read") => read::run(rest, stdout, stderr, stderr_is_terminal),
+        _ => Err(Failure::usage(format!(
+            "unknown command '{}'",
+            args::show(command)
+        ))),
+    }
+}

@@ -1,0 +1,289 @@
+//! `introvisor translate`: one line per virtual address.
+
+use core::fmt::Write as _;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+
+use introvisor::arch::amd64::{Paging, PagingMode};
+use introvisor::{FaultReason, PageFault, Translation, Va, VmiError, WalkStep};
+
+use super::args::{self, Opt, parse_hex};
+use super::progress::Progress;
+use super::target::{self, Target, WALK_OPTIONS, mode_name};
+use super::{EXIT_OK, EXIT_USAGE, Failure, help};
+
+/// The stable, greppable name of a fault reason (see `translate --help`).
+pub(crate) fn reason_name(reason: FaultReason) -> &'static str {
+    match reason {
+        FaultReason::NotPresent => "not-present",
+        FaultReason::ReservedBit => "reserved-bit",
+        FaultReason::OutOfMemory => "table-outside-memory",
+        FaultReason::NonCanonical => "non-canonical",
+        FaultReason::AccessDenied => "access-denied",
+        _ => "fault",
+    }
+}
+
+/// `<reason> level=<n> entry=0x<pa> value=0x<raw>`.
+pub(crate) fn fault_text(pf: &PageFault) -> String {
+    format!(
+        "{} level={} entry={:#x} value={:#x}",
+        reason_name(pf.reason),
+        pf.level,
+        pf.entry.0,
+        pf.value
+    )
+}
+
+/// The name of the entry at `level` in `mode`.
+fn entry_name(mode: PagingMode, level: u8) -> &'static str {
+    match (mode, level) {
+        (_, 1) => "PTE",
+        (_, 2) => "PDE",
+        (PagingMode::Pae, 3) | (PagingMode::Level4 | PagingMode::Level5, 3) => "PDPTE",
+        (_, 4) => "PML4E",
+        (_, 5) => "PML5E",
+        _ => "entry",
+    }
+}
+
+/// The index of `va`'s entry at `level` (SDM Vol. 3A Figures 4-2, 4-5, 4-8, 4-9).
+fn entry_index(mode: PagingMode, level: u8, va: u64) -> u64 {
+    let below = u32::from(level.saturating_sub(1)).min(5);
+    let shifted = |shift: u32| va.checked_shr(shift).unwrap_or(0);
+    match mode {
+        PagingMode::Bits32 => shifted(12 + 10 * below) & 0x3ff,
+        PagingMode::Pae if level == 3 => shifted(30) & 0x3,
+        _ => shifted(12 + 9 * below) & 0x1ff,
+    }
+}
+
+/// The flags of an entry, by the SDM's names (Tables 4-4 to 4-20).
+fn flag_names(mode: PagingMode, level: u8, value: u64) -> String {
+    let wide = mode != PagingMode::Bits32;
+    let mut names = Vec::new();
+    let bits: [(u32, &str); 9] = [
+        (0, "P"),
+        (1, "RW"),
+        (2, "US"),
+        (3, "PWT"),
+        (4, "PCD"),
+        (5, "A"),
+        (6, "D"),
+        (7, if level == 1 { "PAT" } else { "PS" }),
+        (8, "G"),
+    ];
+    for (bit, name) in bits {
+        if value & (1 << bit) != 0 {
+            names.push(name);
+        }
+    }
+    if wide && value & (1 << 63) != 0 {
+        names.push("XD");
+    }
+    names.join(" ")
+}
+
+fn size_name(size: u64) -> String {
+    match size {
+        s if s >= 1 << 30 => format!("{}G", s >> 30),
+        s if s >= 1 << 20 => format!("{}M", s >> 20),
+        s => format!("{}K", s >> 10),
+    }
+}
+
+/// The walk of `va`, as `#` lines, then the result line.
+fn verbose(t: &Target, va: u64, out: &mut dyn Write) -> Result<Option<VmiError>, Failure> {
+    let paging: &Paging = &t.paging;
+    let mut steps: Vec<WalkStep> = Vec::with_capacity(5);
+    let result = t
+        .core
+        .translate_with(paging, Va(va), t.root, |s| steps.push(s));
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "# {va:#x}: {}, cr3 {:#x} (table at {:#x}), MAXPHYADDR {}, NXE {}, PSE {}",
+        mode_name(paging.mode),
+        t.root.0,
+        paging.root_table(t.root).0,
+        paging.max_phys_addr,
+        u8::from(paging.nxe),
+        u8::from(paging.pse)
+    );
+    let hexw = if paging.mode == PagingMode::Bits32 {
+        8
+    } else {
+        16
+    };
+    for s in &steps {
+        let label = format!(
+            "{}[{}]",
+            entry_name(paging.mode, s.level),
+            entry_index(paging.mode, s.level, va)
+        );
+        let _ = writeln!(
+            text,
+            "#   {label:<11} at {:#x} = 0x{:0hexw$x}  {}",
+            s.entry.0,
+            s.value,
+            flag_names(paging.mode, s.level, s.value)
+        );
+    }
+    let line = match result {
+        Ok(Translation {
+            pa,
+            page_size,
+            access,
+            user,
+        }) => {
+            let _ = writeln!(
+                text,
+                "#   => {} page at {:#x}, {access} {}",
+                size_name(page_size),
+                pa.0 & !(page_size - 1),
+                if user { "user" } else { "supervisor" }
+            );
+            format!("{va:#x} {:#x}", pa.0)
+        }
+        Err(VmiError::Translation(pf)) => {
+            let _ = writeln!(
+                text,
+                "#   => {} at level {} (entry at {:#x} = {:#x})",
+                pf.reason, pf.level, pf.entry.0, pf.value
+            );
+            format!("{va:#x} unmapped {}", fault_text(&pf))
+        }
+        Err(e) => {
+            out.write_all(text.as_bytes())?;
+            return Ok(Some(e));
+        }
+    };
+    let _ = writeln!(text, "{line}");
+    out.write_all(text.as_bytes())?;
+    Ok(None)
+}
+
+/// Translates one address and prints its line; `Some(error)` for a failure that is not
+/// a page fault.
+fn one(
+    t: &Target,
+    va: u64,
+    verbose_walk: bool,
+    out: &mut dyn Write,
+) -> Result<Option<VmiError>, Failure> {
+    if verbose_walk {
+        return verbose(t, va, out);
+    }
+    match t.core.translate(Va(va), t.root) {
+        Ok(tr) => writeln!(out, "{va:#x} {:#x}", tr.pa.0)?,
+        Err(VmiError::Translation(pf)) => writeln!(out, "{va:#x} unmapped {}", fault_text(&pf))?,
+        Err(e) => return Ok(Some(e)),
+    }
+    Ok(None)
+}
+
+pub(crate) fn run(
+    argv: &[OsString],
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    stderr_is_terminal: bool,
+) -> Result<i32, Failure> {
+    let mut spec: Vec<Opt> = WALK_OPTIONS.into_iter().collect();
+    spec.push(Opt {
+        name: "verbose",
+        short: Some('v'),
+        takes_value: false,
+    });
+    let opts = args::parse(argv, &spec)?;
+    if opts.flag("help") {
+        stdout.write_all(help::TRANSLATE.as_bytes())?;
+        return Ok(EXIT_OK);
+    }
+    let Some((dump, vas)) = opts.positionals.split_first() else {
+        return Err(Failure::usage("missing the DUMP argument"));
+    };
+    // Arguments are checked before any output.
+    let mut addresses = Vec::with_capacity(vas.len());
+    for v in vas {
+        let text = v
+            .to_str()
+            .ok_or_else(|| Failure::input(format!("malformed VA '{}'", args::show(v))))?;
+        addresses.push(args::hex_arg(text, "VA")?);
+    }
+    let target = target::resolve(dump, &opts)?;
+    let verbose_walk = opts.flag("verbose");
+    let forced = opts.flag("progress");
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout);
+    let mut other_error = None;
+
+    if !addresses.is_empty() {
+        let mut progress = Progress::new(
+            "translate",
+            "addresses",
+            Some(addresses.len() as u64),
+            stderr_is_terminal,
+            forced,
+        );
+        for &va in &addresses {
+            if let Some(e) = one(&target, va, verbose_walk, &mut out)? {
+                other_error.get_or_insert((va, e));
+            }
+            progress.add(1, stderr);
+        }
+        progress.finish(stderr);
+    } else {
+        let mut input = BufReader::with_capacity(1 << 16, stdin);
+        let mut progress =
+            Progress::new("translate", "addresses", None, stderr_is_terminal, forced);
+        let mut malformed = 0u64;
+        let mut line = Vec::new();
+        let mut number = 0u64;
+        loop {
+            // Flush before blocking on input, so that a coprocess sees each answer.
+            if input.buffer().is_empty() {
+                out.flush()?;
+            }
+            line.clear();
+            let n = input
+                .read_until(b'\n', &mut line)
+                .map_err(|e| Failure::input(format!("cannot read standard input: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            number += 1;
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim();
+            if text.is_empty() || text.starts_with('#') {
+                continue;
+            }
+            let Some(va) = parse_hex(text) else {
+                malformed += 1;
+                // Best effort, as all messages.
+                let _ = writeln!(
+                    stderr,
+                    "introvisor translate: line {number}: malformed VA '{text}' (skipped)"
+                );
+                continue;
+            };
+            if let Some(e) = one(&target, va, verbose_walk, &mut out)? {
+                other_error.get_or_insert((va, e));
+            }
+            progress.add(1, stderr);
+        }
+        progress.finish(stderr);
+        out.flush()?;
+        if malformed > 0 {
+            let _ = writeln!(
+                stderr,
+                "introvisor translate: {malformed} malformed line(s) in the input"
+            );
+            return Ok(EXIT_USAGE);
+        }
+    }
+    out.flush()?;
+    if let Some((va, e)) = other_error {
+        return Err(Failure::Fault(format!("walk of {va:#x} failed: {e}")));
+    }
+    Ok(EXIT_OK)
+}

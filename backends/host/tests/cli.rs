@@ -1,0 +1,822 @@
+//! The `introvisor` binary, run as a user would run it, on dumps built with GuestBuilder.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use introvisor::Va;
+use introvisor::arch::amd64::{Registers, Segment};
+use introvisor_host::builder::{Guest, GuestBuilder, MapFlags, PageSize};
+use introvisor_host::dump::write::{Run, write_qemu_elf};
+
+const BIN: &str = env!("CARGO_BIN_EXE_introvisor");
+
+/// A file in the temporary directory, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(tag: &str, bytes: &[u8]) -> Self {
+        use core::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "introvisor-cli-test-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, bytes).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+struct Output {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Output {
+    fn text(&self) -> String {
+        String::from_utf8(self.stdout.clone()).unwrap()
+    }
+}
+
+fn run_with(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    Output {
+        code: out.status.code().unwrap(),
+        stdout: out.stdout,
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    run_with(args, b"")
+}
+
+const USER: u64 = 0x40_0000;
+const KTEXT: u64 = 0xffff_ffff_8100_0000;
+const DIRECT: u64 = 0xffff_8880_0000_0000;
+const FAR: u64 = 0xffff_c900_0000_0000;
+const TEXT: &[u8] = b"a string that crosses a page boundary\0";
+
+/// A 4-level guest: two user 4 KiB pages with a string across them (and an unmapped page
+/// after them), a 2 MiB kernel text page, a 1 GiB direct map of all memory, and a 4 KiB
+/// page mapped to a frame above 4 GiB (outside memory).
+fn guest() -> Guest {
+    let mut g = GuestBuilder::new(8 << 20);
+    g.map_new(Va(USER), PageSize::Size4K, MapFlags::USER_DATA)
+        .unwrap();
+    g.map_new(Va(USER + 0x1000), PageSize::Size4K, MapFlags::USER_DATA)
+        .unwrap();
+    g.map_new(Va(KTEXT), PageSize::Size2M, MapFlags::KERNEL_TEXT)
+        .unwrap();
+    g.map(
+        Va(DIRECT),
+        introvisor::Pa(0),
+        PageSize::Size1G,
+        MapFlags::KERNEL_DATA,
+    )
+    .unwrap();
+    g.map(
+        Va(FAR),
+        introvisor::Pa(0x1_0000_0000),
+        PageSize::Size4K,
+        MapFlags::KERNEL_DATA,
+    )
+    .unwrap();
+    g.write_virtual(Va(USER + 0xff0), TEXT).unwrap();
+    let pattern: Vec<u8> = (0..0x20_0000u32)
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
+    g.write_virtual(Va(KTEXT), &pattern).unwrap();
+    g.finish()
+}
+
+fn raw_dump(g: &Guest) -> TempFile {
+    TempFile::new("raw.bin", &g.memory)
+}
+
+fn long_mode(cr3: u64) -> Registers {
+    Registers {
+        cr0: 0x8005_0033,
+        cr3,
+        cr4: 0x6a0,
+        efer: 0xd00,
+        rip: 0x40_0000,
+        cs: Segment {
+            selector: 0x33,
+            limit: 0xffff_ffff,
+            access: 0xa0fb,
+            base: 0,
+        },
+        ss: Segment {
+            selector: 0x2b,
+            limit: 0xffff_ffff,
+            access: 0xc0f3,
+            base: 0,
+        },
+        ..Registers::default()
+    }
+}
+
+/// The guest as a QEMU-style ELF with two vCPUs: vCPU 1's CR3 carries a PCID and the
+/// no-flush bit, which the walker must mask.
+fn elf_dump(g: &Guest) -> TempFile {
+    let mut bytes = Vec::new();
+    write_qemu_elf(
+        &mut bytes,
+        &[Run {
+            paddr: 0,
+            bytes: &g.memory,
+        }],
+        &[
+            long_mode(g.root.0),
+            long_mode(g.root.0 | 0x8000_0000_0000_0005),
+        ],
+    )
+    .unwrap();
+    TempFile::new("dump.elf", &bytes)
+}
+
+fn hex(v: u64) -> String {
+    format!("{v:#x}")
+}
+
+fn cr3(g: &Guest) -> String {
+    hex(g.root.0)
+}
+
+fn expected_line(g: &Guest, va: u64) -> String {
+    format!("{:#x} {:#x}", va, g.lookup(Va(va)).unwrap().0)
+}
+
+#[test]
+fn translate_arguments_cover_every_page_size_and_unmapped() {
+    let g = guest();
+    let dump = raw_dump(&g);
+    let vas = [USER + 0x123, KTEXT + 0x12345, DIRECT + 0x34_5678, FAR + 8];
+    let mut args = vec!["translate", dump.path(), "--cr3"];
+    let root = cr3(&g);
+    args.push(&root);
+    let va_args: Vec<String> = vas.iter().map(|&v| hex(v)).collect();
+    args.extend(va_args.iter().map(String::as_str));
+    args.push("0x0000800000000000"); // non-canonical
+    args.push("7fff_0000_0000"); // no 0x, an underscore; not mapped
+    let out = run(&args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<String> = out.text().lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    for (line, &va) in lines.iter().zip(&vas) {
+        assert_eq!(line, &expected_line(&g, va));
+    }
+    assert_eq!(
+        lines[1],
+        format!("{:#x} {:#x}", KTEXT + 0x12345, 0x20_0000 + 0x12345)
+    );
+    assert_eq!(
+        lines[2],
+        format!("{:#x} {:#x}", DIRECT + 0x345678, 0x345678)
+    );
+    assert_eq!(lines[3], format!("{:#x} 0x100000008", FAR + 8));
+    assert_eq!(
+        lines[4],
+        "0x800000000000 unmapped non-canonical level=4 entry=0x0 value=0x0"
+    );
+    // 0x7fff_0000_0000: PML4 index 255 is empty.
+    assert_eq!(
+        lines[5],
+        format!(
+            "0x7fff00000000 unmapped not-present level=4 entry={:#x} value=0x0",
+            g.root.0 + 255 * 8
+        )
+    );
+}
+
+#[test]
+fn translate_reads_stdin_like_arguments() {
+    let g = guest();
+    let dump = raw_dump(&g);
+    let root = cr3(&g);
+    let vas = [
+        "0x400123",
+        "ffffffff81000000",
+        "0xffff888000001000",
+        "0x500000",
+    ];
+    let by_args = run(&[&["translate", dump.path(), "--cr3", &root][..], &vas[..]].concat());
+    assert_eq!(by_args.code, 0);
+    let input = format!(
+        "# a comment\n{}\n\n  {}  \n{}\n{}",
+        vas[0], vas[1], vas[2], vas[3]
+    );
+    let by_stdin = run_with(
+        &["translate", dump.path(), "--cr3", &root],
+        input.as_bytes(),
+    );
+    assert_eq!(by_stdin.code, 0, "{}", by_stdin.stderr);
+    assert_eq!(by_stdin.stdout, by_args.stdout);
+    assert_eq!(by_stdin.text().lines().count(), 4);
+    assert!(
+        by_stdin
+            .text()
+            .lines()
+            .last()
+            .unwrap()
+            .contains(" unmapped not-present level=1 ")
+    );
+}
+
+#[test]
+fn malformed_numbers_exit_2() {
+    let g = guest();
+    let dump = raw_dump(&g);
+    let root = cr3(&g);
+    // In arguments: nothing is printed.
+    let out = run(&[
+        "translate",
+        dump.path(),
+        "--cr3",
+        &root,
+        "0x400000",
+        "0xnope",
+    ]);
+    assert_eq!(out.code, 2);
+    assert!(out.stdout.is_empty());
+    assert!(out.stderr.contains("0xnope"), "{}", out.stderr);
+    // Too large for 64 bits.
+    let out = run(&[
+        "translate",
+        dump.path(),
+        "--cr3",
+        &root,
+        "1_0000_0000_0000_0000",
+    ]);
+    assert_eq!(out.code, 2);
+    // A bad CR3.
+    let out = run(&["translate", dump.path(), "--cr3", "xyz", "0"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("CR3"), "{}", out.stderr);
+    // On stdin: the line is reported and skipped, the others answered.
+    let out = run_with(
+        &["translate", dump.path(), "--cr3", &root],
+        b"0x400000\nbogus\n0x401000\n",
+    );
+    assert_eq!(out.code, 2);
+    assert_eq!(out.text().lines().count(), 2);
+    assert!(out.stderr.contains("line 2"), "{}", out.stderr);
+    assert!(out.stderr.contains("bogus"), "{}", out.stderr);
+    // A bad LEN.
+    let out = run(&["read", dump.path(), "--cr3", &root, "0x400000", "12q"]);
+    assert_eq!(out.code, 2);
+}
+
+#[test]
+fn unreadable_dumps_and_bad_usage_exit_2() {
+    let missing = std::env::temp_dir().join("introvisor-cli-test-no-such-dump");
+    let missing = missing.to_str().unwrap();
+    let out = run(&["translate", missing, "--cr3", "0", "0x1000"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stdout.is_empty());
+    assert!(out.stderr.contains("no-such-dump"), "{}", out.stderr);
+    let out = run(&["info", missing]);
+    assert_eq!(out.code, 2);
+    let out = run(&["read", missing, "--cr3", "0", "0", "1"]);
+    assert_eq!(out.code, 2);
+
+    let corrupt = TempFile::new("corrupt.elf", b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x04");
+    let out = run(&["info", corrupt.path()]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("truncated"), "{}", out.stderr);
+
+    let g = guest();
+    let dump = raw_dump(&g);
+    // A raw dump has no registers: --cr3 is needed.
+    let out = run(&["translate", dump.path(), "0x400000"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("--cr3"), "{}", out.stderr);
+    for args in [
+        &[][..],
+        &["frobnicate"][..],
+        &["translate"][..],
+        &["translate", dump.path(), "--cr3"][..],
+        &["translate", dump.path(), "--cr3", "0", "--bogus", "0"][..],
+        &["translate", dump.path(), "--cr3", "0", "--paging", "6", "0"][..],
+        &["translate", dump.path(), "--cr3", "0", "--nxe", "2", "0"][..],
+        &[
+            "translate",
+            dump.path(),
+            "--cr3",
+            "0",
+            "--maxphyaddr",
+            "60",
+            "0",
+        ][..],
+        &["read", dump.path(), "--cr3", "0", "0x400000"][..],
+        &["info"][..],
+        &["demo", "extra"][..],
+    ] {
+        let out = run(args);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn read_hex_dump_across_a_page_boundary() {
+    let g = guest();
+    let dump = raw_dump(&g);
+    let root = cr3(&g);
+    let out = run(&["read", dump.path(), "--cr3", &root, "0x400ff0", "26"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.text(),
+        "0000000000400ff0: 6120 7374 7269 6e67 2074 6861 7420 6372  a string that cr\n\
+         0000000000401000: 6f73 7365 7320 6120 7061 6765 2062 6f75  osses a page bou\n\
+         0000000000401010: 6e64 6172 7900                           ndary.\n"
+    );
+}
+
+#[test]
+fn read_raw_gives_exactly_the_bytes() {
+    let g = guest();
+    let dump = raw_dump(&g);
+    let root = cr3(&g);
+    let expect = |va: u64, len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|i| {
+                let pa = g.lookup(Va(va + i as u64)).unwrap().0 as usize;
+                g.memory[pa]
+            })
+            .collect()
+    };
+    // Across the two user pages (two frames that are not adjacent).
+    let out = run(&[
+        "read",
+        dump.path(),
+        "--cr3",
+        &root,
+        "0x400ff0",
+        "0x20",
+        "--raw",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, expect(0x40_0ff0, 0x20));
+    assert_eq!(&out.stdout[..TEXT.len() - 1 - 6], &TEXT[..TEXT.len() - 7]);
+    // 1.5 MiB of the 2 MiB page, from an odd address: many chunks.
+    let va = KTEXT + 0x333;
+    let len = 0x18_0000;
+    let out = run(&[
+        "read",
+        dump.path(),
+        "--cr3",
+        &root,
+        &hex(va),
+        &hex(len as u64),
+        "--raw",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.len(), len);
+    assert_eq!(out.stdout, expect(va, len));
+    // All of memory through the 1 GiB direct map.
+    let out = run(&[
+        "read",
+        dump.path(),
+        "--cr3",
+        &root,
+        &hex(DIRECT),
+        "800000",
+        "--raw",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout == g.memory);
+    // Zero bytes.
+    let out = run(&[
+        "read",
+        dump.path(),
+        "--cr3",
+        &root,
+        "0x400000",
+        "0",
+        "--raw",
+    ]);
+    assert_eq!(out.code, 0);
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn read_of_a_partly_unmapped_range_names_the_first_fault_and_prints_nothing() {
+    let g = guest();
+    let dump = raw_dump(&g);
+    let root = cr3(&g);
+    // 0x400000 and 0x401000 are mapped, 0x402000 is not.
+    for raw in [true, false] {
+        let mut args = vec!["read", dump.path(), "--cr3", &root, "0x400800", "0x2000"];
+        if raw {
+            args.push("--raw");
+        }
+        let out = run(&args);
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert!(out.stdout.is_empty(), "partial output");
+        assert!(
+            out.stderr.contains("0x402000 is not mapped"),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("not-present level=1"), "{}", out.stderr);
+    }
+    // Mapped to a frame the dump does not hold.
+    let out = run(&[
+        "read",
+        dump.path(),
+        "--cr3",
+        &root,
+        &hex(FAR + 0x10),
+        "4",
+        "--raw",
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.is_empty());
+    assert!(
+        out.stderr
+            .contains(&format!("{:#x} maps to 0x100000010", FAR + 0x10)),
+        "{}",
+        out.stderr
+    );
+    // A range that wraps around the address space is malformed.
+    let out = run(&[
+        "read",
+        dump.path(),
+        "--cr3",
+        &root,
+        "0xffffffffffffff00",
+        "0x200",
+    ]);
+    assert_eq!(out.code, 2);
+}
+
+#[test]
+fn info_describes_raw_and_elf_dumps() {
+    let g = guest();
+    let raw = raw_dump(&g);
+    let out = run(&["info", raw.path()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = out.text();
+    assert!(
+        text.contains("format:  raw physical memory image"),
+        "{text}"
+    );
+    assert!(text.contains("size:    8388608 bytes (8.0 MiB)"), "{text}");
+    assert!(
+        text.contains("0x0000000000000000-0x00000000007fffff"),
+        "{text}"
+    );
+    assert!(text.contains("vcpus:   0"), "{text}");
+
+    let elf = elf_dump(&g);
+    let out = run(&["info", elf.path()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = out.text();
+    assert!(text.contains("ELF64 core file, machine x86-64"), "{text}");
+    assert!(text.contains("in 1 range(s)"), "{text}");
+    assert!(text.contains("vcpus:   2"), "{text}");
+    assert!(
+        text.contains(&format!("vcpu 0: cr3={:#x} 4-level paging", g.root.0)),
+        "{text}"
+    );
+    assert!(text.contains("efer=0xd00 (derived)"), "{text}");
+    assert!(text.contains("cpl=3"), "{text}");
+}
+
+#[test]
+fn elf_dumps_take_cr3_and_mode_from_the_vcpu() {
+    let g = guest();
+    let elf = elf_dump(&g);
+    let va = hex(USER + 0x10);
+    let want = format!("{}\n", expected_line(&g, USER + 0x10));
+    for args in [
+        vec!["translate", elf.path(), &va],
+        vec!["translate", elf.path(), "--vcpu", "1", &va],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(out.text(), want);
+    }
+    let out = run(&["translate", elf.path(), "--vcpu", "2", &va]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("2 vCPU"), "{}", out.stderr);
+    // --cr3 overrides the vCPU's: at 0x400000 there is no page table.
+    let out = run(&["translate", elf.path(), "--cr3", "0x7ff000", &va]);
+    assert_eq!(out.code, 0);
+    assert!(
+        out.text().contains("unmapped not-present level=4"),
+        "{}",
+        out.text()
+    );
+    let out = run(&["read", elf.path(), "0x400ff0", "8", "--raw"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, b"a string");
+}
+
+#[test]
+fn verbose_prints_the_walk_before_the_result() {
+    let g = guest();
+    let dump = raw_dump(&g);
+    let root = cr3(&g);
+    let plain = run(&[
+        "translate",
+        dump.path(),
+        "--cr3",
+        &root,
+        "0xffffffff81001234",
+        "0x402000",
+    ]);
+    let out = run(&[
+        "translate",
+        dump.path(),
+        "--cr3",
+        &root,
+        "-v",
+        "0xffffffff81001234",
+        "0x402000",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = out.text();
+    let results: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(results.join("\n") + "\n", plain.text());
+    let walk: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
+    // 2 MiB page: header, PML4E, PDPTE, PDE, result; then 4 KiB not present: header,
+    // PML4E, PDPTE, PDE, PTE, result.
+    assert_eq!(walk.len(), 5 + 6, "{text}");
+    assert!(walk[0].contains("4-level paging"), "{text}");
+    assert!(walk[1].contains("PML4E[511]"), "{text}");
+    assert!(walk[2].contains("PDPTE[510]"), "{text}");
+    assert!(
+        walk[3].contains("PDE[8]") && walk[3].contains(" PS"),
+        "{text}"
+    );
+    assert!(walk[3].contains(" P "), "{text}");
+    assert!(
+        walk[4].contains("2M page at 0x200000, r-x supervisor"),
+        "{text}"
+    );
+    assert!(
+        walk[9].contains("PTE[2]") && walk[9].ends_with("= 0x0000000000000000  "),
+        "{text}"
+    );
+    assert!(walk[10].contains("not present at level 1"), "{text}");
+}
+
+#[test]
+fn paging_options_change_the_walk() {
+    // A 5-level guest in a raw dump needs --paging 5.
+    let mut b = GuestBuilder::with_levels(1 << 20, 5);
+    let va = 0x00ff_8000_0000_0000u64; // PML5 index 1
+    b.map_new(Va(va), PageSize::Size4K, MapFlags::KERNEL_DATA)
+        .unwrap();
+    let g5 = b.finish();
+    let dump = TempFile::new("l5.bin", &g5.memory);
+    let root = cr3(&g5);
+    let out = run(&[
+        "translate",
+        dump.path(),
+        "--cr3",
+        &root,
+        "--paging",
+        "5",
+        &hex(va + 0x18),
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.text(), format!("{}\n", expected_line(&g5, va + 0x18)));
+    // Under 4-level paging the same address is not canonical.
+    let out = run(&["translate", dump.path(), "--cr3", &root, &hex(va)]);
+    assert!(
+        out.text().contains("unmapped non-canonical"),
+        "{}",
+        out.text()
+    );
+
+    // NXE off: the XD bit of kernel data is reserved.
+    let g = guest();
+    let dump = raw_dump(&g);
+    let root = cr3(&g);
+    let out = run(&[
+        "translate",
+        dump.path(),
+        "--cr3",
+        &root,
+        "--nxe",
+        "0",
+        "0xffff888000000000",
+    ]);
+    assert!(
+        out.text().contains("unmapped reserved-bit level=3"),
+        "{}",
+        out.text()
+    );
+    let out = run(&[
+        "translate",
+        dump.path(),
+        "--cr3",
+        &root,
+        "--nxe=1",
+        "0xffff888000000000",
+    ]);
+    assert_eq!(out.text(), "0xffff888000000000 0x0\n");
+    // MAXPHYADDR 32: the frame at 4 GiB sets a reserved bit.
+    let out = run(&[
+        "translate",
+        dump.path(),
+        "--cr3",
+        &root,
+        "--maxphyaddr",
+        "32",
+        &hex(FAR),
+    ]);
+    assert!(
+        out.text().contains("unmapped reserved-bit level=1"),
+        "{}",
+        out.text()
+    );
+
+    // 32-bit paging with a 4 MiB page, which needs CR4.PSE.
+    let mut mem = vec![0u8; 0x4000];
+    mem[0x1004..0x1008].copy_from_slice(&0x0040_0083u32.to_le_bytes()); // PDE[1]: 4M page at 4M
+    let dump32 = TempFile::new("bits32.bin", &mem);
+    let out = run(&[
+        "translate",
+        dump32.path(),
+        "--cr3",
+        "1000",
+        "--paging",
+        "32",
+        "0x401234",
+    ]);
+    assert_eq!(out.text(), "0x401234 0x401234\n");
+    let out = run(&[
+        "translate",
+        dump32.path(),
+        "--cr3",
+        "1000",
+        "--paging",
+        "32",
+        "--pse",
+        "0",
+        "0x401234",
+    ]);
+    assert_eq!(
+        out.text(),
+        "0x401234 unmapped table-outside-memory level=1 entry=0x400004 value=0x0\n"
+    );
+}
+
+#[test]
+fn help_for_every_command() {
+    let top = run(&["--help"]);
+    assert_eq!(top.code, 0);
+    assert!(top.text().contains("Usage: introvisor <COMMAND>"));
+    for cmd in ["demo", "info", "translate", "read"] {
+        let out = run(&[cmd, "--help"]);
+        assert_eq!(out.code, 0, "{cmd}");
+        assert!(
+            out.text().contains(&format!("Usage: introvisor {cmd}")),
+            "{cmd}: {}",
+            out.text()
+        );
+        let same = run(&["help", cmd]);
+        assert_eq!(same.stdout, out.stdout);
+    }
+    let t = run(&["translate", "-h"]).text();
+    for reason in [
+        "not-present",
+        "reserved-bit",
+        "table-outside-memory",
+        "non-canonical",
+    ] {
+        assert!(t.contains(reason), "{reason}");
+    }
+}
+
+#[test]
+fn demo_runs_without_input() {
+    let out = run(&["demo"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = out.text();
+    assert!(text.contains("0x0000000000400ff8 -> 0x"), "{text}");
+    for want in [
+        " 4K ",
+        " 2M ",
+        " 1G ",
+        "gfn_cache_metrics",
+        "v2p_cache_metrics",
+        " hits",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    assert!(text.contains("Grüße"), "{text}");
+    assert!(
+        text.contains("introvisor reads across page boundaries"),
+        "{text}"
+    );
+}
+
+#[test]
+fn forced_progress_goes_to_stderr_only() {
+    let g = guest();
+    let dump = raw_dump(&g);
+    let root = cr3(&g);
+    let input: String = (0..5000u64)
+        .map(|i| format!("{:#x}\n", DIRECT + i * 4096))
+        .collect();
+    let out = run_with(
+        &["translate", dump.path(), "--cr3", &root, "--progress"],
+        input.as_bytes(),
+    );
+    assert_eq!(out.code, 0);
+    assert_eq!(out.text().lines().count(), 5000);
+    assert!(
+        out.stderr.contains("translate: 5000 addresses"),
+        "{}",
+        out.stderr
+    );
+    let out = run(&[
+        "read",
+        dump.path(),
+        "--cr3",
+        &root,
+        &hex(DIRECT),
+        "0x100000",
+        "--raw",
+        "--progress",
+    ]);
+    assert_eq!(out.code, 0);
+    assert_eq!(out.stdout.len(), 0x10_0000);
+    assert!(out.stderr.contains("100%"), "{}", out.stderr);
+    // Not a terminal, not forced: nothing.
+    let out = run(&[
+        "read",
+        dump.path(),
+        "--cr3",
+        &root,
+        &hex(DIRECT),
+        "0x1000",
+        "--raw",
+    ]);
+    assert!(out.stderr.is_empty());
+}
+
+#[test]
+fn paths_are_just_paths() {
+    let g = guest();
+    let dump = raw_dump(&g);
+    let root = cr3(&g);
+    // A path given after "--" and a dump whose name starts with '-'.
+    let dir = Path::new(dump.path()).parent().unwrap().to_owned();
+    let odd = TempFile(dir.join(format!("-introvisor-cli-test-{}", std::process::id())));
+    std::fs::copy(dump.path(), &odd.0).unwrap();
+    let out = Command::new(BIN)
+        .current_dir(&dir)
+        .args([
+            "translate",
+            "--cr3",
+            &root,
+            "--",
+            odd.0.file_name().unwrap().to_str().unwrap(),
+            "400000",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        expected_line(&g, USER) + "\n"
+    );
+}
