@@ -3,7 +3,7 @@
 mod paging;
 mod registers;
 
-pub use paging::{EntryFlags, Paging, PagingMode};
+pub use paging::{Access, AccessKind, EntryFlags, Paging, PagingMode, PfErrorCode, RightsPolicy};
 pub use registers::{DescriptorTable, Registers, Segment};
 
 use crate::addr::{Pa, Va};
