@@ -656,12 +656,15 @@ mod tests {
         mem[at..at + 8].copy_from_slice(&v.to_le_bytes());
     }
 
+    /// (level, entry address, value) of one walk step.
+    type Step = (u8, u64, u64);
+
     fn walk_steps(
         mem: &[u8],
         paging: &Paging,
         va: u64,
         cr3: u64,
-    ) -> (Result<Translation, VmiError>, Vec<(u8, u64, u64)>) {
+    ) -> (Result<Translation, VmiError>, Vec<Step>) {
         let mut steps = Vec::new();
         let r = Amd64::translate_observed(mem, paging, Va(va), Pa(cr3), |s| {
             steps.push((s.level, s.entry.0, s.value));
