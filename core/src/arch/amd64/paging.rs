@@ -960,6 +960,15 @@ mod tests {
                 "bit {bit} of the entry at {entry:#x}"
             );
         }
+        // Not present beats reserved: P = 0 with every other bit set.
+        for (entry, va, level) in [(0x1800, va_4k, 4), (0x2008, va_1g, 3), (0x4038, va_4k, 1)] {
+            let mut m = level4_fixture();
+            w64(&mut m, entry, !1);
+            assert_eq!(
+                pf(Amd64::translate(&m[..], &p, Va(va), Pa(0x1000))),
+                (FaultReason::NotPresent, level, entry)
+            );
+        }
         // Bits 62:52 are ignored, not reserved (the PTE of the fixture sets them all).
         let m = level4_fixture();
         assert!(Amd64::translate(&m[..], &p, Va(va_4k), Pa(0x1000)).is_ok());
