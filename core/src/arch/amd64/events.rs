@@ -327,17 +327,23 @@ impl InterruptType {
 }
 
 /// #PF error-code bits (SDM Vol. 3A §4.7, Figure 4-12).
+/// They are [`PfErrorCode`](super::PfErrorCode)'s values (one definition), as `u32` for
+/// `const` use here.
 mod pf_error {
+    use super::super::PfErrorCode;
+
     /// P: 0 for a non-present page, 1 for a protection violation.
-    pub(super) const PRESENT: u32 = 1 << 0;
+    pub(super) const PRESENT: u32 = PfErrorCode::PRESENT.bits();
     /// W/R: the access was a write.
-    pub(super) const WRITE: u32 = 1 << 1;
+    pub(super) const WRITE: u32 = PfErrorCode::WRITE.bits();
     /// U/S: the access was made in user mode.
-    pub(super) const USER: u32 = 1 << 2;
+    pub(super) const USER: u32 = PfErrorCode::USER.bits();
     /// RSVD: a reserved bit was set in some paging-structure entry.
-    pub(super) const RESERVED: u32 = 1 << 3;
-    /// I/D: the access was an instruction fetch.
-    pub(super) const FETCH: u32 = 1 << 4;
+    pub(super) const RESERVED: u32 = PfErrorCode::RESERVED.bits();
+    /// I/D: the access was an instruction fetch. Set for every fetch here; per SDM §4.7
+    /// the processor sets it only with NXE (PAE, 4- and 5-level paging) or SMEP, which
+    /// [`PfErrorCode::for_access`](super::super::PfErrorCode::for_access) models exactly.
+    pub(super) const FETCH: u32 = PfErrorCode::INSTRUCTION.bits();
 
     /// The W/R, U/S and I/D bits of an access.
     pub(super) const fn access_bits(access: crate::access::MemoryAccess, user: bool) -> u32 {

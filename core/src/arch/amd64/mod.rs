@@ -10,7 +10,7 @@ pub use events::{
     InterruptEvent, InterruptType, IoDirection, IoEvent, MemoryAccessEvent, MsrEvent, vector,
 };
 pub use gp_registers::GpRegisters;
-pub use paging::{EntryFlags, Paging, PagingMode};
+pub use paging::{Access, AccessKind, EntryFlags, Paging, PagingMode, PfErrorCode, RightsPolicy};
 pub use registers::{DescriptorTable, Registers, Segment};
 
 use crate::addr::{Pa, Va};
