@@ -864,10 +864,8 @@ fn a_prober_passes_other_errors_on_and_files_unservable_faults() {
     layout.set_entry(pte, layout.entry(pte) | (1 << 45));
     let driver = ScriptedDriver::new(layout.memory, 1).with_registers(registers64(root, 0));
     driver.load_script("event 0 singlestep\n").unwrap();
-    let core = VmiCore::new(driver).with_paging(Paging {
-        max_phys_addr: 40,
-        ..Paging::new(PagingMode::Level4)
-    });
+    let core =
+        VmiCore::new(driver).with_paging(Paging::new(PagingMode::Level4).with_max_phys_addr(40));
 
     struct Probe(
         Vec<Result<Option<u64>, VmiError>>,
