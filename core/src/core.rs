@@ -1139,3 +1139,41 @@ impl<D: VmiDriver> Drop for PauseGuard<'_, D> {
         }
     }
 }
+
+impl<D: VmiDriver<Architecture = crate::arch::amd64::Amd64>> VmiCore<D> {
+    /// Translates `va` as the guest's `access` would, through the translation cache: the
+    /// walk, then the rights check of SDM Vol. 3A §4.6 under `rights`.
+    ///
+    /// A denied access is walked once more without the cache, to name the leaf entry in
+    /// the error; [`Paging::fault_error_code`](crate::arch::amd64::Paging::fault_error_code)
+    /// gives the #PF error code of any failure.
+    ///
+    /// # Errors
+    /// As [`VmiCore::translate`]; [`VmiError::Translation`] with
+    /// [`FaultReason::AccessDenied`](crate::FaultReason::AccessDenied) when the rights
+    /// forbid the access.
+    pub fn translate_access(
+        &self,
+        va: Va,
+        root: Pa,
+        access: crate::arch::amd64::Access,
+        rights: crate::arch::amd64::RightsPolicy,
+    ) -> Result<Translation, VmiError> {
+        let translation = self.translate(va, root)?;
+        if self
+            .paging
+            .check_access(&translation, access, rights)
+            .is_ok()
+        {
+            return Ok(translation);
+        }
+        crate::arch::amd64::Amd64::translate_access(
+            &CoreReader(self),
+            &self.paging,
+            va,
+            root,
+            access,
+            rights,
+        )
+    }
+}

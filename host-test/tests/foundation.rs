@@ -619,3 +619,42 @@ fn random_roots_and_addresses_never_panic() {
     }
     println!("{ok} of 20000 random reads succeeded");
 }
+
+/// Access-checked translation through the core: allowed accesses come back with the
+/// translation (from the cache after the first), denied ones name the leaf entry.
+#[test]
+fn translate_access_through_the_core() {
+    use introvisor::arch::amd64::{Access, AccessKind, RightsPolicy};
+    let mut b = GuestBuilder::new(8 << 20);
+    b.map_new(Va(BASE), PageSize::Size4K, MapFlags::KERNEL_TEXT)
+        .unwrap();
+    let guest = b.finish();
+    let core = VmiCore::new(HostDriver::from_vec(guest.memory));
+    let rights = RightsPolicy::new();
+    let fetch = core.translate_access(
+        Va(BASE + 8),
+        guest.root,
+        Access::supervisor(AccessKind::Fetch),
+        rights,
+    );
+    assert_eq!(fetch.map(|t| t.access), Ok(MemoryAccess::RX));
+    for denied in [
+        Access::supervisor(AccessKind::Write),
+        Access::user(AccessKind::Read),
+    ] {
+        let err = core
+            .translate_access(Va(BASE + 8), guest.root, denied, rights)
+            .unwrap_err();
+        let pf = err.page_fault().copied().unwrap();
+        assert_eq!(
+            (pf.reason, pf.level),
+            (FaultReason::AccessDenied, 1),
+            "{denied:?}"
+        );
+        assert_ne!(pf.value, 0);
+        let code = core.paging().fault_error_code(&pf, denied, rights).unwrap();
+        assert!(code.contains(introvisor::arch::amd64::PfErrorCode::PRESENT));
+    }
+    // The first translation missed, the rest hit the cache.
+    assert_eq!(core.v2p_cache_metrics().misses, 1);
+}
