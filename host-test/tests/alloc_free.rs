@@ -3,8 +3,9 @@
 //! counting global allocator proves it; and the core at its default capacities fits in
 //! 64 KiB of static data.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::Cell;
+use std::alloc::System;
 
 use introvisor::{AccessContext, Va, VmiCore};
 use introvisor_host::HostDriver;

@@ -2,7 +2,8 @@
 //!
 //! `cargo bench -p introvisor-host-test --bench peers` prints the markdown of
 //! `BENCHMARKS.md`'s measured section; with `-- --update` it also rewrites that section in
-//! place. `BENCH_OPS` and `BENCH_REPS` shrink a run for a quick look.
+//! place. `BENCH_OPS` and `BENCH_REPS` shrink a run for a quick look; `BENCH_FILTER` keeps
+//! the floors and the subjects whose name contains it.
 //!
 //! The harness is our own, not criterion: each workload is one batch of a fixed number of
 //! operations, timed whole and repeated; the table gives the median per operation and the
@@ -222,9 +223,15 @@ impl Bench {
         });
     }
 
-    /// Runs every workload on one subject.
+    /// Runs every workload on one subject (unless `BENCH_FILTER` names others).
     fn run<S: Subject>(&mut self, s: &mut S, kind: Kind) {
         let name = s.name();
+        if let Ok(filter) = std::env::var("BENCH_FILTER")
+            && !name.contains(&filter)
+            && kind != Kind::Floor
+        {
+            return;
+        }
         let n = self.syn.random_4k.len();
         let mut out = vec![0u64; n];
 
