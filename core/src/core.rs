@@ -607,11 +607,20 @@ impl<D: VmiDriver> VmiCore<D> {
     // ----- physical access -----------------------------------------------------------
 
     /// Reads within one page of guest-physical memory.
+    ///
+    /// Small on purpose: with the page cache off it inlines down to the driver's copy, so
+    /// a page-table entry read with a constant length becomes a load, not a `memcpy` call.
     #[inline]
     fn read_physical_in_page(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
         if !self.gfn_cache_enabled.load(Ordering::Relaxed) {
             return self.driver.read_physical(pa, buf);
         }
+        self.read_physical_cached(pa, buf)
+    }
+
+    /// [`VmiCore::read_physical_in_page`] through the page cache.
+    #[inline(never)]
+    fn read_physical_cached(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
         let gfn = Gfn(pa.0 >> Self::PAGE_SHIFT);
         let offset = pa.0 & (Self::PAGE_SIZE - 1);
         if let Some(result) = self
