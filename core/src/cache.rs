@@ -588,6 +588,24 @@ impl TlbSlot {
 
     /// A consistent snapshot `(root, vpn, value, generation)`, or `None` while a writer
     /// holds the slot. Reads only: a hit writes nothing to the slot.
+    /// The value and generation if the slot holds `(root, vpn)`, read consistently. The
+    /// page number is compared first, so a slot holding another key costs two loads.
+    #[inline]
+    fn lookup(&self, root: u64, vpn: u64) -> Option<(u64, u64)> {
+        let before = self.seq.load(Ordering::Acquire);
+        if self.vpn.load(Ordering::Relaxed) != vpn || before & 1 != 0 {
+            return None;
+        }
+        let r = self.root.load(Ordering::Relaxed);
+        let value = self.value.load(Ordering::Relaxed);
+        let generation = self.generation.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        let consistent = self.seq.load(Ordering::Relaxed) == before;
+        // The page number read before the fence belongs to the same write when the
+        // sequence number did not move.
+        (consistent && r == root).then_some((value, generation))
+    }
+
     #[inline]
     fn read(&self) -> Option<(u64, u64, u64, u64)> {
         let before = self.seq.load(Ordering::Acquire);
@@ -721,8 +739,8 @@ impl<const SETS: usize, const WAYS: usize> Tlb<SETS, WAYS> {
     #[inline]
     pub fn get(&self, root: u64, vpn: u64, generation: u64) -> Option<u64> {
         let found = self.set_of(root, vpn).and_then(|(_, set)| {
-            set.iter().find_map(|slot| match slot.read() {
-                Some((r, v, value, g)) if r == root && v == vpn && g == generation => Some(value),
+            set.iter().find_map(|slot| match slot.lookup(root, vpn) {
+                Some((value, g)) if g == generation => Some(value),
                 _ => None,
             })
         });
