@@ -562,6 +562,18 @@ impl Stripe {
     }
 }
 
+/// Adds one to a counter with a plain load and store: no locked instruction, so neither
+/// a wait for the store buffer to drain (after a page copy, a locked add costs as much as
+/// the walk) nor a bus lock. Two threads that share a stripe may, rarely, lose one
+/// another's increment: the counters are statistics, exact for a single thread.
+#[inline]
+fn bump(counter: &AtomicU64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
+}
+
 /// A key word no key can have: the virtual page number of an empty slot.
 const EMPTY: u64 = u64::MAX;
 
@@ -663,9 +675,10 @@ impl TlbSlot {
 /// Eviction: a new key goes into its set's slot holding the same key, else an empty or
 /// stale slot, else the slot the set's round-robin pointer names (the oldest insertion,
 /// unless a replacement or removal reused a slot since), which is then counted as an
-/// eviction. Counters are exact for a single thread; with several, an increment never
-/// gets lost either (they are atomic), they only spread over stripes chosen by the
-/// calling thread's stack address.
+/// eviction (the pointer moves without a locked instruction, so racing insertions may
+/// pick the same victim). Counters are exact for a single thread; with several they
+/// spread over stripes chosen by the calling thread's stack address, and an increment is
+/// lost only if two threads share a stripe at the same instant.
 pub struct Tlb<const SETS: usize, const WAYS: usize> {
     sets: [[TlbSlot; WAYS]; SETS],
     /// The round-robin victim of each set.
@@ -746,8 +759,8 @@ impl<const SETS: usize, const WAYS: usize> Tlb<SETS, WAYS> {
         });
         let stripe = self.stripe();
         match found {
-            Some(_) => stripe.hits.fetch_add(1, Ordering::Relaxed),
-            None => stripe.misses.fetch_add(1, Ordering::Relaxed),
+            Some(_) => bump(&stripe.hits),
+            None => bump(&stripe.misses),
         };
         found
     }
@@ -784,7 +797,11 @@ impl<const SETS: usize, const WAYS: usize> Tlb<SETS, WAYS> {
             Some((i, empty)) => (i, empty, false),
             None => {
                 let victim = match self.next.get(set_index) {
-                    Some(n) => usize::from(n.fetch_add(1, Ordering::Relaxed)) % WAYS,
+                    Some(n) => {
+                        let v = n.load(Ordering::Relaxed);
+                        n.store(v.wrapping_add(1), Ordering::Relaxed);
+                        usize::from(v) % WAYS
+                    }
                     None => 0,
                 };
                 (victim, false, true)
@@ -804,7 +821,7 @@ impl<const SETS: usize, const WAYS: usize> Tlb<SETS, WAYS> {
                 self.len.fetch_add(1, Ordering::Relaxed);
             }
             if evicts {
-                self.stripe().evictions.fetch_add(1, Ordering::Relaxed);
+                bump(&self.stripe().evictions);
             }
         }
     }
@@ -1091,6 +1108,6 @@ mod tests {
             }
         });
         let m = TLB.metrics();
-        assert_eq!(m.hits + m.misses, 2 * rounds);
+        assert!(m.hits + m.misses <= 2 * rounds && m.hits > 0 && m.misses > 0);
     }
 }
