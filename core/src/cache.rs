@@ -544,8 +544,9 @@ impl<K: CacheKey, V, const S: usize, const N: usize> ShardedLru<K, V, S, N> {
 /// stack (below), so that vCPUs on different CPUs rarely write the same cache line.
 const STRIPES: usize = 8;
 
-/// One stripe of counters, alone on its cache line.
-#[repr(align(64))]
+/// One stripe of counters, alone on its pair of cache lines (128 bytes: the adjacent-line
+/// prefetcher of some CPUs pulls lines in pairs).
+#[repr(align(128))]
 struct Stripe {
     hits: AtomicU64,
     misses: AtomicU64,

@@ -437,13 +437,12 @@ fn threads(
         .copied()
         .collect();
     work(vas);
-    let mut one = Vec::new();
-    let mut two = Vec::new();
-    for _ in 0..reps {
-        one.push(vas.len() as f64 / time(|| work(vas)) * 1e3);
-        let barrier = Barrier::new(3);
-        let ns = std::thread::scope(|scope| {
-            for list in [vas, &rotated[..]] {
+    // One thread and two, both on spawned threads released by a barrier, alternated so
+    // that a disturbance from outside hits both alike.
+    let run = |lists: &[&[u64]]| {
+        let barrier = Barrier::new(lists.len() + 1);
+        let start = std::thread::scope(|scope| {
+            for &list in lists {
                 let barrier = &barrier;
                 let work = &work;
                 scope.spawn(move || {
@@ -452,11 +451,17 @@ fn threads(
                 });
             }
             barrier.wait();
-            let start = Instant::now();
-            // The scope joins both threads before it returns.
-            start
+            // The scope joins every thread before it returns.
+            Instant::now()
         });
-        two.push(2.0 * vas.len() as f64 / ns.elapsed().as_nanos() as f64 * 1e3);
+        let ops = lists.iter().map(|l| l.len()).sum::<usize>();
+        ops as f64 / start.elapsed().as_nanos() as f64 * 1e3
+    };
+    let mut one = Vec::new();
+    let mut two = Vec::new();
+    for _ in 0..reps.max(7) {
+        one.push(run(&[vas]));
+        two.push(run(&[vas, &rotated]));
     }
     one.sort_by(f64::total_cmp);
     two.sort_by(f64::total_cmp);
