@@ -1,5 +1,6 @@
-//! Fixed-capacity caches: one LRU used by both the page cache and the translation cache,
-//! and a sharded, lock-protected wrapper that lets many vCPUs use one cache at once.
+//! Fixed-capacity caches: an LRU and a sharded, lock-protected wrapper that lets many
+//! vCPUs use one (the page cache), and [`Tlb`], a set-associative translation cache whose
+//! lookups take no lock (the translation cache, read on every access, by every vCPU).
 //!
 //! [`Lru`] keeps its entries in an array of `N` slots, indexes them through a chained hash
 //! table of `N` buckets, and orders them in an intrusive doubly linked list (most recently

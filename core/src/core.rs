@@ -49,7 +49,8 @@ const TLB_SHIFT_MASK: u64 = 0x3f << TLB_SHIFT;
 /// The introspection core: one driver, a page cache, a translation cache.
 ///
 /// `VmiCore` is `Send + Sync` when its driver and the driver's page handles are: one core
-/// serves every vCPU. Both caches are sharded behind spin locks. Writes through the core
+/// serves every vCPU. The page cache is sharded behind spin locks; the translation cache
+/// is read without a lock (seqlocks over atomics, see [`Tlb`]). Writes through the core
 /// keep both caches true; changes the guest makes itself are not seen by the translation
 /// cache until it is flushed ([`VmiCore::flush_v2p_cache`], O(1), at each event).
 ///
@@ -173,8 +174,8 @@ impl<D: VmiDriver> VmiCore<D> {
         self.gfn_cache.metrics()
     }
 
-    /// Enables the translation cache with an effective capacity of `size` entries (at
-    /// most [`V2P_CACHE_CAPACITY`]).
+    /// Enables the translation cache with an effective capacity of `size` entries, as
+    /// [`VmiCore::resize_v2p_cache`].
     pub fn with_v2p_cache(self, size: usize) -> Self {
         self.resize_v2p_cache(size);
         self.enable_v2p_cache();
@@ -192,8 +193,9 @@ impl<D: VmiDriver> VmiCore<D> {
         self.flush_v2p_cache();
     }
 
-    /// Sets the translation cache's effective capacity (clamped to
-    /// [`V2P_CACHE_CAPACITY`]).
+    /// Sets the translation cache's effective capacity: `size` rounded down to whole sets
+    /// of four, at least one set unless `size` is zero, at most [`V2P_CACHE_CAPACITY`].
+    /// Empties the cache. O(capacity).
     pub fn resize_v2p_cache(&self, size: usize) {
         self.v2p_cache.set_capacity(size);
     }
