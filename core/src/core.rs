@@ -14,7 +14,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 use crate::access::{AccessContext, AddressContext, MemoryAccess, TranslationMechanism, VmiInfo};
 use crate::addr::{Gfn, Pa, Va, VcpuId, View};
 use crate::arch::{Architecture, PhysRead, Translation, WalkStep};
-use crate::cache::{CacheKey, CacheMetrics, ShardedLru, mix64};
+use crate::cache::{CacheMetrics, ShardedLru, Tlb};
 use crate::driver::{EventMonitorOf, InterruptOf, RegistersOf, VmiDriver};
 use crate::error::VmiError;
 use crate::event::{VmiEvent, VmiEventResponse};
@@ -23,51 +23,34 @@ use crate::page::PageRef;
 /// The default cap on string reads, in bytes: 64 KiB.
 pub const DEFAULT_STRING_LENGTH_LIMIT: usize = 64 * 1024;
 
-/// Shards of each cache.
+/// Shards of the page cache.
 const SHARDS: usize = 8;
 /// Entries per shard of the page cache.
 const GFN_PER_SHARD: usize = 32;
-/// Entries per shard of the translation cache.
-const V2P_PER_SHARD: usize = 64;
+/// Sets of the translation cache.
+const TLB_SETS: usize = 128;
+/// Ways per set of the translation cache.
+const TLB_WAYS: usize = 4;
 
 /// The compile-time capacity of the page (GFN) cache.
 pub const GFN_CACHE_CAPACITY: usize = SHARDS * GFN_PER_SHARD;
 /// The compile-time capacity of the translation cache.
-pub const V2P_CACHE_CAPACITY: usize = SHARDS * V2P_PER_SHARD;
+pub const V2P_CACHE_CAPACITY: usize = TLB_SETS * TLB_WAYS;
 
-/// The key of the translation cache: a root and a 4 KiB virtual page.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct TlbKey {
-    root: u64,
-    vpn: u64,
-}
-
-impl CacheKey for TlbKey {
-    #[inline]
-    fn hash64(&self) -> u64 {
-        mix64(self.root) ^ self.vpn
-    }
-}
-
-/// A cached translation of one 4 KiB virtual page: the frame of that page (whatever the
-/// leaf's size), the leaf's size, the effective rights, and the flush generation it
-/// belongs to.
-#[derive(Clone, Copy)]
-struct TlbEntry {
-    /// Page-aligned physical address; bits 0..=2 hold W, X and U.
-    frame: u64,
-    page_size: u64,
-    generation: u64,
-}
-
+/// A cached translation of one virtual page, packed in one word for the [`Tlb`]: the
+/// page-aligned frame of that page (whatever the leaf's size), then in the low bits W, X
+/// and U (bits 0..=2) and log2 of the leaf's size (bits 3..=8).
 const TLB_W: u64 = 1 << 0;
 const TLB_X: u64 = 1 << 1;
 const TLB_U: u64 = 1 << 2;
+const TLB_SHIFT: u32 = 3;
+const TLB_SHIFT_MASK: u64 = 0x3f << TLB_SHIFT;
 
 /// The introspection core: one driver, a page cache, a translation cache.
 ///
 /// `VmiCore` is `Send + Sync` when its driver and the driver's page handles are: one core
-/// serves every vCPU. Both caches are sharded behind spin locks. Writes through the core
+/// serves every vCPU. The page cache is sharded behind spin locks; the translation cache
+/// is read without a lock (seqlocks over atomics, see [`Tlb`]). Writes through the core
 /// keep both caches true; changes the guest makes itself are not seen by the translation
 /// cache until it is flushed ([`VmiCore::flush_v2p_cache`], O(1), at each event).
 ///
@@ -79,9 +62,8 @@ pub struct VmiCore<D: VmiDriver> {
     paging: <D::Architecture as Architecture>::Paging,
     gfn_cache: ShardedLru<Gfn, D::Page, SHARDS, GFN_PER_SHARD>,
     gfn_cache_enabled: AtomicBool,
-    v2p_cache: ShardedLru<TlbKey, TlbEntry, SHARDS, V2P_PER_SHARD>,
+    v2p_cache: Tlb<TLB_SETS, TLB_WAYS>,
     v2p_cache_enabled: AtomicBool,
-    v2p_generation: AtomicU64,
     string_limit: AtomicUsize,
     next_gfn: AtomicU64,
     created: Option<Duration>,
@@ -119,9 +101,8 @@ impl<D: VmiDriver> VmiCore<D> {
             paging: Default::default(),
             gfn_cache: ShardedLru::new(),
             gfn_cache_enabled: AtomicBool::new(true),
-            v2p_cache: ShardedLru::new(),
+            v2p_cache: Tlb::new(),
             v2p_cache_enabled: AtomicBool::new(true),
-            v2p_generation: AtomicU64::new(0),
             string_limit: AtomicUsize::new(DEFAULT_STRING_LENGTH_LIMIT),
             next_gfn: AtomicU64::new(0),
             created,
@@ -193,8 +174,8 @@ impl<D: VmiDriver> VmiCore<D> {
         self.gfn_cache.metrics()
     }
 
-    /// Enables the translation cache with an effective capacity of `size` entries (at
-    /// most [`V2P_CACHE_CAPACITY`]).
+    /// Enables the translation cache with an effective capacity of `size` entries, as
+    /// [`VmiCore::resize_v2p_cache`].
     pub fn with_v2p_cache(self, size: usize) -> Self {
         self.resize_v2p_cache(size);
         self.enable_v2p_cache();
@@ -212,24 +193,23 @@ impl<D: VmiDriver> VmiCore<D> {
         self.flush_v2p_cache();
     }
 
-    /// Sets the translation cache's effective capacity (clamped to
-    /// [`V2P_CACHE_CAPACITY`]).
+    /// Sets the translation cache's effective capacity: `size` rounded down to whole sets
+    /// of four, at least one set unless `size` is zero, at most [`V2P_CACHE_CAPACITY`].
+    /// Empties the cache. O(capacity).
     pub fn resize_v2p_cache(&self, size: usize) {
         self.v2p_cache.set_capacity(size);
     }
 
     /// Drops the cached translation of the page that holds `ctx.va` under `ctx.root`.
     pub fn flush_v2p_cache_entry(&self, ctx: AddressContext) {
-        self.v2p_cache.remove(&TlbKey {
-            root: ctx.root.0,
-            vpn: ctx.va.0 >> Self::PAGE_SHIFT,
-        });
+        self.v2p_cache
+            .remove(ctx.root.0, ctx.va.0 >> Self::PAGE_SHIFT);
     }
 
     /// Drops every cached translation. O(1): the cache's generation moves on, and older
     /// entries are never returned again.
     pub fn flush_v2p_cache(&self) {
-        self.v2p_generation.fetch_add(1, Ordering::Relaxed);
+        self.v2p_cache.flush();
     }
 
     /// The translation cache's counters.
@@ -535,45 +515,64 @@ impl<D: VmiDriver> VmiCore<D> {
         if !self.v2p_cache_enabled.load(Ordering::Relaxed) {
             return self.translate_uncached(va, root);
         }
-        let key = TlbKey {
-            root: root.0,
-            vpn: va.0 >> Self::PAGE_SHIFT,
+        let vpn = va.0 >> Self::PAGE_SHIFT;
+        let generation = self.v2p_cache.generation();
+        match self.v2p_cache.get(root.0, vpn, generation) {
+            Some(entry) => Ok(Self::unpack(entry, va)),
+            None => self.translate_and_cache(va, root, vpn, generation),
+        }
+    }
+
+    /// The translation a TLB word holds, for `va` in its page.
+    #[inline]
+    fn unpack(entry: u64, va: Va) -> Translation {
+        let mut access = MemoryAccess::R;
+        if entry & TLB_W != 0 {
+            access |= MemoryAccess::W;
+        }
+        if entry & TLB_X != 0 {
+            access |= MemoryAccess::X;
+        }
+        let offset_mask = Self::PAGE_SIZE - 1;
+        Translation {
+            pa: Pa((entry & !offset_mask) | (va.0 & offset_mask)),
+            page_size: 1 << ((entry & TLB_SHIFT_MASK) >> TLB_SHIFT),
+            access,
+            user: entry & TLB_U != 0,
+        }
+    }
+
+    /// The miss path of [`VmiCore::translate`]: walk, then cache the result under the
+    /// generation read before the walk (a flush during the walk outdates it).
+    #[inline(never)]
+    fn translate_and_cache(
+        &self,
+        va: Va,
+        root: Pa,
+        vpn: u64,
+        generation: u64,
+    ) -> Result<Translation, VmiError> {
+        const {
+            assert!(
+                <D::Architecture as Architecture>::PAGE_SHIFT >= 9,
+                "the TLB packs flags and a size in the page offset bits"
+            )
         };
-        let generation = self.v2p_generation.load(Ordering::Relaxed);
-        if let Some(entry) = self.v2p_cache.get_if(&key, |e| e.generation == generation) {
-            let mut access = MemoryAccess::R;
-            if entry.frame & TLB_W != 0 {
-                access |= MemoryAccess::W;
-            }
-            if entry.frame & TLB_X != 0 {
-                access |= MemoryAccess::X;
-            }
-            return Ok(Translation {
-                pa: Pa((entry.frame & !(Self::PAGE_SIZE - 1)) | (va.0 & (Self::PAGE_SIZE - 1))),
-                page_size: entry.page_size,
-                access,
-                user: entry.frame & TLB_U != 0,
-            });
-        }
         let t = self.translate_uncached(va, root)?;
-        let mut frame = t.pa.0 & !(Self::PAGE_SIZE - 1);
-        if t.access.contains(MemoryAccess::W) {
-            frame |= TLB_W;
+        if t.page_size.is_power_of_two() {
+            let mut entry = (t.pa.0 & !(Self::PAGE_SIZE - 1))
+                | (u64::from(t.page_size.trailing_zeros()) << TLB_SHIFT);
+            if t.access.contains(MemoryAccess::W) {
+                entry |= TLB_W;
+            }
+            if t.access.contains(MemoryAccess::X) {
+                entry |= TLB_X;
+            }
+            if t.user {
+                entry |= TLB_U;
+            }
+            self.v2p_cache.insert(root.0, vpn, entry, generation);
         }
-        if t.access.contains(MemoryAccess::X) {
-            frame |= TLB_X;
-        }
-        if t.user {
-            frame |= TLB_U;
-        }
-        self.v2p_cache.insert(
-            key,
-            TlbEntry {
-                frame,
-                page_size: t.page_size,
-                generation,
-            },
-        );
         Ok(t)
     }
 
@@ -610,11 +609,20 @@ impl<D: VmiDriver> VmiCore<D> {
     // ----- physical access -----------------------------------------------------------
 
     /// Reads within one page of guest-physical memory.
+    ///
+    /// Small on purpose: with the page cache off it inlines down to the driver's copy, so
+    /// a page-table entry read with a constant length becomes a load, not a `memcpy` call.
     #[inline]
     fn read_physical_in_page(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
         if !self.gfn_cache_enabled.load(Ordering::Relaxed) {
             return self.driver.read_physical(pa, buf);
         }
+        self.read_physical_cached(pa, buf)
+    }
+
+    /// [`VmiCore::read_physical_in_page`] through the page cache.
+    #[inline(never)]
+    fn read_physical_cached(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
         let gfn = Gfn(pa.0 >> Self::PAGE_SHIFT);
         let offset = pa.0 & (Self::PAGE_SIZE - 1);
         if let Some(result) = self

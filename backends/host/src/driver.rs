@@ -156,7 +156,7 @@ impl VmiDriver for HostDriver {
         })
     }
 
-    #[inline]
+    #[inline(always)]
     fn read_physical(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
         self.memory.read(pa, buf)
     }

@@ -1,0 +1,74 @@
+//! A small, fixed workload to profile under callgrind (the numbers behind BENCHMARKS.md's
+//! notes): 200,000 operations at random addresses over 4,096 4 KiB pages, page cache off.
+//!
+//! ```sh
+//! cargo build --release -p introvisor-host-test --example walk_profile
+//! valgrind --tool=callgrind target/release/examples/walk_profile walk
+//! ```
+//!
+//! Modes: `walk` (no translation cache), `tlb` (misses: the walk and an insertion), `ws`
+//! (hits: 64 pages), `read` (`read_u64`), `bulk` / `bulkwalk` (16 MiB in 1 MiB reads,
+//! with and without the translation cache).
+
+use std::time::Instant;
+
+use introvisor::{AccessContext, Va, VmiCore};
+use introvisor_host::HostDriver;
+use introvisor_host::builder::{GuestBuilder, MapFlags};
+use introvisor_host_test::Rng;
+
+const BASE: u64 = 0xffff_8000_0000_0000;
+const PAGES: u64 = 4096;
+const OPS: u32 = 200_000;
+/// MiB in the mapped range.
+const MIBS: u64 = (PAGES * 4096) >> 20;
+
+fn main() {
+    let mode = std::env::args().nth(1).unwrap_or_else(|| "walk".into());
+    let mut b = GuestBuilder::new(32 << 20);
+    b.map_range(Va(BASE), PAGES * 4096, MapFlags::KERNEL_DATA)
+        .expect("map");
+    let guest = b.finish();
+    let root = guest.root;
+    let core = VmiCore::new(HostDriver::from_vec(guest.memory));
+    core.disable_gfn_cache();
+    if mode == "walk" || mode == "bulkwalk" {
+        core.disable_v2p_cache();
+    }
+    if mode.starts_with("bulk") {
+        let mut buf = vec![0u8; 1 << 20];
+        let start = Instant::now();
+        for _ in 0..20 {
+            for mib in 0..MIBS {
+                core.read(
+                    AccessContext::paging(Va(BASE + (mib << 20)), root),
+                    &mut buf,
+                )
+                .expect("read");
+                core::hint::black_box(&buf);
+            }
+        }
+        let per_mib = start.elapsed().as_nanos() as f64 / (20 * MIBS) as f64;
+        eprintln!("{mode}: {:.1} us per MiB", per_mib / 1e3);
+        return;
+    }
+    let span = if mode == "ws" {
+        64 * 4096
+    } else {
+        PAGES * 4096
+    };
+    let mut rng = Rng::new(1);
+    let mut acc = 0u64;
+    let start = Instant::now();
+    for _ in 0..OPS {
+        let va = BASE + (rng.below(span) & !7);
+        acc ^= if mode == "read" {
+            core.read_u64(AccessContext::paging(Va(va), root))
+                .expect("read")
+        } else {
+            core.translate(Va(va), root).expect("translate").pa.0
+        };
+    }
+    let ns = start.elapsed().as_nanos() as f64 / f64::from(OPS);
+    eprintln!("{mode}: {ns:.1} ns per operation ({acc:#x})");
+}

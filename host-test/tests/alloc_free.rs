@@ -1,0 +1,165 @@
+//! The hot paths allocate nothing: translate, `read_u64`, a bulk read and a string read
+//! into a buffer, cold (caches flushed) and warm, under both cache configurations. A
+//! counting global allocator proves it; and the core at its default capacities fits in
+//! 64 KiB of static data.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::Cell;
+use std::alloc::System;
+
+use introvisor::{AccessContext, Va, VmiCore};
+use introvisor_host::HostDriver;
+use introvisor_host::builder::{GuestBuilder, MapFlags, PageSize};
+
+/// Counts the allocations made by the current thread (the test harness runs other tests
+/// on other threads at the same time).
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    // `try_with`: the thread's slot may be gone while the thread exits.
+    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+}
+
+// SAFETY: every method forwards to the system allocator with the caller's arguments
+// unchanged; counting touches only a const-initialised thread-local `Cell`, which neither
+// allocates nor unwinds.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: the caller's contract for `alloc` is passed on as it is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: as `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: `ptr` was allocated by `System` (every allocation goes through it) with
+        // `layout`, as the caller guarantees.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as `realloc`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The allocations `f` makes on this thread.
+fn allocations_of(f: impl FnOnce()) -> u64 {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+const V4K: u64 = 0xffff_8000_0000_0000;
+const V2M: u64 = 0xffff_8000_4000_0000;
+const V1G: u64 = 0xffff_8080_0000_0000;
+
+struct Fixture {
+    core: VmiCore<HostDriver>,
+    root: introvisor::Pa,
+}
+
+fn fixture(page_cache: bool) -> Fixture {
+    let mut b = GuestBuilder::new(16 << 20);
+    b.map_range(Va(V4K), 64 * 4096, MapFlags::KERNEL_DATA)
+        .unwrap();
+    b.map_new(Va(V2M), PageSize::Size2M, MapFlags::KERNEL_DATA)
+        .unwrap();
+    b.map(
+        Va(V1G),
+        introvisor::Pa(0),
+        PageSize::Size1G,
+        MapFlags::KERNEL_TEXT,
+    )
+    .unwrap();
+    // A string across the boundary of two 4 KiB pages.
+    b.write_virtual(Va(V4K + 4096 - 5), b"introvisor\0")
+        .unwrap();
+    let guest = b.finish();
+    let core = VmiCore::new(HostDriver::from_vec(guest.memory));
+    if !page_cache {
+        core.disable_gfn_cache();
+    }
+    Fixture {
+        core,
+        root: guest.root,
+    }
+}
+
+/// Every hot path once: translations and u64 reads in each page size, a 64 KiB bulk read
+/// across 16 pages, and a string read into a buffer.
+fn hot_paths(f: &Fixture, bulk: &mut [u8]) {
+    let ctx = |va| AccessContext::paging(Va(va), f.root);
+    for va in [
+        V4K + 8,
+        V4K + 63 * 4096 + 8,
+        V2M + 0x1_2348,
+        V1G + 0x10_0000,
+    ] {
+        assert!(f.core.translate(Va(va), f.root).is_ok());
+        assert!(f.core.read_u64(ctx(va)).is_ok());
+    }
+    f.core.read(ctx(V4K + 100), bulk).unwrap();
+    let mut buf = [0u8; 64];
+    let s = f
+        .core
+        .read_string_bytes_into(ctx(V4K + 4096 - 5), &mut buf)
+        .unwrap();
+    assert_eq!(s, b"introvisor");
+}
+
+#[test]
+fn hot_paths_allocate_nothing_warm_or_cold() {
+    for page_cache in [true, false] {
+        let f = fixture(page_cache);
+        let mut bulk = vec![0u8; 16 * 4096];
+        // Cold: the first use fills both caches (walks, page handles, insertions).
+        let cold = allocations_of(|| hot_paths(&f, &mut bulk));
+        assert_eq!(cold, 0, "cold paths allocated (page cache: {page_cache})");
+        // Warm: everything hits.
+        let warm = allocations_of(|| {
+            for _ in 0..100 {
+                hot_paths(&f, &mut bulk);
+            }
+        });
+        assert_eq!(warm, 0, "warm paths allocated (page cache: {page_cache})");
+        // After a flush, misses again.
+        f.core.flush_v2p_cache();
+        f.core.flush_gfn_cache();
+        let flushed = allocations_of(|| hot_paths(&f, &mut bulk));
+        assert_eq!(
+            flushed, 0,
+            "paths after a flush allocated (page cache: {page_cache})"
+        );
+        assert!(f.core.v2p_cache_metrics().hits > 0);
+    }
+}
+
+/// The counter sees allocations: without this the test above would prove nothing.
+#[test]
+fn the_counter_counts() {
+    let n = allocations_of(|| {
+        core::hint::black_box(vec![1u8; 32]);
+    });
+    assert_eq!(n, 1);
+}
+
+/// A hypervisor keeps the core in static data: at the default capacities it fits in 64 KiB.
+#[test]
+fn core_at_default_capacities_fits_in_64_kib() {
+    let size = size_of::<VmiCore<HostDriver>>();
+    assert!(size <= 64 * 1024, "VmiCore<HostDriver> is {size} bytes");
+}
