@@ -222,6 +222,25 @@ impl GuestMemory {
         }
     }
 
+    /// Runs `f` on the storage bytes, writably, holding the write lock: for a test's
+    /// guest model that changes memory as the guest would.
+    ///
+    /// # Errors
+    /// [`VmiError::NotSupported`] for read-only memory.
+    pub fn with_bytes_mut<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, VmiError> {
+        match &self.storage {
+            Storage::OwnedWritable(l) => {
+                Ok(f(&mut l.write().unwrap_or_else(PoisonError::into_inner)))
+            }
+            Storage::MappedWritable(l) => {
+                Ok(f(&mut l.write().unwrap_or_else(PoisonError::into_inner)))
+            }
+            Storage::Owned(_) | Storage::Mapped(_) => {
+                Err(VmiError::NotSupported("write to read-only memory"))
+            }
+        }
+    }
+
     /// Copies storage bytes at `offset` into `buf`. Read-only storage, the common case,
     /// is read inline; writable storage takes its lock out of line.
     ///

@@ -63,22 +63,21 @@ pub mod script;
 use core::time::Duration;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use introvisor::arch::amd64::{
     Amd64, ControlRegister, EventMonitor, EventReason, GpRegisters, Interrupt, Registers, vector,
 };
 use introvisor::driver::EventHandler;
+
+use crate::{HostDriver, HostPage};
 use introvisor::{
-    Gfn, MemoryAccess, Pa, PageRef, VcpuId, View, VmiDriver, VmiError, VmiEvent, VmiEventResponse,
+    Gfn, MemoryAccess, Pa, VcpuId, View, VmiDriver, VmiError, VmiEvent, VmiEventResponse,
     VmiEventResponseFlags, VmiInfo,
 };
 
 pub use script::{ScriptError, ScriptedEvent, Step, parse_script};
-
-const PAGE_SIZE: u64 = 4096;
-const PAGE_SHIFT: u32 = 12;
 
 /// The log entries reserved up front.
 pub const DEFAULT_LOG_CAPACITY: usize = 4096;
@@ -185,44 +184,6 @@ pub enum Action {
     StateReset,
 }
 
-/// A handle to one frame of a [`ScriptedDriver`]'s memory: cloning it is one
-/// reference-count increment, and reads see the memory as it is now.
-#[derive(Clone)]
-pub struct ScriptedPage {
-    memory: Arc<RwLock<Vec<u8>>>,
-    gfn: Gfn,
-}
-
-impl PageRef for ScriptedPage {
-    fn gfn(&self) -> Gfn {
-        self.gfn
-    }
-
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), VmiError> {
-        let end = offset.checked_add(buf.len() as u64);
-        if end.is_none_or(|end| end > PAGE_SIZE) {
-            return Err(VmiError::InvalidArgument("range outside the page"));
-        }
-        let pa = Pa((self.gfn.0 << PAGE_SHIFT) | offset);
-        read_memory(&self.memory, pa, buf)
-    }
-}
-
-fn range(len: usize, pa: Pa, size: usize) -> Option<core::ops::Range<usize>> {
-    let start = usize::try_from(pa.0).ok()?;
-    let end = start.checked_add(size)?;
-    (end <= len).then_some(start..end)
-}
-
-fn read_memory(memory: &RwLock<Vec<u8>>, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
-    let memory = memory.read().unwrap_or_else(PoisonError::into_inner);
-    let src = range(memory.len(), pa, buf.len())
-        .and_then(|r| memory.get(r))
-        .ok_or(VmiError::OutOfBounds(pa))?;
-    buf.copy_from_slice(src);
-    Ok(())
-}
-
 /// The guest model: called for each interrupt delivered to a vCPU, with guest memory.
 type InterruptHook = Box<dyn FnMut(&mut [u8], VcpuId, &Interrupt) + Send>;
 
@@ -264,7 +225,9 @@ impl State {
 
 /// An AMD64 guest driven by a script: see the [module documentation](self).
 pub struct ScriptedDriver {
-    memory: Arc<RwLock<Vec<u8>>>,
+    /// Guest memory: a writable host buffer, whose reads and page handles this driver
+    /// lends as they are.
+    memory: HostDriver,
     state: Mutex<State>,
     clock: Instant,
 }
@@ -274,7 +237,7 @@ impl ScriptedDriver {
     /// all in view 0 with zeroed registers, and no step queued.
     pub fn new(memory: Vec<u8>, vcpus: u16) -> Self {
         Self {
-            memory: Arc::new(RwLock::new(memory)),
+            memory: HostDriver::from_vec_writable(memory),
             state: Mutex::new(State {
                 steps: VecDeque::new(),
                 events_queued: 0,
@@ -441,9 +404,11 @@ impl ScriptedDriver {
     }
 
     /// Runs `f` on guest memory (to change it between events, as the guest would).
-    pub fn with_memory<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        let mut memory = self.memory.write().unwrap_or_else(PoisonError::into_inner);
-        f(&mut memory)
+    ///
+    /// # Errors
+    /// None in practice: the memory is built writable.
+    pub fn with_memory<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, VmiError> {
+        self.memory.memory().with_bytes_mut(f)
     }
 
     /// Delivers the pending interrupts: the vCPUs resume, the guest model runs.
@@ -451,23 +416,25 @@ impl ScriptedDriver {
         if state.pending.is_empty() {
             return;
         }
-        let mut memory = self.memory.write().unwrap_or_else(PoisonError::into_inner);
         let State {
             pending,
             vcpus,
             hook,
             ..
         } = state;
-        for (vcpu, interrupt) in pending.drain(..) {
-            if interrupt.vector == vector::PF
-                && let (Some(cr2), Some(v)) = (interrupt.cr2, vcpus.get_mut(usize::from(vcpu.0)))
-            {
-                v.registers.cr2 = cr2;
+        let _ = self.memory.memory().with_bytes_mut(|memory| {
+            for (vcpu, interrupt) in pending.drain(..) {
+                if interrupt.vector == vector::PF
+                    && let (Some(cr2), Some(v)) =
+                        (interrupt.cr2, vcpus.get_mut(usize::from(vcpu.0)))
+                {
+                    v.registers.cr2 = cr2;
+                }
+                if let Some(hook) = hook.as_mut() {
+                    hook(memory, vcpu, &interrupt);
+                }
             }
-            if let Some(hook) = hook.as_mut() {
-                hook(&mut memory, vcpu, &interrupt);
-            }
-        }
+        });
     }
 
     /// Runs a non-event step.
@@ -482,12 +449,8 @@ impl ScriptedDriver {
                 }
             }
             Step::Write { pa, data } => {
-                let mut memory = self.memory.write().unwrap_or_else(PoisonError::into_inner);
-                if let Some(dst) =
-                    range(memory.len(), pa, data.len()).and_then(|r| memory.get_mut(r))
-                {
-                    dst.copy_from_slice(&data);
-                }
+                // The parser bounds nothing by memory size: a write past the end is dropped.
+                let _ = self.memory.write_physical(pa, &data);
             }
             Step::Event(_) | Step::Timeout => {}
         }
@@ -624,52 +587,25 @@ impl ScriptedDriver {
 
 impl VmiDriver for ScriptedDriver {
     type Architecture = Amd64;
-    type Page = ScriptedPage;
+    type Page = HostPage;
 
     fn info(&self) -> Result<VmiInfo, VmiError> {
-        let len = self
-            .memory
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len() as u64;
         Ok(VmiInfo {
-            page_size: PAGE_SIZE,
-            page_shift: PAGE_SHIFT,
-            max_gfn: Gfn(len.saturating_sub(1) >> PAGE_SHIFT),
             vcpus: u16::try_from(self.state().vcpus.len()).unwrap_or(u16::MAX),
+            ..self.memory.info()?
         })
     }
 
-    fn read_page(&self, gfn: Gfn) -> Result<ScriptedPage, VmiError> {
-        let len = self
-            .memory
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
-        let pa = gfn
-            .0
-            .checked_mul(PAGE_SIZE)
-            .ok_or(VmiError::GfnNotPresent(gfn))?;
-        if range(len, Pa(pa), PAGE_SIZE as usize).is_none() {
-            return Err(VmiError::GfnNotPresent(gfn));
-        }
-        Ok(ScriptedPage {
-            memory: Arc::clone(&self.memory),
-            gfn,
-        })
+    fn read_page(&self, gfn: Gfn) -> Result<HostPage, VmiError> {
+        self.memory.read_page(gfn)
     }
 
     fn read_physical(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
-        read_memory(&self.memory, pa, buf)
+        self.memory.read_physical(pa, buf)
     }
 
     fn write_physical(&self, pa: Pa, data: &[u8]) -> Result<(), VmiError> {
-        let mut memory = self.memory.write().unwrap_or_else(PoisonError::into_inner);
-        let dst = range(memory.len(), pa, data.len())
-            .and_then(|r| memory.get_mut(r))
-            .ok_or(VmiError::OutOfBounds(pa))?;
-        dst.copy_from_slice(data);
-        Ok(())
+        self.memory.write_physical(pa, data)
     }
 
     fn now(&self) -> Option<Duration> {
