@@ -605,9 +605,12 @@ impl<D: VmiDriver> VmiCore<D> {
     }
 
     /// The miss path of [`VmiCore::translate`]: the large-page part for each size it
-    /// holds, then a walk, whose result is cached under the generation read before the
-    /// walk (a flush during the walk outdates it): a base page in the base part, a large
-    /// page as one entry of the large part.
+    /// holds, then a walk, whose result is offered to the cache under the generation read
+    /// before the walk (a flush during the walk outdates it): a base page to the base
+    /// part, a large page as one entry of the large part. An offer evicts only for a page
+    /// that missed twice in a row in its set ([`Tlb::offer`]), so a scan over more pages
+    /// than the cache holds (a bulk read, random reads over a large range) neither
+    /// flushes the working set out nor pays a slot write's locked instruction per page.
     #[inline(never)]
     fn translate_and_cache(
         &self,
@@ -640,11 +643,11 @@ impl<D: VmiDriver> VmiCore<D> {
         let t = self.translate_uncached(va, root)?;
         if t.page_size == Self::PAGE_SIZE {
             self.v2p_cache
-                .insert(root.0, vpn, Self::pack(&t), generation);
+                .offer(root.0, vpn, Self::pack(&t), generation);
         } else if t.page_size.is_power_of_two() && t.page_size > Self::PAGE_SIZE {
             let shift = t.page_size.trailing_zeros();
             if shift < TLB_LARGE_TAG {
-                self.v2p_large.insert(
+                self.v2p_large.offer(
                     root.0,
                     Self::large_key(va, shift),
                     Self::pack(&t),
