@@ -35,6 +35,10 @@ const TLB_WAYS: usize = 4;
 /// page), beside the 4 KiB part, as hardware TLBs keep one array per page size.
 const TLB_LARGE_SETS: usize = 128;
 
+/// Reads longer than this many pages walk their middle pages without the translation
+/// cache ([`VmiCore::read`]).
+const SCAN_PAGES: u64 = 16;
+
 /// The compile-time capacity of the page (GFN) cache.
 pub const GFN_CACHE_CAPACITY: usize = SHARDS * GFN_PER_SHARD;
 /// The compile-time capacity of the translation cache: its base-page part and its
@@ -755,16 +759,46 @@ impl<D: VmiDriver> VmiCore<D> {
 
     /// Fills `buf` from guest memory at `ctx`, across as many pages as it spans.
     ///
+    /// A page of a large leaf (2 MiB, 1 GiB) reuses the translation of the leaf's first
+    /// page the read touched. In a read longer than 16 pages, the pages
+    /// between the first and the last are walked without the translation cache: a scan
+    /// touches each once, and probing and filling the cache for them costs more than
+    /// the walk (the copy has pushed the cache's lines out of the CPU's caches); such
+    /// pages see the guest's current tables even before a flush.
+    ///
     /// # Errors
     /// The first failure: for a translation, the [`PageFault`](crate::PageFault) names the
     /// first address that could not be read.
     pub fn read(&self, ctx: AccessContext, buf: &mut [u8]) -> Result<(), VmiError> {
+        let scan = buf.len() as u64 > SCAN_PAGES * Self::PAGE_SIZE;
+        // The last large leaf: its first virtual address, its frame, its offset mask.
+        let mut leaf: Option<(u64, u64, u64)> = None;
         let mut done = 0usize;
         while done < buf.len() {
             let address = ctx.address.wrapping_add(done as u64);
             let in_page = (Self::PAGE_SIZE - (address & (Self::PAGE_SIZE - 1))) as usize;
             let chunk = in_page.min(buf.len() - done);
-            let pa = self.resolve(ctx.mechanism, address)?;
+            let pa = match ctx.mechanism {
+                TranslationMechanism::Direct => Pa(address),
+                TranslationMechanism::Paging { root } => match leaf {
+                    Some((va_base, pa_base, mask)) if address & !mask == va_base => {
+                        Pa(pa_base | (address & mask))
+                    }
+                    _ => {
+                        let middle = scan && done != 0 && done + chunk < buf.len();
+                        let t = if middle {
+                            self.translate_uncached(Va(address), root)?
+                        } else {
+                            self.translate(Va(address), root)?
+                        };
+                        if t.page_size > Self::PAGE_SIZE && t.page_size.is_power_of_two() {
+                            let mask = t.page_size - 1;
+                            leaf = Some((address & !mask, t.pa.0 & !mask, mask));
+                        }
+                        t.pa
+                    }
+                },
+            };
             let dst = buf
                 .get_mut(done..done + chunk)
                 .ok_or(VmiError::InvalidArgument("buffer range"))?;
