@@ -685,6 +685,8 @@ pub struct Tlb<const SETS: usize, const WAYS: usize> {
     sets: [[TlbSlot; WAYS]; SETS],
     /// The round-robin victim of each set.
     next: [AtomicU8; SETS],
+    /// The fingerprint of the last key [`Tlb::offer`] turned away from each set.
+    doorkeeper: [AtomicU64; SETS],
     /// The sets in use: the effective capacity divided by `WAYS`.
     sets_in_use: AtomicUsize,
     generation: AtomicU64,
@@ -714,6 +716,7 @@ impl<const SETS: usize, const WAYS: usize> Tlb<SETS, WAYS> {
         Self {
             sets: [const { [const { TlbSlot::new() }; WAYS] }; SETS],
             next: [const { AtomicU8::new(0) }; SETS],
+            doorkeeper: [const { AtomicU64::new(0) }; SETS],
             sets_in_use: AtomicUsize::new(SETS),
             generation: AtomicU64::new(0),
             len: AtomicUsize::new(0),
@@ -753,24 +756,58 @@ impl<const SETS: usize, const WAYS: usize> Tlb<SETS, WAYS> {
     /// no lock, and no write but the counter.
     #[inline]
     pub fn get(&self, root: u64, vpn: u64, generation: u64) -> Option<u64> {
-        let found = self.set_of(root, vpn).and_then(|(_, set)| {
+        let found = self.probe(root, vpn, generation);
+        self.record(found.is_some());
+        found
+    }
+
+    /// The value cached for `(root, vpn)` in `generation`, as [`Tlb::get`] but counting
+    /// nothing: for a caller that probes several keys for one lookup and counts it once
+    /// with [`Tlb::record`]. O(WAYS), no lock, no write.
+    #[inline]
+    pub fn probe(&self, root: u64, vpn: u64, generation: u64) -> Option<u64> {
+        self.set_of(root, vpn).and_then(|(_, set)| {
             set.iter().find_map(|slot| match slot.lookup(root, vpn) {
                 Some((value, g)) if g == generation => Some(value),
                 _ => None,
             })
-        });
+        })
+    }
+
+    /// Counts one lookup: a hit if `hit`, else a miss. O(1), no locked instruction.
+    #[inline]
+    pub fn record(&self, hit: bool) {
         let stripe = self.stripe();
-        match found {
-            Some(_) => bump(&stripe.hits),
-            None => bump(&stripe.misses),
-        };
-        found
+        if hit {
+            bump(&stripe.hits);
+        } else {
+            bump(&stripe.misses);
+        }
     }
 
     /// Caches `value` for `(root, vpn)` in `generation`, replacing as the type documents.
     /// O(WAYS). A key whose `vpn` is `u64::MAX` is not stored; nor is anything while the
     /// effective capacity is zero, or while another thread writes the chosen slot.
     pub fn insert(&self, root: u64, vpn: u64, value: u64, generation: u64) {
+        self.store(root, vpn, value, generation, false);
+    }
+
+    /// [`Tlb::insert`] with an admission filter on eviction: when the key's set has no
+    /// slot holding the key, empty or stale, the key is stored only if it was the last one
+    /// turned away from that set (it missed twice in a row there); otherwise it is
+    /// remembered and turned away, and nothing is evicted. O(WAYS).
+    ///
+    /// A scan over more pages than the cache holds then evicts nothing and takes no
+    /// locked instruction (a slot write's compare-and-swap is a full fence, which would
+    /// stop the CPU overlapping the scan's memory accesses), while a working set that
+    /// misses repeatedly still gets in. The filter is one word per set, written with a
+    /// plain store: racing offers may overwrite each other's, which only delays admission.
+    pub fn offer(&self, root: u64, vpn: u64, value: u64, generation: u64) {
+        self.store(root, vpn, value, generation, true);
+    }
+
+    #[inline]
+    fn store(&self, root: u64, vpn: u64, value: u64, generation: u64, filtered: bool) {
         if vpn == EMPTY {
             return;
         }
@@ -798,6 +835,16 @@ impl<const SETS: usize, const WAYS: usize> Tlb<SETS, WAYS> {
         let (index, was_empty, evicts) = match target.or(free) {
             Some((i, empty)) => (i, empty, false),
             None => {
+                if filtered && let Some(door) = self.doorkeeper.get(set_index) {
+                    // A fingerprint collision only admits a key early: it evicts an
+                    // entry, as an unfiltered insertion always does.
+                    let print = mix64(root.rotate_left(17) ^ vpn ^ 0x9e37_79b9_7f4a_7c15);
+                    if door.load(Ordering::Relaxed) != print {
+                        door.store(print, Ordering::Relaxed);
+                        return;
+                    }
+                    door.store(0, Ordering::Relaxed);
+                }
                 let victim = match self.next.get(set_index) {
                     Some(n) => {
                         let v = n.load(Ordering::Relaxed);
@@ -1082,6 +1129,47 @@ mod tests {
         assert_eq!(tlb.metrics().capacity, 2);
         tlb.reset_metrics();
         assert_eq!(tlb.metrics().hits + tlb.metrics().misses, 0);
+    }
+
+    #[test]
+    fn tlb_offer_evicts_only_a_key_turned_away_just_before() {
+        let tlb: Tlb<1, 2> = Tlb::new();
+        let g = tlb.generation();
+        // Free slots take offers at once.
+        tlb.offer(1, 0, 0, g);
+        tlb.offer(1, 1, 10, g);
+        assert_eq!(tlb.probe(1, 0, g), Some(0));
+        // A full set turns a new key away once, then takes it.
+        tlb.offer(1, 2, 20, g);
+        assert_eq!(tlb.probe(1, 2, g), None);
+        assert_eq!(tlb.metrics().evictions, 0);
+        tlb.offer(1, 2, 20, g);
+        assert_eq!(tlb.probe(1, 2, g), Some(20));
+        assert_eq!(tlb.metrics().evictions, 1);
+        // A scan of keys that never repeat evicts nothing.
+        for vpn in 100..200 {
+            tlb.offer(1, vpn, vpn, g);
+        }
+        let m = tlb.metrics();
+        assert_eq!((m.evictions, m.len), (1, 2));
+        assert_eq!(tlb.probe(1, 2, g), Some(20));
+        // Replacing a held key needs no admission.
+        tlb.offer(1, 2, 21, g);
+        assert_eq!(tlb.probe(1, 2, g), Some(21));
+        // Stale slots are free: after a flush, offers go straight in.
+        tlb.flush();
+        let g2 = tlb.generation();
+        tlb.offer(1, 300, 3, g2);
+        assert_eq!(tlb.probe(1, 300, g2), Some(3));
+        // probe counts nothing; record counts one lookup.
+        let before = tlb.metrics();
+        tlb.record(true);
+        tlb.record(false);
+        let after = tlb.metrics();
+        assert_eq!(
+            (after.hits - before.hits, after.misses - before.misses),
+            (1, 1)
+        );
     }
 
     /// Readers racing writers on the same slots never see a torn entry: every value a hit

@@ -31,20 +31,35 @@ const GFN_PER_SHARD: usize = 32;
 const TLB_SETS: usize = 128;
 /// Ways per set of the translation cache.
 const TLB_WAYS: usize = 4;
+/// Sets of the translation cache's large-page part (one entry per 2 MiB, 4 MiB or 1 GiB
+/// page), beside the 4 KiB part, as hardware TLBs keep one array per page size.
+const TLB_LARGE_SETS: usize = 128;
+
+/// Reads longer than this many pages walk their middle pages without the translation
+/// cache ([`VmiCore::read`]).
+const SCAN_PAGES: u64 = 16;
 
 /// The compile-time capacity of the page (GFN) cache.
 pub const GFN_CACHE_CAPACITY: usize = SHARDS * GFN_PER_SHARD;
-/// The compile-time capacity of the translation cache.
-pub const V2P_CACHE_CAPACITY: usize = TLB_SETS * TLB_WAYS;
+/// The compile-time capacity of the translation cache: its base-page part and its
+/// large-page part.
+pub const V2P_CACHE_CAPACITY: usize = (TLB_SETS + TLB_LARGE_SETS) * TLB_WAYS;
 
 /// A cached translation of one virtual page, packed in one word for the [`Tlb`]: the
-/// page-aligned frame of that page (whatever the leaf's size), then in the low bits W, X
-/// and U (bits 0..=2) and log2 of the leaf's size (bits 3..=8).
+/// leaf's frame (aligned to the leaf's size), then in the low bits W, X and U
+/// (bits 0..=2) and log2 of the leaf's size (bits 3..=8).
+///
+/// A base page is keyed by its virtual page number in the base part. A large page is one
+/// entry of the large part, keyed by `va >> log2(size)` with log2(size) in bits 58..=63
+/// (so a 2 MiB and a 1 GiB page never share a key), and looked up for each size the
+/// large part has ever held ([`VmiCore`]'s `v2p_large_shifts`) after a base-part miss.
 const TLB_W: u64 = 1 << 0;
 const TLB_X: u64 = 1 << 1;
 const TLB_U: u64 = 1 << 2;
 const TLB_SHIFT: u32 = 3;
 const TLB_SHIFT_MASK: u64 = 0x3f << TLB_SHIFT;
+/// Where a large-page key keeps log2 of the page size.
+const TLB_LARGE_TAG: u32 = 58;
 
 /// The introspection core: one driver, a page cache, a translation cache.
 ///
@@ -63,6 +78,10 @@ pub struct VmiCore<D: VmiDriver> {
     gfn_cache: ShardedLru<Gfn, D::Page, SHARDS, GFN_PER_SHARD>,
     gfn_cache_enabled: AtomicBool,
     v2p_cache: Tlb<TLB_SETS, TLB_WAYS>,
+    v2p_large: Tlb<TLB_LARGE_SETS, TLB_WAYS>,
+    /// Bit `s` is set once a page of `1 << s` bytes was cached in `v2p_large`: the sizes
+    /// a base-part miss probes. Never cleared but by a resize (a stale bit costs a probe).
+    v2p_large_shifts: AtomicU64,
     v2p_cache_enabled: AtomicBool,
     string_limit: AtomicUsize,
     next_gfn: AtomicU64,
@@ -102,6 +121,8 @@ impl<D: VmiDriver> VmiCore<D> {
             gfn_cache: ShardedLru::new(),
             gfn_cache_enabled: AtomicBool::new(true),
             v2p_cache: Tlb::new(),
+            v2p_large: Tlb::new(),
+            v2p_large_shifts: AtomicU64::new(0),
             v2p_cache_enabled: AtomicBool::new(true),
             string_limit: AtomicUsize::new(DEFAULT_STRING_LENGTH_LIMIT),
             next_gfn: AtomicU64::new(0),
@@ -194,27 +215,52 @@ impl<D: VmiDriver> VmiCore<D> {
     }
 
     /// Sets the translation cache's effective capacity: `size` rounded down to whole sets
-    /// of four, at least one set unless `size` is zero, at most [`V2P_CACHE_CAPACITY`].
+    /// of four, at least one set unless `size` is zero, at most 512, for base pages, and
+    /// the same again for large pages (so at most [`V2P_CACHE_CAPACITY`] in all).
     /// Empties the cache. O(capacity).
     pub fn resize_v2p_cache(&self, size: usize) {
         self.v2p_cache.set_capacity(size);
+        self.v2p_large.set_capacity(size);
+        self.v2p_large_shifts.store(0, Ordering::Relaxed);
     }
 
-    /// Drops the cached translation of the page that holds `ctx.va` under `ctx.root`.
+    /// Drops the cached translation of the page that holds `ctx.va` under `ctx.root`,
+    /// whatever the page's size.
     pub fn flush_v2p_cache_entry(&self, ctx: AddressContext) {
         self.v2p_cache
             .remove(ctx.root.0, ctx.va.0 >> Self::PAGE_SHIFT);
+        let mut shifts = self.v2p_large_shifts.load(Ordering::Relaxed);
+        while shifts != 0 {
+            let shift = shifts.trailing_zeros();
+            shifts &= shifts - 1;
+            self.v2p_large
+                .remove(ctx.root.0, Self::large_key(ctx.va, shift));
+        }
     }
 
     /// Drops every cached translation. O(1): the cache's generation moves on, and older
     /// entries are never returned again.
     pub fn flush_v2p_cache(&self) {
         self.v2p_cache.flush();
+        self.v2p_large.flush();
     }
 
-    /// The translation cache's counters.
+    /// The translation cache's counters. Each translation counts one hit or one miss,
+    /// whichever part answered; `len`, `capacity` and `evictions` add both parts up, a
+    /// large page being one entry.
     pub fn v2p_cache_metrics(&self) -> CacheMetrics {
-        self.v2p_cache.metrics()
+        let mut m = self.v2p_cache.metrics();
+        let large = self.v2p_large.metrics();
+        m.len = m.len.saturating_add(large.len);
+        m.capacity = m.capacity.saturating_add(large.capacity);
+        m.evictions = m.evictions.saturating_add(large.evictions);
+        m
+    }
+
+    /// The key of the large page of `1 << shift` bytes that holds `va`.
+    #[inline]
+    fn large_key(va: Va, shift: u32) -> u64 {
+        va.0.checked_shr(shift).unwrap_or(0) | (u64::from(shift) << TLB_LARGE_TAG)
     }
 
     /// Sets the default cap on string reads, in bytes.
@@ -517,15 +563,19 @@ impl<D: VmiDriver> VmiCore<D> {
         }
         let vpn = va.0 >> Self::PAGE_SHIFT;
         let generation = self.v2p_cache.generation();
-        match self.v2p_cache.get(root.0, vpn, generation) {
-            Some(entry) => Ok(Self::unpack(entry, va)),
+        match self.v2p_cache.probe(root.0, vpn, generation) {
+            Some(entry) => {
+                self.v2p_cache.record(true);
+                Ok(Self::unpack(entry, va, Self::PAGE_SIZE - 1))
+            }
             None => self.translate_and_cache(va, root, vpn, generation),
         }
     }
 
-    /// The translation a TLB word holds, for `va` in its page.
+    /// The translation a TLB word holds, for `va` in its page, whose offset bits are
+    /// `offset_mask`.
     #[inline]
-    fn unpack(entry: u64, va: Va) -> Translation {
+    fn unpack(entry: u64, va: Va, offset_mask: u64) -> Translation {
         let mut access = MemoryAccess::R;
         if entry & TLB_W != 0 {
             access |= MemoryAccess::W;
@@ -533,17 +583,38 @@ impl<D: VmiDriver> VmiCore<D> {
         if entry & TLB_X != 0 {
             access |= MemoryAccess::X;
         }
-        let offset_mask = Self::PAGE_SIZE - 1;
         Translation {
-            pa: Pa((entry & !offset_mask) | (va.0 & offset_mask)),
+            pa: Pa((entry & !offset_mask & !(Self::PAGE_SIZE - 1)) | (va.0 & offset_mask)),
             page_size: 1 << ((entry & TLB_SHIFT_MASK) >> TLB_SHIFT),
             access,
             user: entry & TLB_U != 0,
         }
     }
 
-    /// The miss path of [`VmiCore::translate`]: walk, then cache the result under the
-    /// generation read before the walk (a flush during the walk outdates it).
+    /// The TLB word of a translation.
+    #[inline]
+    fn pack(t: &Translation) -> u64 {
+        let mut entry = (t.pa.0 & !t.page_size.wrapping_sub(1) & !(Self::PAGE_SIZE - 1))
+            | (u64::from(t.page_size.trailing_zeros()) << TLB_SHIFT);
+        if t.access.contains(MemoryAccess::W) {
+            entry |= TLB_W;
+        }
+        if t.access.contains(MemoryAccess::X) {
+            entry |= TLB_X;
+        }
+        if t.user {
+            entry |= TLB_U;
+        }
+        entry
+    }
+
+    /// The miss path of [`VmiCore::translate`]: the large-page part for each size it
+    /// holds, then a walk, whose result is offered to the cache under the generation read
+    /// before the walk (a flush during the walk outdates it): a base page to the base
+    /// part, a large page as one entry of the large part. An offer evicts only for a page
+    /// that missed twice in a row in its set ([`Tlb::offer`]), so a scan over more pages
+    /// than the cache holds (a bulk read, random reads over a large range) neither
+    /// flushes the working set out nor pays a slot write's locked instruction per page.
     #[inline(never)]
     fn translate_and_cache(
         &self,
@@ -558,20 +629,39 @@ impl<D: VmiDriver> VmiCore<D> {
                 "the TLB packs flags and a size in the page offset bits"
             )
         };
+        let large_generation = self.v2p_large.generation();
+        let mut shifts = self.v2p_large_shifts.load(Ordering::Relaxed);
+        while shifts != 0 {
+            let shift = shifts.trailing_zeros();
+            shifts &= shifts - 1;
+            if let Some(entry) =
+                self.v2p_large
+                    .probe(root.0, Self::large_key(va, shift), large_generation)
+            {
+                self.v2p_cache.record(true);
+                let offset_mask = 1u64.checked_shl(shift).map_or(u64::MAX, |s| s - 1);
+                return Ok(Self::unpack(entry, va, offset_mask));
+            }
+        }
+        self.v2p_cache.record(false);
         let t = self.translate_uncached(va, root)?;
-        if t.page_size.is_power_of_two() {
-            let mut entry = (t.pa.0 & !(Self::PAGE_SIZE - 1))
-                | (u64::from(t.page_size.trailing_zeros()) << TLB_SHIFT);
-            if t.access.contains(MemoryAccess::W) {
-                entry |= TLB_W;
+        if t.page_size == Self::PAGE_SIZE {
+            self.v2p_cache
+                .offer(root.0, vpn, Self::pack(&t), generation);
+        } else if t.page_size.is_power_of_two() && t.page_size > Self::PAGE_SIZE {
+            let shift = t.page_size.trailing_zeros();
+            if shift < TLB_LARGE_TAG {
+                self.v2p_large.offer(
+                    root.0,
+                    Self::large_key(va, shift),
+                    Self::pack(&t),
+                    large_generation,
+                );
+                let bit = 1u64 << shift;
+                if self.v2p_large_shifts.load(Ordering::Relaxed) & bit == 0 {
+                    self.v2p_large_shifts.fetch_or(bit, Ordering::Relaxed);
+                }
             }
-            if t.access.contains(MemoryAccess::X) {
-                entry |= TLB_X;
-            }
-            if t.user {
-                entry |= TLB_U;
-            }
-            self.v2p_cache.insert(root.0, vpn, entry, generation);
         }
         Ok(t)
     }
@@ -669,16 +759,46 @@ impl<D: VmiDriver> VmiCore<D> {
 
     /// Fills `buf` from guest memory at `ctx`, across as many pages as it spans.
     ///
+    /// A page of a large leaf (2 MiB, 1 GiB) reuses the translation of the leaf's first
+    /// page the read touched. In a read longer than 16 pages, the pages
+    /// between the first and the last are walked without the translation cache: a scan
+    /// touches each once, and probing and filling the cache for them costs more than
+    /// the walk (the copy has pushed the cache's lines out of the CPU's caches); such
+    /// pages see the guest's current tables even before a flush.
+    ///
     /// # Errors
     /// The first failure: for a translation, the [`PageFault`](crate::PageFault) names the
     /// first address that could not be read.
     pub fn read(&self, ctx: AccessContext, buf: &mut [u8]) -> Result<(), VmiError> {
+        let scan = buf.len() as u64 > SCAN_PAGES * Self::PAGE_SIZE;
+        // The last large leaf: its first virtual address, its frame, its offset mask.
+        let mut leaf: Option<(u64, u64, u64)> = None;
         let mut done = 0usize;
         while done < buf.len() {
             let address = ctx.address.wrapping_add(done as u64);
             let in_page = (Self::PAGE_SIZE - (address & (Self::PAGE_SIZE - 1))) as usize;
             let chunk = in_page.min(buf.len() - done);
-            let pa = self.resolve(ctx.mechanism, address)?;
+            let pa = match ctx.mechanism {
+                TranslationMechanism::Direct => Pa(address),
+                TranslationMechanism::Paging { root } => match leaf {
+                    Some((va_base, pa_base, mask)) if address & !mask == va_base => {
+                        Pa(pa_base | (address & mask))
+                    }
+                    _ => {
+                        let middle = scan && done != 0 && done + chunk < buf.len();
+                        let t = if middle {
+                            self.translate_uncached(Va(address), root)?
+                        } else {
+                            self.translate(Va(address), root)?
+                        };
+                        if t.page_size > Self::PAGE_SIZE && t.page_size.is_power_of_two() {
+                            let mask = t.page_size - 1;
+                            leaf = Some((address & !mask, t.pa.0 & !mask, mask));
+                        }
+                        t.pa
+                    }
+                },
+            };
             let dst = buf
                 .get_mut(done..done + chunk)
                 .ok_or(VmiError::InvalidArgument("buffer range"))?;
