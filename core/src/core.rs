@@ -73,7 +73,7 @@ pub struct VmiCore<D: VmiDriver> {
 struct CoreReader<'a, D: VmiDriver>(&'a VmiCore<D>);
 
 impl<D: VmiDriver> PhysRead for CoreReader<'_, D> {
-    #[inline]
+    #[inline(always)]
     fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
         let mut raw = [0u8; 8];
         self.0.read_physical_in_page(pa, &mut raw)?;

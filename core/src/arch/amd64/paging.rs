@@ -446,48 +446,73 @@ impl Paging {
     }
 }
 
-#[inline]
-fn read_entry(
-    mem: &(impl PhysRead + ?Sized),
-    paging: &Paging,
-    size: u8,
-    level: u8,
-    index: u64,
-    entry: Pa,
-) -> Result<u64, VmiError> {
-    if let (PagingMode::Pae, 3, Some(pdptes)) = (paging.mode, level, paging.pdptes) {
-        return Ok(pdptes.get(index as usize).copied().unwrap_or(0));
-    }
-    if size == 4 {
-        mem.read_u32(entry).map(u64::from)
-    } else {
-        mem.read_u64(entry)
-    }
-}
-
 /// The walk itself; see the module documentation.
+///
+/// 4- and 5-level paging, by far the commonest, get a straight-line copy of the walk in
+/// which the mode's description is a constant: every per-level lookup and mask folds at
+/// compile time. The other modes run the same steps in a loop over their description.
+#[inline]
 pub(crate) fn walk(
     mem: &(impl PhysRead + ?Sized),
     paging: &Paging,
     va: Va,
     root: Pa,
-    mut observe: impl FnMut(WalkStep),
+    observe: impl FnMut(WalkStep),
 ) -> Result<Translation, VmiError> {
-    let mode = paging.mode;
-    let desc = mode.desc();
-    // Before any memory is read: a non-canonical linear address raises #GP or #SS, never a
-    // walk (SDM Vol. 1 §3.3.7.1, Vol. 3A §4.5).
-    if !mode.is_valid_va(va) {
-        return Err(fault(
-            va,
-            root,
-            desc.levels,
-            Pa(0),
-            0,
-            FaultReason::NonCanonical,
-        ));
+    match paging.mode {
+        PagingMode::Level4 => walk_long::<4>(mem, paging, &LEVEL4, va, root, observe),
+        PagingMode::Level5 => walk_long::<5>(mem, paging, &LEVEL5, va, root, observe),
+        _ => walk_other(mem, paging, va, root, observe),
     }
-    if mode == PagingMode::Disabled {
+}
+
+/// 4- or 5-level paging (`LEVELS`, described by `desc`): the levels written out.
+#[inline(always)]
+fn walk_long<const LEVELS: u8>(
+    mem: &(impl PhysRead + ?Sized),
+    paging: &Paging,
+    desc: &'static ModeDesc,
+    va: Va,
+    root: Pa,
+    observe: impl FnMut(WalkStep),
+) -> Result<Translation, VmiError> {
+    let mut w = Walker::new(mem, paging, desc, va, root, observe)?;
+    let mut table = paging.root_table(root);
+    // The levels one after the other, not in a loop, so that each is compiled with its
+    // level a constant.
+    macro_rules! level {
+        ($level:expr) => {
+            match w.step($level, table)? {
+                Step::Table(next) => table = next,
+                Step::Leaf(t) => return Ok(t),
+            }
+        };
+    }
+    if LEVELS == 5 {
+        level!(5);
+    }
+    level!(4);
+    level!(3);
+    level!(2);
+    level!(1);
+    // Level 1 always maps a page; this is the bound made explicit.
+    Err(fault(va, root, 0, table, 0, FaultReason::NotPresent))
+}
+
+/// Paging disabled, 32-bit and PAE paging: the steps in a loop over the mode's description.
+#[inline(never)]
+fn walk_other(
+    mem: &(impl PhysRead + ?Sized),
+    paging: &Paging,
+    va: Va,
+    root: Pa,
+    observe: impl FnMut(WalkStep),
+) -> Result<Translation, VmiError> {
+    let desc = paging.mode.desc();
+    if paging.mode == PagingMode::Disabled {
+        if !paging.mode.is_valid_va(va) {
+            return Err(fault(va, root, 0, Pa(0), 0, FaultReason::NonCanonical));
+        }
         return Ok(Translation {
             pa: Pa(va.0),
             page_size: 1 << 12,
@@ -495,44 +520,149 @@ pub(crate) fn walk(
             user: true,
         });
     }
-
-    let maxphy = paging.maxphy();
-    let phys_mask = paging.phys_mask();
-    let wide = desc.entry_size == 8;
-    let table_mask = if wide {
-        phys_mask & !0xfff
-    } else {
-        0xffff_f000
-    };
-
+    let mut w = Walker::new(mem, paging, desc, va, root, observe)?;
     let mut table = paging.root_table(root);
-    let mut writable = true;
-    let mut user = true;
-    let mut no_exec = false;
     let mut level = desc.levels;
-    // The shift of the current level's index: 12 plus the index bits of the levels below.
-    let mut shift = 12u32
-        + desc
-            .index_bits
-            .iter()
-            .take(usize::from(desc.levels).saturating_sub(1))
-            .map(|&b| u32::from(b))
-            .sum::<u32>();
-
     // One iteration per level, top to bottom: bounded by the level count.
     for _ in 0..desc.levels {
+        match w.step(level, table)? {
+            Step::Leaf(t) => return Ok(t),
+            Step::Table(next) => table = next,
+        }
+        level -= 1;
+    }
+    // Level 1 always returns above; this is the bound made explicit.
+    Err(fault(va, root, level, table, 0, FaultReason::NotPresent))
+}
+
+/// [`fault`], out of line: failures are the rare path.
+#[cold]
+#[inline(never)]
+fn cold_fault(va: Va, root: Pa, level: u8, entry: Pa, value: u64, reason: FaultReason) -> VmiError {
+    fault(va, root, level, entry, value, reason)
+}
+
+/// What one level of the walk found.
+enum Step {
+    /// A table to read next.
+    Table(Pa),
+    /// The translation, at a leaf.
+    Leaf(Translation),
+}
+
+/// The state of one walk: what the paging says, computed once, and the rights combined so
+/// far.
+struct Walker<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> {
+    mem: &'a M,
+    paging: &'a Paging,
+    desc: &'static ModeDesc,
+    va: Va,
+    root: Pa,
+    observe: F,
+    /// Whether entries are 8 bytes wide.
+    wide: bool,
+    /// Bits below MAXPHYADDR.
+    phys_mask: u64,
+    /// The address bits of an entry that references a table.
+    table_mask: u64,
+    /// 8-byte entries: the reserved bits at or above MAXPHYADDR of a level with rights (bit
+    /// 63 included unless EFER.NXE = 1).
+    high_reserved: u64,
+    /// 8-byte entries: the same for a level without rights (bit 63 always reserved).
+    high_reserved_no_rights: u64,
+    writable: bool,
+    user: bool,
+    no_exec: bool,
+}
+
+impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
+    /// Checks the linear address, before any memory is read: a non-canonical linear
+    /// address raises #GP or #SS, never a walk (SDM Vol. 1 §3.3.7.1, Vol. 3A §4.5).
+    #[inline(always)]
+    fn new(
+        mem: &'a M,
+        paging: &'a Paging,
+        desc: &'static ModeDesc,
+        va: Va,
+        root: Pa,
+        observe: F,
+    ) -> Result<Self, VmiError> {
+        if !paging.mode.is_valid_va(va) {
+            return Err(fault(
+                va,
+                root,
+                desc.levels,
+                Pa(0),
+                0,
+                FaultReason::NonCanonical,
+            ));
+        }
+        let maxphy = paging.maxphy();
+        let phys_mask = paging.phys_mask();
+        let wide = desc.entry_size == 8;
+        let high = bit_range(maxphy, u32::from(desc.high_reserved_end));
+        let xd = EntryFlags::EXECUTE_DISABLE.bits();
+        Ok(Self {
+            mem,
+            paging,
+            desc,
+            va,
+            root,
+            observe,
+            wide,
+            phys_mask,
+            table_mask: if wide {
+                phys_mask & !0xfff
+            } else {
+                0xffff_f000
+            },
+            high_reserved: if paging.nxe { high } else { high | xd },
+            high_reserved_no_rights: high | xd,
+            writable: true,
+            user: true,
+            no_exec: false,
+        })
+    }
+
+    /// The entry of `level` (1 for the PTE) at `entry`, index `index` in its table.
+    #[inline(always)]
+    fn read_entry(&self, level: u8, index: u64, entry: Pa) -> Result<u64, VmiError> {
+        if let (PagingMode::Pae, 3, Some(pdptes)) = (self.paging.mode, level, self.paging.pdptes) {
+            return Ok(pdptes.get(index as usize).copied().unwrap_or(0));
+        }
+        if self.wide {
+            self.mem.read_u64(entry)
+        } else {
+            self.mem.read_u32(entry).map(u64::from)
+        }
+    }
+
+    /// One level: reads the entry that `table` holds for the address, checks it, and
+    /// says where the walk goes next.
+    #[inline(always)]
+    fn step(&mut self, level: u8, table: Pa) -> Result<Step, VmiError> {
+        let desc = self.desc;
+        let va = self.va;
         let at = usize::from(level).saturating_sub(1);
+        // The shift of this level's index: 12 plus the index bits of the levels below.
+        let shift = 12u32
+            + desc
+                .index_bits
+                .iter()
+                .take(at)
+                .map(|&b| u32::from(b))
+                .sum::<u32>();
         let bits = desc.index_bits.get(at).copied().unwrap_or(0);
         let index = (va.0 >> shift) & ((1u64 << bits) - 1);
-        let entry = Pa(table.wrapping_add(index * u64::from(desc.entry_size)).0);
-        let value = match read_entry(mem, paging, desc.entry_size, level, index, entry) {
+        let entry = Pa(table.0.wrapping_add(index * u64::from(desc.entry_size)));
+        let value = match self.read_entry(level, index, entry) {
             Ok(v) => v,
             Err(VmiError::OutOfBounds(_) | VmiError::GfnNotPresent(_)) => {
-                return Err(fault(va, root, level, entry, 0, FaultReason::OutOfMemory));
+                return Err(self.fault(level, entry, 0, FaultReason::OutOfMemory));
             }
             Err(e) => return Err(e),
         };
-        observe(WalkStep {
+        (self.observe)(WalkStep {
             level,
             entry,
             value,
@@ -540,16 +670,10 @@ pub(crate) fn walk(
         let flags = EntryFlags::from_bits_retain(value);
         // Reserved bits count only in a present entry (§4.7).
         if !flags.contains(EntryFlags::PRESENT) {
-            return Err(fault(
-                va,
-                root,
-                level,
-                entry,
-                value,
-                FaultReason::NotPresent,
-            ));
+            return Err(self.fault(level, entry, value, FaultReason::NotPresent));
         }
 
+        let paging = self.paging;
         let ps_bit = flags.contains(EntryFlags::PAGE_SIZE);
         let has_rights = desc.rights.get(at).copied().unwrap_or(false);
         let (ps, ps_reserved) = match desc.bit7.get(at).copied().unwrap_or(Bit7::Other) {
@@ -563,11 +687,12 @@ pub(crate) fn walk(
         if ps_reserved {
             reserved |= EntryFlags::PAGE_SIZE.bits();
         }
-        if wide {
-            reserved |= bit_range(maxphy, u32::from(desc.high_reserved_end));
-            if !(has_rights && paging.nxe) {
-                reserved |= EntryFlags::EXECUTE_DISABLE.bits();
-            }
+        if self.wide {
+            reserved |= if has_rights {
+                self.high_reserved
+            } else {
+                self.high_reserved_no_rights
+            };
             if ps {
                 // Between the PAT bit 12 and the page base: bits 20:13 of a 2 MiB leaf,
                 // 29:13 of a 1 GiB leaf (Tables 4-9, 4-16, 4-18).
@@ -578,28 +703,21 @@ pub(crate) fn walk(
             reserved |= bit_range(paging.maxphy_pse36() - 19, 22);
         }
         if value & reserved != 0 {
-            return Err(fault(
-                va,
-                root,
-                level,
-                entry,
-                value,
-                FaultReason::ReservedBit,
-            ));
+            return Err(self.fault(level, entry, value, FaultReason::ReservedBit));
         }
 
         // Rights combine over every level that has them (§4.6.1).
         if has_rights {
-            writable &= flags.contains(EntryFlags::WRITABLE);
-            user &= flags.contains(EntryFlags::USER);
-            no_exec |= wide && paging.nxe && flags.contains(EntryFlags::EXECUTE_DISABLE);
+            self.writable &= flags.contains(EntryFlags::WRITABLE);
+            self.user &= flags.contains(EntryFlags::USER);
+            self.no_exec |= self.wide && paging.nxe && flags.contains(EntryFlags::EXECUTE_DISABLE);
         }
 
         if level == 1 || ps {
             let page_size = 1u64 << shift;
-            let base = if wide {
+            let base = if self.wide {
                 // The frame bits only: not the PAT bit 12 of a large leaf, nor bit 63.
-                value & phys_mask & !(page_size - 1)
+                value & self.phys_mask & !(page_size - 1)
             } else if ps {
                 // PSE-36: PDE bits (M-20):13 are physical-address bits (M-1):32.
                 let high = (value >> 13) & ((1u64 << (paging.maxphy_pse36() - 32)) - 1);
@@ -608,31 +726,27 @@ pub(crate) fn walk(
                 value & 0xffff_f000
             };
             let mut access = MemoryAccess::R;
-            if writable {
+            if self.writable {
                 access |= MemoryAccess::W;
             }
-            if !no_exec {
+            if !self.no_exec {
                 access |= MemoryAccess::X;
             }
-            return Ok(Translation {
+            return Ok(Step::Leaf(Translation {
                 pa: Pa(base | (va.0 & (page_size - 1))),
                 page_size,
                 access,
-                user,
-            });
+                user: self.user,
+            }));
         }
-
-        table = Pa(value & table_mask);
-        level -= 1;
-        shift -= u32::from(
-            desc.index_bits
-                .get(usize::from(level).saturating_sub(1))
-                .copied()
-                .unwrap_or(0),
-        );
+        Ok(Step::Table(Pa(value & self.table_mask)))
     }
-    // Level 1 always returns above; this is the bound made explicit.
-    Err(fault(va, root, level, table, 0, FaultReason::NotPresent))
+
+    /// The error of a walk that stopped at `level`.
+    #[inline(always)]
+    fn fault(&self, level: u8, entry: Pa, value: u64, reason: FaultReason) -> VmiError {
+        cold_fault(self.va, self.root, level, entry, value, reason)
+    }
 }
 
 #[cfg(test)]
