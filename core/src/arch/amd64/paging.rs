@@ -479,10 +479,16 @@ fn walk_long<const LEVELS: u8>(
     let mut w = Walker::new(mem, paging, desc, va, root, observe)?;
     let mut table = paging.root_table(root);
     // The levels one after the other, not in a loop, so that each is compiled with its
-    // level a constant.
+    // level a constant. An entry the reader cannot read the fast way sends the rest of the
+    // walk out of line (`finish`): the fast path never rejoins the slow one, so what the
+    // reader loads once (its memory's bounds, say) stays loaded.
     macro_rules! level {
         ($level:expr) => {
-            match w.step($level, table)? {
+            let (shift, _, entry) = w.locate($level, table);
+            let Some(value) = w.mem.read_u64_fast(entry) else {
+                return w.finish($level, table);
+            };
+            match w.check($level, shift, entry, value)? {
                 Step::Table(next) => table = next,
                 Step::Leaf(t) => return Ok(t),
             }
@@ -542,6 +548,33 @@ fn cold_fault(va: Va, root: Pa, level: u8, entry: Pa, value: u64, reason: FaultR
     fault(va, root, level, entry, value, reason)
 }
 
+/// An entry read through [`PhysRead::read_u64`] or [`PhysRead::read_u32`] (8 or 4 bytes,
+/// `wide`), with a failure turned into the walk's error: the path a reader without
+/// [`PhysRead::read_u64_fast`] takes, and every failing read. Out of line, and without the
+/// walker's state, which so stays in registers.
+#[inline(never)]
+fn read_entry_slow(
+    mem: &(impl PhysRead + ?Sized),
+    wide: bool,
+    va: Va,
+    root: Pa,
+    level: u8,
+    entry: Pa,
+) -> Result<u64, VmiError> {
+    let read = if wide {
+        mem.read_u64(entry)
+    } else {
+        mem.read_u32(entry).map(u64::from)
+    };
+    match read {
+        Ok(value) => Ok(value),
+        Err(VmiError::OutOfBounds(_) | VmiError::GfnNotPresent(_)) => {
+            Err(fault(va, root, level, entry, 0, FaultReason::OutOfMemory))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// What one level of the walk found.
 enum Step {
     /// A table to read next.
@@ -570,9 +603,10 @@ struct Walker<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> {
     high_reserved: u64,
     /// 8-byte entries: the same for a level without rights (bit 63 always reserved).
     high_reserved_no_rights: u64,
-    writable: bool,
-    user: bool,
-    no_exec: bool,
+    /// The AND of the entries read so far at levels with rights (R/W and U/S).
+    rights_and: u64,
+    /// The OR of the same entries (XD).
+    rights_or: u64,
 }
 
 impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
@@ -618,9 +652,8 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
             },
             high_reserved: if paging.nxe { high } else { high | xd },
             high_reserved_no_rights: high | xd,
-            writable: true,
-            user: true,
-            no_exec: false,
+            rights_and: u64::MAX,
+            rights_or: 0,
         })
     }
 
@@ -630,21 +663,20 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
         if let (PagingMode::Pae, 3, Some(pdptes)) = (self.paging.mode, level, self.paging.pdptes) {
             return Ok(pdptes.get(index as usize).copied().unwrap_or(0));
         }
-        if self.wide {
-            self.mem.read_u64(entry)
-        } else {
-            self.mem.read_u32(entry).map(u64::from)
+        if self.wide
+            && let Some(value) = self.mem.read_u64_fast(entry)
+        {
+            return Ok(value);
         }
+        read_entry_slow(self.mem, self.wide, self.va, self.root, level, entry)
     }
 
-    /// One level: reads the entry that `table` holds for the address, checks it, and
-    /// says where the walk goes next.
+    /// The shift of `level`'s index in the address (12 plus the index bits of the levels
+    /// below), the index, and the address of the entry in `table`.
     #[inline(always)]
-    fn step(&mut self, level: u8, table: Pa) -> Result<Step, VmiError> {
+    fn locate(&self, level: u8, table: Pa) -> (u32, u64, Pa) {
         let desc = self.desc;
-        let va = self.va;
         let at = usize::from(level).saturating_sub(1);
-        // The shift of this level's index: 12 plus the index bits of the levels below.
         let shift = 12u32
             + desc
                 .index_bits
@@ -653,28 +685,63 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
                 .map(|&b| u32::from(b))
                 .sum::<u32>();
         let bits = desc.index_bits.get(at).copied().unwrap_or(0);
-        let index = (va.0 >> shift) & ((1u64 << bits) - 1);
+        let index = (self.va.0 >> shift) & ((1u64 << bits) - 1);
         let entry = Pa(table.0.wrapping_add(index * u64::from(desc.entry_size)));
-        let value = match self.read_entry(level, index, entry) {
-            Ok(v) => v,
-            Err(VmiError::OutOfBounds(_) | VmiError::GfnNotPresent(_)) => {
-                return Err(self.fault(level, entry, 0, FaultReason::OutOfMemory));
-            }
-            Err(e) => return Err(e),
+        (shift, index, entry)
+    }
+
+    /// One level: reads the entry that `table` holds for the address, checks it, and
+    /// says where the walk goes next.
+    #[inline(always)]
+    fn step(&mut self, level: u8, table: Pa) -> Result<Step, VmiError> {
+        let (shift, index, entry) = self.locate(level, table);
+        let value = self.read_entry(level, index, entry)?;
+        self.check(level, shift, entry, value)
+    }
+
+    /// The rest of a walk whose entry at `level` in `table` the reader could not read the
+    /// fast way: that entry through [`read_entry_slow`] (for its value or its error), the
+    /// levels below it with [`Walker::step`].
+    #[inline(never)]
+    fn finish(mut self, level: u8, table: Pa) -> Result<Translation, VmiError> {
+        let (shift, _, entry) = self.locate(level, table);
+        let value = read_entry_slow(self.mem, self.wide, self.va, self.root, level, entry)?;
+        let mut table = match self.check(level, shift, entry, value)? {
+            Step::Leaf(t) => return Ok(t),
+            Step::Table(next) => next,
         };
+        // At most four more levels: bounded by `level`.
+        for below in (1..level).rev() {
+            match self.step(below, table)? {
+                Step::Leaf(t) => return Ok(t),
+                Step::Table(next) => table = next,
+            }
+        }
+        // Level 1 always maps a page; this is the bound made explicit.
+        Err(fault(
+            self.va,
+            self.root,
+            0,
+            table,
+            0,
+            FaultReason::NotPresent,
+        ))
+    }
+
+    /// Checks `value`, the entry of `level` at `entry` (`shift` as [`Walker::locate`]
+    /// gives it), and says where the walk goes next.
+    #[inline(always)]
+    fn check(&mut self, level: u8, shift: u32, entry: Pa, value: u64) -> Result<Step, VmiError> {
+        let desc = self.desc;
+        let va = self.va;
+        let at = usize::from(level).saturating_sub(1);
         (self.observe)(WalkStep {
             level,
             entry,
             value,
         });
-        let flags = EntryFlags::from_bits_retain(value);
-        // Reserved bits count only in a present entry (§4.7).
-        if !flags.contains(EntryFlags::PRESENT) {
-            return Err(self.fault(level, entry, value, FaultReason::NotPresent));
-        }
-
         let paging = self.paging;
-        let ps_bit = flags.contains(EntryFlags::PAGE_SIZE);
+        let ps_bit = value & EntryFlags::PAGE_SIZE.bits() != 0;
         let has_rights = desc.rights.get(at).copied().unwrap_or(false);
         let (ps, ps_reserved) = match desc.bit7.get(at).copied().unwrap_or(Bit7::Other) {
             Bit7::Other => (false, false),
@@ -702,15 +769,23 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
             // 4 MiB PDE (Table 4-4): bits 21:(M-19), M = min(MAXPHYADDR, 40).
             reserved |= bit_range(paging.maxphy_pse36() - 19, 22);
         }
-        if value & reserved != 0 {
-            return Err(self.fault(level, entry, value, FaultReason::ReservedBit));
+        // One test for both ways an entry can stop the walk: P = 0, or a reserved bit set.
+        // Reserved bits count only in a present entry (§4.7), so P decides which.
+        let present = EntryFlags::PRESENT.bits();
+        if (value ^ present) & (reserved | present) != 0 {
+            let reason = if value & present == 0 {
+                FaultReason::NotPresent
+            } else {
+                FaultReason::ReservedBit
+            };
+            return Err(self.fault(level, entry, value, reason));
         }
 
-        // Rights combine over every level that has them (§4.6.1).
+        // Rights combine over every level that has them (§4.6.1): kept as the AND and the
+        // OR of those entries, and read at the leaf.
         if has_rights {
-            self.writable &= flags.contains(EntryFlags::WRITABLE);
-            self.user &= flags.contains(EntryFlags::USER);
-            self.no_exec |= self.wide && paging.nxe && flags.contains(EntryFlags::EXECUTE_DISABLE);
+            self.rights_and &= value;
+            self.rights_or |= value;
         }
 
         if level == 1 || ps {
@@ -725,18 +800,22 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
             } else {
                 value & 0xffff_f000
             };
+            // Writable if R/W = 1 and user if U/S = 1 at every level with rights;
+            // executable unless XD = 1 at one of them with EFER.NXE = 1.
             let mut access = MemoryAccess::R;
-            if self.writable {
+            if self.rights_and & EntryFlags::WRITABLE.bits() != 0 {
                 access |= MemoryAccess::W;
             }
-            if !self.no_exec {
+            let no_exec =
+                self.wide && paging.nxe && self.rights_or & EntryFlags::EXECUTE_DISABLE.bits() != 0;
+            if !no_exec {
                 access |= MemoryAccess::X;
             }
             return Ok(Step::Leaf(Translation {
                 pa: Pa(base | (va.0 & (page_size - 1))),
                 page_size,
                 access,
-                user: self.user,
+                user: self.rights_and & EntryFlags::USER.bits() != 0,
             }));
         }
         Ok(Step::Table(Pa(value & self.table_mask)))
