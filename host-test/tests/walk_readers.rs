@@ -169,3 +169,30 @@ fn every_reader_walks_alike() {
         }
     }
 }
+
+#[test]
+fn slice_fast_read_agrees_with_read_u64_at_the_edges() {
+    let mem: Vec<u8> = (0u8..=40).collect();
+    let short = &mem[..7];
+    for (bytes, pa) in [
+        (&mem[..], 0),
+        (&mem[..], 32),           // the last 8 bytes
+        (&mem[..], 33),           // one byte short
+        (&mem[..], 41),           // just past the end
+        (&mem[..], u64::MAX - 3), // the end of the address space
+        (&mem[..], 1 << 63),
+        (short, 0), // memory smaller than one entry
+        (&mem[..0], 0),
+    ] {
+        let fast = bytes.read_u64_fast(Pa(pa));
+        let full = bytes.read_u64(Pa(pa));
+        assert_eq!(fast, full.ok(), "pa {pa:#x} in {} bytes", bytes.len());
+        if let Err(e) = full {
+            assert_eq!(e, VmiError::OutOfBounds(Pa(pa)));
+        }
+    }
+    assert_eq!(
+        mem[..].read_u64_fast(Pa(32)),
+        Some(u64::from_le_bytes([32, 33, 34, 35, 36, 37, 38, 39]))
+    );
+}

@@ -45,9 +45,12 @@ pub trait PhysRead {
 impl PhysRead for [u8] {
     #[inline]
     fn read_u64_fast(&self, pa: Pa) -> Option<u64> {
-        let start = usize::try_from(pa.0).ok()?;
-        let bytes = self.get(start..start.checked_add(8)?)?;
-        <[u8; 8]>::try_from(bytes).ok().map(u64::from_le_bytes)
+        // `start <= len - 8` is one comparison per read once `len - 8` is known, which a
+        // walk computes once for its four or five reads.
+        let last = self.len().checked_sub(8)?;
+        let start = usize::try_from(pa.0).ok().filter(|&start| start <= last)?;
+        let raw = self.get(start..)?.first_chunk::<8>()?;
+        Some(u64::from_le_bytes(*raw))
     }
 
     fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {

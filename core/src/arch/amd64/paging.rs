@@ -802,15 +802,18 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
             };
             // Writable if R/W = 1 and user if U/S = 1 at every level with rights;
             // executable unless XD = 1 at one of them with EFER.NXE = 1.
-            let mut access = MemoryAccess::R;
-            if self.rights_and & EntryFlags::WRITABLE.bits() != 0 {
-                access |= MemoryAccess::W;
+            // R/W is bit 1 of an entry and W bit 1 of the rights: the AND's bit is the
+            // answer as it is, without a branch.
+            const {
+                assert!(EntryFlags::WRITABLE.bits() == MemoryAccess::W.bits() as u64);
             }
             let no_exec =
                 self.wide && paging.nxe && self.rights_or & EntryFlags::EXECUTE_DISABLE.bits() != 0;
-            if !no_exec {
-                access |= MemoryAccess::X;
-            }
+            let access = MemoryAccess::from_bits_retain(
+                MemoryAccess::R.bits()
+                    | (self.rights_and & EntryFlags::WRITABLE.bits()) as u8
+                    | if no_exec { 0 } else { MemoryAccess::X.bits() },
+            );
             return Ok(Step::Leaf(Translation {
                 pa: Pa(base | (va.0 & (page_size - 1))),
                 page_size,
