@@ -92,7 +92,7 @@ pub struct VmiCore<D: VmiDriver> {
 struct CoreReader<'a, D: VmiDriver>(&'a VmiCore<D>);
 
 impl<D: VmiDriver> PhysRead for CoreReader<'_, D> {
-    #[inline]
+    #[inline(always)]
     fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
         let mut raw = [0u8; 8];
         self.0.read_physical_in_page(pa, &mut raw)?;
@@ -104,6 +104,35 @@ impl<D: VmiDriver> PhysRead for CoreReader<'_, D> {
         let mut raw = [0u8; 4];
         self.0.read_physical_in_page(pa, &mut raw)?;
         Ok(u32::from_le_bytes(raw))
+    }
+}
+
+/// Reads page-table entries for the walker straight from the driver, for a core whose page
+/// cache is disabled: from the driver's [`VmiDriver::physical_memory`] when it lends one,
+/// through [`VmiDriver::read_physical`] otherwise (and for the errors).
+struct DirectReader<'a, D: VmiDriver> {
+    driver: &'a D,
+    memory: Option<&'a [u8]>,
+}
+
+impl<D: VmiDriver> PhysRead for DirectReader<'_, D> {
+    #[inline]
+    fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
+        let mut raw = [0u8; 8];
+        self.driver.read_physical(pa, &mut raw)?;
+        Ok(u64::from_le_bytes(raw))
+    }
+
+    #[inline]
+    fn read_u32(&self, pa: Pa) -> Result<u32, VmiError> {
+        let mut raw = [0u8; 4];
+        self.driver.read_physical(pa, &mut raw)?;
+        Ok(u32::from_le_bytes(raw))
+    }
+
+    #[inline(always)]
+    fn read_u64_fast(&self, pa: Pa) -> Option<u64> {
+        self.memory?.read_u64_fast(pa)
     }
 }
 
@@ -666,13 +695,31 @@ impl<D: VmiDriver> VmiCore<D> {
         Ok(t)
     }
 
+    /// The walker's reader for a core whose page cache is disabled.
+    #[inline]
+    fn direct_reader(&self) -> DirectReader<'_, D> {
+        DirectReader {
+            driver: &self.driver,
+            memory: self.driver.physical_memory(),
+        }
+    }
+
     /// Walks the page tables for `va` under `root`, bypassing the translation cache (the
     /// tables themselves are still read through the page cache).
     ///
     /// # Errors
     /// As [`VmiCore::translate_address`].
     pub fn translate_uncached(&self, va: Va, root: Pa) -> Result<Translation, VmiError> {
-        <D::Architecture as Architecture>::translate(&CoreReader(self), &self.paging, va, root)
+        if self.gfn_cache_enabled.load(Ordering::Relaxed) {
+            <D::Architecture as Architecture>::translate(&CoreReader(self), &self.paging, va, root)
+        } else {
+            <D::Architecture as Architecture>::translate(
+                &self.direct_reader(),
+                &self.paging,
+                va,
+                root,
+            )
+        }
     }
 
     /// Walks the page tables with an explicit paging configuration, calling `observe` on
@@ -687,13 +734,23 @@ impl<D: VmiDriver> VmiCore<D> {
         root: Pa,
         observe: impl FnMut(WalkStep),
     ) -> Result<Translation, VmiError> {
-        <D::Architecture as Architecture>::translate_observed(
-            &CoreReader(self),
-            paging,
-            va,
-            root,
-            observe,
-        )
+        if self.gfn_cache_enabled.load(Ordering::Relaxed) {
+            <D::Architecture as Architecture>::translate_observed(
+                &CoreReader(self),
+                paging,
+                va,
+                root,
+                observe,
+            )
+        } else {
+            <D::Architecture as Architecture>::translate_observed(
+                &self.direct_reader(),
+                paging,
+                va,
+                root,
+                observe,
+            )
+        }
     }
 
     // ----- physical access -----------------------------------------------------------

@@ -57,6 +57,19 @@ pub trait VmiDriver {
         page.read(<Self::Architecture as Architecture>::page_offset(pa.0), buf)
     }
 
+    /// All of guest-physical memory as one byte slice starting at address 0, when the
+    /// driver holds it so (read-only memory mapped into the process, without holes);
+    /// `None` otherwise (the default). Byte `n` of the slice must be what
+    /// [`VmiDriver::read_physical`] reads at address `n`, for as long as the borrow lasts.
+    ///
+    /// With the page cache disabled, the core's page walker asks for it once per walk and
+    /// reads entries from it as one bounds check and one load each; addresses past its
+    /// end go through [`VmiDriver::read_physical`], which reports the error.
+    #[inline]
+    fn physical_memory(&self) -> Option<&[u8]> {
+        None
+    }
+
     /// Writes `data` to guest-physical memory at `pa`; the range lies within one page.
     ///
     /// # Errors

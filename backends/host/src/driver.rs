@@ -161,6 +161,11 @@ impl VmiDriver for HostDriver {
         self.memory.read(pa, buf)
     }
 
+    #[inline]
+    fn physical_memory(&self) -> Option<&[u8]> {
+        self.memory.as_identity_slice()
+    }
+
     fn write_physical(&self, pa: Pa, data: &[u8]) -> Result<(), VmiError> {
         self.memory.write(pa, data)
     }

@@ -280,6 +280,20 @@ impl GuestMemory {
         self.read_storage(offset, pa, buf)
     }
 
+    /// All of guest-physical memory as one slice starting at address 0, for read-only
+    /// storage that holds it so (one range at address 0, storage offset 0); `None` for
+    /// writable storage (read under its lock) and for memory in several ranges.
+    #[inline]
+    pub fn as_identity_slice(&self) -> Option<&[u8]> {
+        let len = usize::try_from(self.identity_len?).ok()?;
+        let bytes: &[u8] = match &self.storage {
+            Storage::Owned(b) => b,
+            Storage::Mapped(m) => m,
+            Storage::OwnedWritable(_) | Storage::MappedWritable(_) => return None,
+        };
+        bytes.get(..len)
+    }
+
     /// Copies `data` into guest-physical memory at `pa`.
     ///
     /// # Errors

@@ -446,48 +446,79 @@ impl Paging {
     }
 }
 
-#[inline]
-fn read_entry(
-    mem: &(impl PhysRead + ?Sized),
-    paging: &Paging,
-    size: u8,
-    level: u8,
-    index: u64,
-    entry: Pa,
-) -> Result<u64, VmiError> {
-    if let (PagingMode::Pae, 3, Some(pdptes)) = (paging.mode, level, paging.pdptes) {
-        return Ok(pdptes.get(index as usize).copied().unwrap_or(0));
-    }
-    if size == 4 {
-        mem.read_u32(entry).map(u64::from)
-    } else {
-        mem.read_u64(entry)
-    }
-}
-
 /// The walk itself; see the module documentation.
+///
+/// 4- and 5-level paging, by far the commonest, get a straight-line copy of the walk in
+/// which the mode's description is a constant: every per-level lookup and mask folds at
+/// compile time. The other modes run the same steps in a loop over their description.
+#[inline]
 pub(crate) fn walk(
     mem: &(impl PhysRead + ?Sized),
     paging: &Paging,
     va: Va,
     root: Pa,
-    mut observe: impl FnMut(WalkStep),
+    observe: impl FnMut(WalkStep),
 ) -> Result<Translation, VmiError> {
-    let mode = paging.mode;
-    let desc = mode.desc();
-    // Before any memory is read: a non-canonical linear address raises #GP or #SS, never a
-    // walk (SDM Vol. 1 §3.3.7.1, Vol. 3A §4.5).
-    if !mode.is_valid_va(va) {
-        return Err(fault(
-            va,
-            root,
-            desc.levels,
-            Pa(0),
-            0,
-            FaultReason::NonCanonical,
-        ));
+    match paging.mode {
+        PagingMode::Level4 => walk_long::<4>(mem, paging, &LEVEL4, va, root, observe),
+        PagingMode::Level5 => walk_long::<5>(mem, paging, &LEVEL5, va, root, observe),
+        _ => walk_other(mem, paging, va, root, observe),
     }
-    if mode == PagingMode::Disabled {
+}
+
+/// 4- or 5-level paging (`LEVELS`, described by `desc`): the levels written out.
+#[inline(always)]
+fn walk_long<const LEVELS: u8>(
+    mem: &(impl PhysRead + ?Sized),
+    paging: &Paging,
+    desc: &'static ModeDesc,
+    va: Va,
+    root: Pa,
+    observe: impl FnMut(WalkStep),
+) -> Result<Translation, VmiError> {
+    let mut w = Walker::new(mem, paging, desc, va, root, observe)?;
+    let mut table = paging.root_table(root);
+    // The levels one after the other, not in a loop, so that each is compiled with its
+    // level a constant. An entry the reader cannot read the fast way sends the rest of the
+    // walk out of line (`finish`): the fast path never rejoins the slow one, so what the
+    // reader loads once (its memory's bounds, say) stays loaded.
+    macro_rules! level {
+        ($level:expr) => {
+            let (shift, _, entry) = w.locate($level, table);
+            let Some(value) = w.mem.read_u64_fast(entry) else {
+                return w.finish($level, table);
+            };
+            match w.check($level, shift, entry, value)? {
+                Step::Table(next) => table = next,
+                Step::Leaf(t) => return Ok(t),
+            }
+        };
+    }
+    if LEVELS == 5 {
+        level!(5);
+    }
+    level!(4);
+    level!(3);
+    level!(2);
+    level!(1);
+    // Level 1 always maps a page; this is the bound made explicit.
+    Err(fault(va, root, 0, table, 0, FaultReason::NotPresent))
+}
+
+/// Paging disabled, 32-bit and PAE paging: the steps in a loop over the mode's description.
+#[inline(never)]
+fn walk_other(
+    mem: &(impl PhysRead + ?Sized),
+    paging: &Paging,
+    va: Va,
+    root: Pa,
+    observe: impl FnMut(WalkStep),
+) -> Result<Translation, VmiError> {
+    let desc = paging.mode.desc();
+    if paging.mode == PagingMode::Disabled {
+        if !paging.mode.is_valid_va(va) {
+            return Err(fault(va, root, 0, Pa(0), 0, FaultReason::NonCanonical));
+        }
         return Ok(Translation {
             pa: Pa(va.0),
             page_size: 1 << 12,
@@ -495,62 +526,222 @@ pub(crate) fn walk(
             user: true,
         });
     }
-
-    let maxphy = paging.maxphy();
-    let phys_mask = paging.phys_mask();
-    let wide = desc.entry_size == 8;
-    let table_mask = if wide {
-        phys_mask & !0xfff
-    } else {
-        0xffff_f000
-    };
-
+    let mut w = Walker::new(mem, paging, desc, va, root, observe)?;
     let mut table = paging.root_table(root);
-    let mut writable = true;
-    let mut user = true;
-    let mut no_exec = false;
     let mut level = desc.levels;
-    // The shift of the current level's index: 12 plus the index bits of the levels below.
-    let mut shift = 12u32
-        + desc
-            .index_bits
-            .iter()
-            .take(usize::from(desc.levels).saturating_sub(1))
-            .map(|&b| u32::from(b))
-            .sum::<u32>();
-
     // One iteration per level, top to bottom: bounded by the level count.
     for _ in 0..desc.levels {
+        match w.step(level, table)? {
+            Step::Leaf(t) => return Ok(t),
+            Step::Table(next) => table = next,
+        }
+        level -= 1;
+    }
+    // Level 1 always returns above; this is the bound made explicit.
+    Err(fault(va, root, level, table, 0, FaultReason::NotPresent))
+}
+
+/// [`fault`], out of line: failures are the rare path.
+#[cold]
+#[inline(never)]
+fn cold_fault(va: Va, root: Pa, level: u8, entry: Pa, value: u64, reason: FaultReason) -> VmiError {
+    fault(va, root, level, entry, value, reason)
+}
+
+/// An entry read through [`PhysRead::read_u64`] or [`PhysRead::read_u32`] (8 or 4 bytes,
+/// `wide`), with a failure turned into the walk's error: the path a reader without
+/// [`PhysRead::read_u64_fast`] takes, and every failing read. Out of line, and without the
+/// walker's state, which so stays in registers.
+#[inline(never)]
+fn read_entry_slow(
+    mem: &(impl PhysRead + ?Sized),
+    wide: bool,
+    va: Va,
+    root: Pa,
+    level: u8,
+    entry: Pa,
+) -> Result<u64, VmiError> {
+    let read = if wide {
+        mem.read_u64(entry)
+    } else {
+        mem.read_u32(entry).map(u64::from)
+    };
+    match read {
+        Ok(value) => Ok(value),
+        Err(VmiError::OutOfBounds(_) | VmiError::GfnNotPresent(_)) => {
+            Err(fault(va, root, level, entry, 0, FaultReason::OutOfMemory))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What one level of the walk found.
+enum Step {
+    /// A table to read next.
+    Table(Pa),
+    /// The translation, at a leaf.
+    Leaf(Translation),
+}
+
+/// The state of one walk: what the paging says, computed once, and the rights combined so
+/// far.
+struct Walker<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> {
+    mem: &'a M,
+    paging: &'a Paging,
+    desc: &'static ModeDesc,
+    va: Va,
+    root: Pa,
+    observe: F,
+    /// Whether entries are 8 bytes wide.
+    wide: bool,
+    /// Bits below MAXPHYADDR.
+    phys_mask: u64,
+    /// The address bits of an entry that references a table.
+    table_mask: u64,
+    /// 8-byte entries: the reserved bits at or above MAXPHYADDR of a level with rights (bit
+    /// 63 included unless EFER.NXE = 1).
+    high_reserved: u64,
+    /// 8-byte entries: the same for a level without rights (bit 63 always reserved).
+    high_reserved_no_rights: u64,
+    /// The AND of the entries read so far at levels with rights (R/W and U/S).
+    rights_and: u64,
+    /// The OR of the same entries (XD).
+    rights_or: u64,
+}
+
+impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
+    /// Checks the linear address, before any memory is read: a non-canonical linear
+    /// address raises #GP or #SS, never a walk (SDM Vol. 1 §3.3.7.1, Vol. 3A §4.5).
+    #[inline(always)]
+    fn new(
+        mem: &'a M,
+        paging: &'a Paging,
+        desc: &'static ModeDesc,
+        va: Va,
+        root: Pa,
+        observe: F,
+    ) -> Result<Self, VmiError> {
+        if !paging.mode.is_valid_va(va) {
+            return Err(fault(
+                va,
+                root,
+                desc.levels,
+                Pa(0),
+                0,
+                FaultReason::NonCanonical,
+            ));
+        }
+        let maxphy = paging.maxphy();
+        let phys_mask = paging.phys_mask();
+        let wide = desc.entry_size == 8;
+        let high = bit_range(maxphy, u32::from(desc.high_reserved_end));
+        let xd = EntryFlags::EXECUTE_DISABLE.bits();
+        Ok(Self {
+            mem,
+            paging,
+            desc,
+            va,
+            root,
+            observe,
+            wide,
+            phys_mask,
+            table_mask: if wide {
+                phys_mask & !0xfff
+            } else {
+                0xffff_f000
+            },
+            high_reserved: if paging.nxe { high } else { high | xd },
+            high_reserved_no_rights: high | xd,
+            rights_and: u64::MAX,
+            rights_or: 0,
+        })
+    }
+
+    /// The entry of `level` (1 for the PTE) at `entry`, index `index` in its table.
+    #[inline(always)]
+    fn read_entry(&self, level: u8, index: u64, entry: Pa) -> Result<u64, VmiError> {
+        if let (PagingMode::Pae, 3, Some(pdptes)) = (self.paging.mode, level, self.paging.pdptes) {
+            return Ok(pdptes.get(index as usize).copied().unwrap_or(0));
+        }
+        if self.wide
+            && let Some(value) = self.mem.read_u64_fast(entry)
+        {
+            return Ok(value);
+        }
+        read_entry_slow(self.mem, self.wide, self.va, self.root, level, entry)
+    }
+
+    /// The shift of `level`'s index in the address (12 plus the index bits of the levels
+    /// below), the index, and the address of the entry in `table`.
+    #[inline(always)]
+    fn locate(&self, level: u8, table: Pa) -> (u32, u64, Pa) {
+        let desc = self.desc;
         let at = usize::from(level).saturating_sub(1);
+        let shift = 12u32
+            + desc
+                .index_bits
+                .iter()
+                .take(at)
+                .map(|&b| u32::from(b))
+                .sum::<u32>();
         let bits = desc.index_bits.get(at).copied().unwrap_or(0);
-        let index = (va.0 >> shift) & ((1u64 << bits) - 1);
-        let entry = Pa(table.wrapping_add(index * u64::from(desc.entry_size)).0);
-        let value = match read_entry(mem, paging, desc.entry_size, level, index, entry) {
-            Ok(v) => v,
-            Err(VmiError::OutOfBounds(_) | VmiError::GfnNotPresent(_)) => {
-                return Err(fault(va, root, level, entry, 0, FaultReason::OutOfMemory));
-            }
-            Err(e) => return Err(e),
+        let index = (self.va.0 >> shift) & ((1u64 << bits) - 1);
+        let entry = Pa(table.0.wrapping_add(index * u64::from(desc.entry_size)));
+        (shift, index, entry)
+    }
+
+    /// One level: reads the entry that `table` holds for the address, checks it, and
+    /// says where the walk goes next.
+    #[inline(always)]
+    fn step(&mut self, level: u8, table: Pa) -> Result<Step, VmiError> {
+        let (shift, index, entry) = self.locate(level, table);
+        let value = self.read_entry(level, index, entry)?;
+        self.check(level, shift, entry, value)
+    }
+
+    /// The rest of a walk whose entry at `level` in `table` the reader could not read the
+    /// fast way: that entry through [`read_entry_slow`] (for its value or its error), the
+    /// levels below it with [`Walker::step`].
+    #[inline(never)]
+    fn finish(mut self, level: u8, table: Pa) -> Result<Translation, VmiError> {
+        let (shift, _, entry) = self.locate(level, table);
+        let value = read_entry_slow(self.mem, self.wide, self.va, self.root, level, entry)?;
+        let mut table = match self.check(level, shift, entry, value)? {
+            Step::Leaf(t) => return Ok(t),
+            Step::Table(next) => next,
         };
-        observe(WalkStep {
+        // At most four more levels: bounded by `level`.
+        for below in (1..level).rev() {
+            match self.step(below, table)? {
+                Step::Leaf(t) => return Ok(t),
+                Step::Table(next) => table = next,
+            }
+        }
+        // Level 1 always maps a page; this is the bound made explicit.
+        Err(fault(
+            self.va,
+            self.root,
+            0,
+            table,
+            0,
+            FaultReason::NotPresent,
+        ))
+    }
+
+    /// Checks `value`, the entry of `level` at `entry` (`shift` as [`Walker::locate`]
+    /// gives it), and says where the walk goes next.
+    #[inline(always)]
+    fn check(&mut self, level: u8, shift: u32, entry: Pa, value: u64) -> Result<Step, VmiError> {
+        let desc = self.desc;
+        let va = self.va;
+        let at = usize::from(level).saturating_sub(1);
+        (self.observe)(WalkStep {
             level,
             entry,
             value,
         });
-        let flags = EntryFlags::from_bits_retain(value);
-        // Reserved bits count only in a present entry (§4.7).
-        if !flags.contains(EntryFlags::PRESENT) {
-            return Err(fault(
-                va,
-                root,
-                level,
-                entry,
-                value,
-                FaultReason::NotPresent,
-            ));
-        }
-
-        let ps_bit = flags.contains(EntryFlags::PAGE_SIZE);
+        let paging = self.paging;
+        let ps_bit = value & EntryFlags::PAGE_SIZE.bits() != 0;
         let has_rights = desc.rights.get(at).copied().unwrap_or(false);
         let (ps, ps_reserved) = match desc.bit7.get(at).copied().unwrap_or(Bit7::Other) {
             Bit7::Other => (false, false),
@@ -563,11 +754,12 @@ pub(crate) fn walk(
         if ps_reserved {
             reserved |= EntryFlags::PAGE_SIZE.bits();
         }
-        if wide {
-            reserved |= bit_range(maxphy, u32::from(desc.high_reserved_end));
-            if !(has_rights && paging.nxe) {
-                reserved |= EntryFlags::EXECUTE_DISABLE.bits();
-            }
+        if self.wide {
+            reserved |= if has_rights {
+                self.high_reserved
+            } else {
+                self.high_reserved_no_rights
+            };
             if ps {
                 // Between the PAT bit 12 and the page base: bits 20:13 of a 2 MiB leaf,
                 // 29:13 of a 1 GiB leaf (Tables 4-9, 4-16, 4-18).
@@ -577,29 +769,30 @@ pub(crate) fn walk(
             // 4 MiB PDE (Table 4-4): bits 21:(M-19), M = min(MAXPHYADDR, 40).
             reserved |= bit_range(paging.maxphy_pse36() - 19, 22);
         }
-        if value & reserved != 0 {
-            return Err(fault(
-                va,
-                root,
-                level,
-                entry,
-                value,
-                FaultReason::ReservedBit,
-            ));
+        // One test for both ways an entry can stop the walk: P = 0, or a reserved bit set.
+        // Reserved bits count only in a present entry (§4.7), so P decides which.
+        let present = EntryFlags::PRESENT.bits();
+        if (value ^ present) & (reserved | present) != 0 {
+            let reason = if value & present == 0 {
+                FaultReason::NotPresent
+            } else {
+                FaultReason::ReservedBit
+            };
+            return Err(self.fault(level, entry, value, reason));
         }
 
-        // Rights combine over every level that has them (§4.6.1).
+        // Rights combine over every level that has them (§4.6.1): kept as the AND and the
+        // OR of those entries, and read at the leaf.
         if has_rights {
-            writable &= flags.contains(EntryFlags::WRITABLE);
-            user &= flags.contains(EntryFlags::USER);
-            no_exec |= wide && paging.nxe && flags.contains(EntryFlags::EXECUTE_DISABLE);
+            self.rights_and &= value;
+            self.rights_or |= value;
         }
 
         if level == 1 || ps {
             let page_size = 1u64 << shift;
-            let base = if wide {
+            let base = if self.wide {
                 // The frame bits only: not the PAT bit 12 of a large leaf, nor bit 63.
-                value & phys_mask & !(page_size - 1)
+                value & self.phys_mask & !(page_size - 1)
             } else if ps {
                 // PSE-36: PDE bits (M-20):13 are physical-address bits (M-1):32.
                 let high = (value >> 13) & ((1u64 << (paging.maxphy_pse36() - 32)) - 1);
@@ -607,32 +800,35 @@ pub(crate) fn walk(
             } else {
                 value & 0xffff_f000
             };
-            let mut access = MemoryAccess::R;
-            if writable {
-                access |= MemoryAccess::W;
+            // Writable if R/W = 1 and user if U/S = 1 at every level with rights;
+            // executable unless XD = 1 at one of them with EFER.NXE = 1.
+            // R/W is bit 1 of an entry and W bit 1 of the rights: the AND's bit is the
+            // answer as it is, without a branch.
+            const {
+                assert!(EntryFlags::WRITABLE.bits() == MemoryAccess::W.bits() as u64);
             }
-            if !no_exec {
-                access |= MemoryAccess::X;
-            }
-            return Ok(Translation {
+            let no_exec =
+                self.wide && paging.nxe && self.rights_or & EntryFlags::EXECUTE_DISABLE.bits() != 0;
+            let access = MemoryAccess::from_bits_retain(
+                MemoryAccess::R.bits()
+                    | (self.rights_and & EntryFlags::WRITABLE.bits()) as u8
+                    | if no_exec { 0 } else { MemoryAccess::X.bits() },
+            );
+            return Ok(Step::Leaf(Translation {
                 pa: Pa(base | (va.0 & (page_size - 1))),
                 page_size,
                 access,
-                user,
-            });
+                user: self.rights_and & EntryFlags::USER.bits() != 0,
+            }));
         }
-
-        table = Pa(value & table_mask);
-        level -= 1;
-        shift -= u32::from(
-            desc.index_bits
-                .get(usize::from(level).saturating_sub(1))
-                .copied()
-                .unwrap_or(0),
-        );
+        Ok(Step::Table(Pa(value & self.table_mask)))
     }
-    // Level 1 always returns above; this is the bound made explicit.
-    Err(fault(va, root, level, table, 0, FaultReason::NotPresent))
+
+    /// The error of a walk that stopped at `level`.
+    #[inline(always)]
+    fn fault(&self, level: u8, entry: Pa, value: u64, reason: FaultReason) -> VmiError {
+        cold_fault(self.va, self.root, level, entry, value, reason)
+    }
 }
 
 #[cfg(test)]
