@@ -191,7 +191,12 @@ impl<D: VmiDriver> VmiCore<D> {
         self
     }
 
-    /// Enables the page cache.
+    /// Enables the page cache (the default).
+    ///
+    /// The page cache holds the driver's page handles. A driver that lends its whole
+    /// memory as one slice ([`VmiDriver::physical_memory`], as `HostDriver` does for
+    /// read-only memory) has no handles worth caching: reads of its memory bypass the page
+    /// cache even when it is enabled, and its counters stay at zero.
     pub fn enable_gfn_cache(&self) {
         self.gfn_cache_enabled.store(true, Ordering::Relaxed);
     }
@@ -705,12 +710,12 @@ impl<D: VmiDriver> VmiCore<D> {
     }
 
     /// Walks the page tables for `va` under `root`, bypassing the translation cache (the
-    /// tables themselves are still read through the page cache).
+    /// tables themselves are read through the page cache when it is in use).
     ///
     /// # Errors
     /// As [`VmiCore::translate_address`].
     pub fn translate_uncached(&self, va: Va, root: Pa) -> Result<Translation, VmiError> {
-        if self.gfn_cache_enabled.load(Ordering::Relaxed) {
+        if self.page_cache_in_use() {
             <D::Architecture as Architecture>::translate(&CoreReader(self), &self.paging, va, root)
         } else {
             <D::Architecture as Architecture>::translate(
@@ -734,7 +739,7 @@ impl<D: VmiDriver> VmiCore<D> {
         root: Pa,
         observe: impl FnMut(WalkStep),
     ) -> Result<Translation, VmiError> {
-        if self.gfn_cache_enabled.load(Ordering::Relaxed) {
+        if self.page_cache_in_use() {
             <D::Architecture as Architecture>::translate_observed(
                 &CoreReader(self),
                 paging,
@@ -761,10 +766,19 @@ impl<D: VmiDriver> VmiCore<D> {
     /// a page-table entry read with a constant length becomes a load, not a `memcpy` call.
     #[inline]
     fn read_physical_in_page(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
-        if !self.gfn_cache_enabled.load(Ordering::Relaxed) {
+        if !self.page_cache_in_use() {
             return self.driver.read_physical(pa, buf);
         }
         self.read_physical_cached(pa, buf)
+    }
+
+    /// Whether reads of guest memory go through the page cache: it is enabled, and the
+    /// driver does not lend its whole memory ([`VmiDriver::physical_memory`]). Handles to
+    /// memory the driver lends are not worth caching: reading the lent bytes is cheaper
+    /// than a cache lookup, so such reads bypass the page cache even when it is enabled.
+    #[inline]
+    fn page_cache_in_use(&self) -> bool {
+        self.gfn_cache_enabled.load(Ordering::Relaxed) && self.driver.physical_memory().is_none()
     }
 
     /// [`VmiCore::read_physical_in_page`] through the page cache.

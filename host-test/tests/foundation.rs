@@ -658,3 +658,29 @@ fn translate_access_through_the_core() {
     // The first translation missed, the rest hit the cache.
     assert_eq!(core.v2p_cache_metrics().misses, 1);
 }
+
+/// The page cache holds page handles; memory a driver lends whole is read directly even
+/// with the page cache enabled, and memory it does not lend goes through the cache.
+#[test]
+fn page_cache_is_used_only_for_memory_not_lent_whole() {
+    let (lent, root, pattern) = boundary_guest(false);
+    let (cached, root2, _) = boundary_guest(true);
+    assert_eq!(root, root2);
+    for core in [&lent, &cached] {
+        let mut all = vec![0u8; pattern.len()];
+        core.read(AccessContext::paging(Va(BASE), root), &mut all)
+            .unwrap();
+        assert_eq!(all, pattern);
+    }
+    let m = lent.gfn_cache_metrics();
+    assert_eq!(
+        (m.hits, m.misses, m.len),
+        (0, 0, 0),
+        "read-only memory is lent whole"
+    );
+    let m = cached.gfn_cache_metrics();
+    assert!(
+        m.misses > 0 && m.len > 0,
+        "writable memory goes through the page cache: {m}"
+    );
+}

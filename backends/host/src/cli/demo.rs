@@ -4,7 +4,7 @@ use core::fmt::Write as _;
 use std::ffi::OsString;
 use std::io::Write;
 
-use introvisor::{AccessContext, Pa, Va, VmiCore, VmiError};
+use introvisor::{AccessContext, Pa, Va, VmiCore, VmiDriver, VmiError};
 
 use super::args;
 use super::translate::fault_text;
@@ -140,8 +140,13 @@ pub(crate) fn report() -> Result<String, String> {
     let _ = writeln!(s, "\ncaches:");
     let _ = writeln!(
         s,
-        "  page cache (gfn_cache_metrics):        {}",
-        core.gfn_cache_metrics()
+        "  page cache (gfn_cache_metrics):        {}{}",
+        core.gfn_cache_metrics(),
+        if core.driver().physical_memory().is_some() {
+            "\n    (bypassed: this driver lends its read-only memory directly, cheaper than caching page handles)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         s,
