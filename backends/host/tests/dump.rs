@@ -667,3 +667,30 @@ fn truncations_and_corruptions_never_panic() {
         let _ = parse(&b);
     }
 }
+
+/// A thousand segments each shorter in the file than in memory make a bounded number of
+/// warnings, not a thousand.
+#[test]
+fn many_short_segments_make_a_bounded_number_of_warnings() {
+    let mut b = valid();
+    let mut short = b[LOAD_PH..LOAD_PH + PHENT].to_vec();
+    short[40..48].copy_from_slice(&0x10_0000u64.to_le_bytes()); // p_memsz > p_filesz
+    let table = b.len();
+    for _ in 0..1000 {
+        b.extend_from_slice(&short);
+    }
+    put64(&mut b, 32, table as u64); // e_phoff
+    put16(&mut b, 56, 1000); // e_phnum
+    let core = parse(&b).unwrap();
+    assert_eq!(core.loads.len(), 1000);
+    assert!(
+        core.warnings.len() <= 17,
+        "{} warnings",
+        core.warnings.len()
+    );
+    assert!(
+        core.warnings.last().unwrap().contains("984 more"),
+        "{:?}",
+        core.warnings.last()
+    );
+}

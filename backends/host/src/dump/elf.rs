@@ -980,6 +980,10 @@ fn qemu_state(desc: &[u8], vcpu: usize) -> Result<(QemuCpuState, bool, u32, u32)
     Ok((state, size_usize >= QEMU_CPU_STATE_SIZE, version, size))
 }
 
+/// At most this many per-segment warnings are kept; the rest are counted in one line, so a
+/// hostile file with a million short segments cannot make a million messages.
+const MAX_SEGMENT_WARNINGS: usize = 16;
+
 /// Parses an ELF core file held in `bytes`; see the module documentation.
 ///
 /// # Errors
@@ -993,6 +997,7 @@ pub fn parse(bytes: &[u8]) -> Result<ElfCore, ElfError> {
     let mut notes = Notes::default();
     let mut warnings = Vec::new();
     let mut note_segments = Vec::new();
+    let mut omitted_warnings = 0u64;
     for index in 0..h.phnum {
         let (p_type, seg) = program_header(bytes, &h, index)?;
         if p_type != PT_LOAD && p_type != PT_NOTE {
@@ -1013,7 +1018,9 @@ pub fn parse(bytes: &[u8]) -> Result<ElfCore, ElfError> {
         if seg.paddr.checked_add(seg.filesz).is_none() {
             return Err(ElfError::SegmentAddressOverflow { index });
         }
-        if seg.memsz > seg.filesz {
+        if seg.memsz > seg.filesz && warnings.len() >= MAX_SEGMENT_WARNINGS {
+            omitted_warnings += 1;
+        } else if seg.memsz > seg.filesz {
             warnings.push(format!(
                 "segment {index} at {:#x}: {:#x} of its {:#x} bytes are not in the file and read as absent",
                 seg.paddr,
@@ -1024,6 +1031,11 @@ pub fn parse(bytes: &[u8]) -> Result<ElfCore, ElfError> {
         if seg.filesz > 0 {
             loads.push(seg);
         }
+    }
+    if omitted_warnings > 0 {
+        warnings.push(format!(
+            "{omitted_warnings} more segments are shorter in the file than in memory"
+        ));
     }
     for seg in &note_segments {
         read_notes(bytes, seg, &mut notes)?;
