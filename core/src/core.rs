@@ -715,15 +715,15 @@ impl<D: VmiDriver> VmiCore<D> {
     /// # Errors
     /// As [`VmiCore::translate_address`].
     pub fn translate_uncached(&self, va: Va, root: Pa) -> Result<Translation, VmiError> {
-        if self.page_cache_in_use() {
+        let memory = self.driver.physical_memory();
+        if memory.is_none() && self.gfn_cache_enabled.load(Ordering::Relaxed) {
             <D::Architecture as Architecture>::translate(&CoreReader(self), &self.paging, va, root)
         } else {
-            <D::Architecture as Architecture>::translate(
-                &self.direct_reader(),
-                &self.paging,
-                va,
-                root,
-            )
+            let reader = DirectReader {
+                driver: &self.driver,
+                memory,
+            };
+            <D::Architecture as Architecture>::translate(&reader, &self.paging, va, root)
         }
     }
 
