@@ -75,6 +75,7 @@
 
 #![no_std]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     not(test),
     deny(
@@ -124,7 +125,9 @@ pub use self::os::{NoOs, VmiOs};
 pub use self::page::PageRef;
 pub use self::session::{DEFAULT_EVENT_TIMEOUT, VmiSession};
 
-/// The README's examples, compiled and run as doctests.
+/// The crate's README (`core/README.md`, packaged with the crate), its example compiled
+/// and run as a doctest both in the workspace and in the published package. The
+/// repository's README is tested by `introvisor-host-test`.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

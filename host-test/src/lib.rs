@@ -44,3 +44,9 @@ pub fn seed(default: u64) -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
 }
+
+/// The repository's README (`README.md` at the root, which no package ships), its
+/// examples compiled and run as doctests here.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct RootReadmeDoctests;

@@ -24,6 +24,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod builder;
 mod driver;
 pub mod dump;
@@ -32,3 +34,8 @@ pub mod memory;
 pub use driver::{HostDriver, HostPage};
 pub use dump::{DumpError, DumpFormat, DumpInfo};
 pub use memory::{GuestMemory, MemoryRange};
+
+/// The crate's README, its example compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
