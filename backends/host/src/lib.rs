@@ -32,7 +32,7 @@ pub mod dump;
 pub mod memory;
 
 pub use driver::{HostDriver, HostPage};
-pub use dump::{DumpError, DumpFormat, DumpInfo};
+pub use dump::{DumpError, DumpFormat, DumpInfo, DumpKind};
 pub use memory::{GuestMemory, MemoryRange};
 
 /// The crate's README, its example compiled and run as a doctest.

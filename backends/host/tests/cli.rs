@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use introvisor::Va;
 use introvisor::arch::amd64::{Registers, Segment};
 use introvisor_host::builder::{Guest, GuestBuilder, MapFlags, PageSize};
-use introvisor_host::dump::write::{Run, write_qemu_elf};
+use introvisor_host::dump::write::{Run, write_lime, write_qemu_elf};
 
 const BIN: &str = env!("CARGO_BIN_EXE_introvisor");
 
@@ -485,10 +485,7 @@ fn info_describes_raw_and_elf_dumps() {
     let out = run(&["info", raw.path()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let text = out.text();
-    assert!(
-        text.contains("format:  raw physical memory image"),
-        "{text}"
-    );
+    assert!(text.contains("format:  raw (no known header)\n"), "{text}");
     assert!(text.contains("size:    8388608 bytes (8.0 MiB)"), "{text}");
     assert!(
         text.contains("0x0000000000000000-0x00000000007fffff"),
@@ -818,5 +815,214 @@ fn paths_are_just_paths() {
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
         expected_line(&g, USER) + "\n"
+    );
+}
+
+/// The guest as a LiME image: RAM in two ranges around a hole at [0xa0000, 0x100000)
+/// (the legacy VGA/BIOS hole), the upper range first.
+fn lime_dump(g: &Guest) -> TempFile {
+    let (low, high) = (0xa_0000usize, 0x10_0000usize);
+    assert!(
+        g.memory[low..high].iter().all(|&b| b == 0),
+        "hole not empty"
+    );
+    let mut bytes = Vec::new();
+    write_lime(
+        &mut bytes,
+        &[
+            Run {
+                paddr: high as u64,
+                bytes: &g.memory[high..],
+            },
+            Run {
+                paddr: 0,
+                bytes: &g.memory[..low],
+            },
+        ],
+    )
+    .unwrap();
+    TempFile::new("dump.lime", &bytes)
+}
+
+#[test]
+fn a_lime_image_translates_and_reads_like_the_raw_dump_it_holds() {
+    let g = guest();
+    let raw = raw_dump(&g);
+    let lime = lime_dump(&g);
+    let root = cr3(&g);
+    let vas: Vec<String> = [
+        USER,
+        USER + 0xff0,
+        USER + 0x2000,
+        KTEXT + 0x1234,
+        DIRECT + 0x40_0000,
+        FAR,
+        0x8000_0000_0000,
+    ]
+    .iter()
+    .map(|&v| hex(v))
+    .collect();
+    let mut args = vec!["translate", "", "--cr3", &root];
+    args.extend(vas.iter().map(String::as_str));
+    args[1] = raw.path();
+    let from_raw = run(&args);
+    args[1] = lime.path();
+    let from_lime = run(&args);
+    assert_eq!(from_raw.code, 0, "{}", from_raw.stderr);
+    assert_eq!(from_lime.code, 0, "{}", from_lime.stderr);
+    assert_eq!(from_lime.text(), from_raw.text());
+    assert!(
+        from_lime
+            .text()
+            .contains(&expected_line(&g, KTEXT + 0x1234))
+    );
+
+    let read = |path: &str, va: u64| run(&["read", path, "--cr3", &root, &hex(va), "40", "--raw"]);
+    let (a, b) = (
+        read(raw.path(), USER + 0xff0),
+        read(lime.path(), USER + 0xff0),
+    );
+    assert_eq!((a.code, b.code), (0, 0), "{}", b.stderr);
+    assert_eq!(b.stdout, a.stdout);
+    assert!(b.stdout.starts_with(b"a string that crosses"));
+    // Through the direct map into the hole: the raw image holds zeros there, LiME nothing.
+    let hole = DIRECT + 0xb_8000;
+    assert_eq!(read(raw.path(), hole).code, 0);
+    let out = read(lime.path(), hole);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("which the dump does not hold"),
+        "{}",
+        out.stderr
+    );
+
+    let out = run(&["info", lime.path()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = out.text();
+    assert!(text.contains("format:  LiME image, 2 range(s)\n"), "{text}");
+    assert!(text.contains("in 2 range(s)"), "{text}");
+    assert!(
+        text.contains("0x0000000000000000-0x000000000009ffff"),
+        "{text}"
+    );
+    assert!(
+        text.contains("0x0000000000100000-0x00000000007fffff"),
+        "{text}"
+    );
+}
+
+#[test]
+fn compressed_and_malformed_files_exit_2_naming_what_they_are() {
+    for (magic, name) in [
+        (&[0x28u8, 0xb5, 0x2f, 0xfd][..], "zstd"),
+        (&[0x1f, 0x8b, 0x08, 0][..], "gzip"),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0][..], "xz"),
+        (&[0x04, 0x22, 0x4d, 0x18][..], "LZ4 frame"),
+    ] {
+        let mut bytes = magic.to_vec();
+        bytes.resize(4096, 0x42);
+        let file = TempFile::new("compressed", &bytes);
+        for args in [
+            vec!["info", file.path()],
+            vec!["translate", file.path(), "--cr3", "0", "0x1000"],
+            vec!["read", file.path(), "--cr3", "0", "0", "10"],
+        ] {
+            let out = run(&args);
+            assert_eq!(out.code, 2, "{name} {args:?}");
+            assert!(out.stdout.is_empty());
+            assert!(
+                out.stderr
+                    .contains(&format!("compressed ({name}): decompress it first")),
+                "{}",
+                out.stderr
+            );
+        }
+        // --format raw reads it anyway, and info says so.
+        let out = run(&["info", file.path(), "--format", "raw"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let text = out.text();
+        assert!(
+            text.contains("format:  raw (as --format raw asked)\n"),
+            "{text}"
+        );
+        assert!(text.contains("warning: read as raw as asked"), "{text}");
+    }
+    // A LiME image whose second range ends before it starts.
+    let mut bad = Vec::new();
+    write_lime(
+        &mut bad,
+        &[Run {
+            paddr: 0x1000,
+            bytes: &[1; 16],
+        }],
+    )
+    .unwrap();
+    let mut header = bad[..32].to_vec();
+    header[8..16].copy_from_slice(&0x9000u64.to_le_bytes());
+    bad.extend(header);
+    let file = TempFile::new("bad.lime", &bad);
+    let out = run(&["info", file.path()]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .contains("LiME range 1: ends at 0x100f, before its start 0x9000"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn format_forces_a_reading() {
+    let g = guest();
+    let lime = lime_dump(&g);
+    let root = cr3(&g);
+    // A raw image that starts with the ELF magic: by content it is a broken ELF file;
+    // forced, it is raw, and translates. (The PML4 is at 0: the magic overwrites the
+    // low half of PML4[0], the user half; the kernel text walks through PML4[511].)
+    assert_eq!(g.root.0, 0);
+    let mut memory = g.memory.clone();
+    memory[..4].copy_from_slice(b"\x7fELF");
+    let elfish = TempFile::new("elfish.raw", &memory);
+    let va = hex(KTEXT + 0x1234);
+    let out = run(&["translate", elfish.path(), "--cr3", &root, &va]);
+    assert_eq!(out.code, 2, "{}", out.stdout.len());
+    let out = run(&[
+        "translate",
+        elfish.path(),
+        "--format",
+        "raw",
+        "--cr3",
+        &root,
+        &va,
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.text(),
+        format!("{}\n", expected_line(&g, KTEXT + 0x1234))
+    );
+    let out = run(&["info", elfish.path(), "--format=raw"]);
+    assert!(
+        out.text().contains("starts like an ELF file"),
+        "{}",
+        out.text()
+    );
+    // --format elf on a LiME image: the ELF error; --format lime: read as LiME.
+    let out = run(&["info", lime.path(), "--format", "elf"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("not an ELF file"), "{}", out.stderr);
+    let out = run(&["info", lime.path(), "--format", "LIME"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.text()
+            .contains("format:  LiME image, 2 range(s) (as --format asked)"),
+        "{}",
+        out.text()
+    );
+    let out = run(&["info", lime.path(), "--format", "vmdk"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("unknown format 'vmdk'"),
+        "{}",
+        out.stderr
     );
 }

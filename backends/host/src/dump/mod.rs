@@ -1,7 +1,14 @@
-//! Memory dump files: a raw image of guest-physical memory, or an ELF core file as QEMU
-//! writes it ([`elf`]). [`open`] tells them apart by content and returns a
-//! [`HostDriver`] over the file (memory-mapped, read-only) with the vCPU registers the
-//! dump holds, and a [`DumpInfo`] that describes it.
+//! Memory dump files: a raw image of guest-physical memory, an ELF core file as QEMU
+//! writes it ([`elf`]), or a LiME image ([`lime`]). [`open`] tells them apart by content
+//! and returns a [`HostDriver`] over the file (memory-mapped, read-only) with the vCPU
+//! registers the dump holds, and a [`DumpInfo`] that describes it; [`open_as`] reads a
+//! file as the format the caller names.
+//!
+//! # Detection
+//! By the first bytes: `\x7fELF` is ELF, `EMiL` is LiME; the magics of zstd, gzip, xz and
+//! LZ4-frame files, of kdump-compressed and of Windows crash dumps are refused with an
+//! error that names the format. A file is read as raw only when no known magic matched
+//! (or when the caller asks for raw).
 //!
 //! # Contract
 //! A dump file is hostile input: for any content, [`open`] returns `Ok` or a
@@ -9,6 +16,7 @@
 //! accepts (see [`elf`]).
 
 pub mod elf;
+pub mod lime;
 pub mod write;
 
 use core::fmt;
@@ -21,12 +29,18 @@ use crate::driver::HostDriver;
 use crate::memory::{GuestMemory, MemoryRange};
 
 pub use elf::{ElfClass, ElfCore, ElfError, ElfVcpu, Machine, RegisterSource};
+pub use lime::{LimeError, LimeImage, LimeRange};
 
 /// The format of a dump file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DumpFormat {
     /// A raw image: byte `n` of the file is guest-physical address `n`. No registers.
     Raw,
+    /// A LiME image: range headers, each followed by its bytes. No registers.
+    Lime {
+        /// The number of ranges.
+        ranges: usize,
+    },
     /// An ELF core file (QEMU `dump-guest-memory`, `virsh dump --memory-only`, a vmcore).
     Elf {
         /// ELF32 or ELF64.
@@ -39,10 +53,22 @@ pub enum DumpFormat {
 impl fmt::Display for DumpFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Raw => f.write_str("raw physical memory image"),
+            Self::Raw => f.write_str("raw (no known header)"),
+            Self::Lime { ranges } => write!(f, "LiME image, {ranges} range(s)"),
             Self::Elf { class, machine } => write!(f, "{class} core file, machine {machine}"),
         }
     }
+}
+
+/// A format to read a dump file as, whatever its first bytes say (see [`open_as`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DumpKind {
+    /// A raw image: byte `n` of the file is guest-physical address `n`.
+    Raw,
+    /// An ELF core file.
+    Elf,
+    /// A LiME image.
+    Lime,
 }
 
 /// What is known about an opened dump.
@@ -52,6 +78,8 @@ pub struct DumpInfo {
     pub path: PathBuf,
     /// The format.
     pub format: DumpFormat,
+    /// Whether the caller named the format ([`open_as`]) rather than the content.
+    pub forced: bool,
     /// The file size in bytes.
     pub file_size: u64,
     /// The guest-physical ranges the file holds, sorted, as the driver uses them.
@@ -82,6 +110,20 @@ pub enum DumpError {
         /// What is wrong.
         error: ElfError,
     },
+    /// The file is a LiME image, but a malformed one.
+    Lime {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        error: LimeError,
+    },
+    /// The file is compressed: it must be decompressed before it can be read.
+    Compressed {
+        /// The path.
+        path: PathBuf,
+        /// The compression format (`"zstd"`, `"gzip"`, `"xz"`, `"LZ4 frame"`).
+        format: &'static str,
+    },
     /// The file is in a dump format this reader does not read.
     Unsupported {
         /// The path.
@@ -96,6 +138,12 @@ impl fmt::Display for DumpError {
         match self {
             Self::Io { path, error } => write!(f, "{}: {error}", path.display()),
             Self::Elf { path, error } => write!(f, "{}: {error}", path.display()),
+            Self::Lime { path, error } => write!(f, "{}: {error}", path.display()),
+            Self::Compressed { path, format } => write!(
+                f,
+                "{}: compressed ({format}): decompress it first",
+                path.display()
+            ),
             Self::Unsupported { path, format } => write!(
                 f,
                 "{}: {format} dumps are not supported (use QEMU's ELF format or a raw image)",
@@ -110,9 +158,27 @@ impl core::error::Error for DumpError {
         match self {
             Self::Io { error, .. } => Some(error),
             Self::Elf { error, .. } => Some(error),
-            Self::Unsupported { .. } => None,
+            Self::Lime { error, .. } => Some(error),
+            Self::Compressed { .. } | Self::Unsupported { .. } => None,
         }
     }
+}
+
+/// The compression format whose magic `bytes` start with: zstd (RFC 8878 §3.1.1), gzip
+/// (RFC 1952 §2.3.1: ID1 ID2 and CM = 8, deflate, the only method defined), xz (the
+/// stream header magic, "The .xz File Format" §2.1.1.1), LZ4 frame (the LZ4 frame
+/// format's magic number).
+pub fn compression(bytes: &[u8]) -> Option<&'static str> {
+    const MAGICS: [(&[u8], &str); 4] = [
+        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd"),
+        (&[0x1f, 0x8b, 0x08], "gzip"),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0x00], "xz"),
+        (&[0x04, 0x22, 0x4d, 0x18], "LZ4 frame"),
+    ];
+    MAGICS
+        .iter()
+        .find(|(magic, _)| bytes.starts_with(magic))
+        .map(|&(_, name)| name)
 }
 
 /// Known formats that are not ELF and not raw, by their first bytes.
@@ -126,17 +192,110 @@ fn unsupported_format(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// Opens a dump file: ELF if it starts with the ELF magic, raw otherwise.
+/// What a known magic at the start of `bytes` says the file is, in words, for a file read
+/// as another format.
+fn looks_like(bytes: &[u8]) -> Option<&'static str> {
+    if elf::is_elf(bytes) {
+        Some("an ELF file")
+    } else if lime::is_lime(bytes) {
+        Some("a LiME image")
+    } else if let Some(c) = compression(bytes) {
+        Some(match c {
+            "zstd" => "a zstd-compressed file",
+            "gzip" => "a gzip-compressed file",
+            "xz" => "an xz-compressed file",
+            _ => "an LZ4-compressed file",
+        })
+    } else {
+        unsupported_format(bytes)
+    }
+}
+
+/// The parsed headers of a dump that is not raw.
+enum Parsed {
+    Raw(Vec<String>),
+    Elf(ElfCore),
+    Lime(LimeImage),
+}
+
+/// Reads `bytes` as `kind`, or by content.
+fn parse_as(bytes: &[u8], kind: Option<DumpKind>, path: &Path) -> Result<Parsed, DumpError> {
+    let elf = |bytes| {
+        elf::parse(bytes)
+            .map(Parsed::Elf)
+            .map_err(|error| DumpError::Elf {
+                path: path.to_owned(),
+                error,
+            })
+    };
+    let lime = |bytes| {
+        lime::parse(bytes)
+            .map(Parsed::Lime)
+            .map_err(|error| DumpError::Lime {
+                path: path.to_owned(),
+                error,
+            })
+    };
+    match kind {
+        Some(DumpKind::Raw) => Ok(Parsed::Raw(
+            looks_like(bytes)
+                .map(|what| format!("read as raw as asked, although it starts like {what}"))
+                .into_iter()
+                .collect(),
+        )),
+        Some(DumpKind::Elf) => elf(bytes),
+        Some(DumpKind::Lime) => lime(bytes),
+        None => {
+            if let Some(format) = compression(bytes) {
+                Err(DumpError::Compressed {
+                    path: path.to_owned(),
+                    format,
+                })
+            } else if let Some(format) = unsupported_format(bytes) {
+                Err(DumpError::Unsupported {
+                    path: path.to_owned(),
+                    format,
+                })
+            } else if elf::is_elf(bytes) {
+                elf(bytes)
+            } else if lime::is_lime(bytes) {
+                lime(bytes)
+            } else {
+                Ok(Parsed::Raw(Vec::new()))
+            }
+        }
+    }
+}
+
+/// Opens a dump file, its format told by content (see the module's "Detection").
 ///
 /// The file is memory-mapped read-only; it must not be truncated or rewritten while the
 /// driver is alive (the usual caveat of mapped files).
 ///
 /// # Errors
 /// [`DumpError::Io`] if the file cannot be opened or mapped, [`DumpError::Elf`] for an
-/// ELF file that is corrupt or not an x86 core file, [`DumpError::Unsupported`] for a
-/// kdump-compressed or Windows crash dump.
+/// ELF file that is corrupt or not an x86 core file, [`DumpError::Lime`] for a malformed
+/// LiME image, [`DumpError::Compressed`] for a zstd, gzip, xz or LZ4-frame file,
+/// [`DumpError::Unsupported`] for a kdump-compressed or Windows crash dump.
 pub fn open(path: impl AsRef<Path>) -> Result<(HostDriver, DumpInfo), DumpError> {
-    let path = path.as_ref();
+    open_with(path.as_ref(), None)
+}
+
+/// Opens a dump file as `kind`, whatever its first bytes say: a raw image that happens to
+/// start with a known magic, say. [`DumpInfo::forced`] is set, and for a raw read of a file
+/// that starts with a known magic, a warning says what it looks like.
+///
+/// # Errors
+/// As [`open`]; a file that is not of `kind` gets that format's error (an ELF or LiME
+/// bad magic). Raw never fails on content.
+pub fn open_as(
+    path: impl AsRef<Path>,
+    kind: DumpKind,
+) -> Result<(HostDriver, DumpInfo), DumpError> {
+    open_with(path.as_ref(), Some(kind))
+}
+
+fn open_with(path: &Path, kind: Option<DumpKind>) -> Result<(HostDriver, DumpInfo), DumpError> {
     let io = |error| DumpError::Io {
         path: path.to_owned(),
         error,
@@ -148,25 +307,19 @@ pub fn open(path: impl AsRef<Path>) -> Result<(HostDriver, DumpInfo), DumpError>
     }
     let memory = GuestMemory::map_file(&file, None).map_err(io)?;
     let file_size = memory.storage_len();
-    let parsed = memory.with_bytes(|bytes| {
-        if let Some(format) = unsupported_format(bytes) {
-            return Err(DumpError::Unsupported {
-                path: path.to_owned(),
-                format,
-            });
-        }
-        if elf::is_elf(bytes) {
-            elf::parse(bytes).map(Some).map_err(|error| DumpError::Elf {
-                path: path.to_owned(),
-                error,
-            })
-        } else {
-            Ok(None)
-        }
-    })?;
+    let parsed = memory.with_bytes(|bytes| parse_as(bytes, kind, path))?;
     let (memory, format, vcpus, other_notes, warnings) = match parsed {
-        None => (memory, DumpFormat::Raw, Vec::new(), Vec::new(), Vec::new()),
-        Some(core) => (
+        Parsed::Raw(warnings) => (memory, DumpFormat::Raw, Vec::new(), Vec::new(), warnings),
+        Parsed::Lime(image) => (
+            memory.with_ranges(image.memory_ranges()),
+            DumpFormat::Lime {
+                ranges: image.ranges.len(),
+            },
+            Vec::new(),
+            Vec::new(),
+            image.warnings,
+        ),
+        Parsed::Elf(core) => (
             memory.with_ranges(core.ranges()),
             DumpFormat::Elf {
                 class: core.class,
@@ -185,6 +338,7 @@ pub fn open(path: impl AsRef<Path>) -> Result<(HostDriver, DumpInfo), DumpError>
         DumpInfo {
             path: path.to_owned(),
             format,
+            forced: kind.is_some(),
             file_size,
             ranges,
             vcpus,
@@ -195,11 +349,22 @@ pub fn open(path: impl AsRef<Path>) -> Result<(HostDriver, DumpInfo), DumpError>
 }
 
 impl HostDriver {
-    /// Opens a raw or ELF dump by content; see [`open`].
+    /// Opens a raw, ELF or LiME dump by content; see [`open`].
     ///
     /// # Errors
     /// As [`open`].
     pub fn open_dump(path: impl AsRef<Path>) -> Result<(Self, DumpInfo), DumpError> {
         open(path)
+    }
+
+    /// Opens a dump as `kind`; see [`open_as`].
+    ///
+    /// # Errors
+    /// As [`open_as`].
+    pub fn open_dump_as(
+        path: impl AsRef<Path>,
+        kind: DumpKind,
+    ) -> Result<(Self, DumpInfo), DumpError> {
+        open_as(path, kind)
     }
 }

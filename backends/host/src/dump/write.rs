@@ -1,4 +1,4 @@
-//! Writes ELF core files in the layout QEMU's `dump-guest-memory` uses: for fixtures and
+//! Writes LiME images ([`write_lime`]) and ELF core files in the layout QEMU's `dump-guest-memory` uses: for fixtures and
 //! tests (a guest built with [`GuestBuilder`](crate::builder::GuestBuilder), saved the
 //! way QEMU would save a real one), and for tools that cut a dump down.
 //!
@@ -208,4 +208,28 @@ pub fn write_qemu_elf(
         out.write_all(run.bytes)?;
     }
     Ok(offset)
+}
+
+/// Writes a LiME image: for each run, a version-1 range header (`s_addr` = `paddr`,
+/// `e_addr` = its last byte's address) and the run's bytes (see [`lime`](super::lime)).
+/// Runs must be non-empty; their order is kept.
+///
+/// # Errors
+/// The writer's error; `InvalidInput` for an empty run or one whose end overflows.
+pub fn write_lime(out: &mut dyn Write, runs: &[Run<'_>]) -> io::Result<()> {
+    for run in runs {
+        let last = (run.bytes.len() as u64)
+            .checked_sub(1)
+            .and_then(|n| run.paddr.checked_add(n))
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "empty or overflowing run")
+            })?;
+        out.write_all(&super::lime::LIME_MAGIC.to_le_bytes())?;
+        out.write_all(&super::lime::LIME_VERSION.to_le_bytes())?;
+        out.write_all(&run.paddr.to_le_bytes())?;
+        out.write_all(&last.to_le_bytes())?;
+        out.write_all(&[0; 8])?;
+        out.write_all(run.bytes)?;
+    }
+    Ok(())
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 use super::args;
 use super::target::{self, mode_name};
 use super::{EXIT_OK, Failure, help};
-use introvisor_host::dump::{DumpInfo, RegisterSource};
+use introvisor_host::dump::{DumpFormat, DumpInfo, RegisterSource};
 
 /// A size in bytes, with a binary unit when it is large.
 pub(crate) fn human(bytes: u64) -> String {
@@ -27,11 +27,20 @@ pub(crate) fn human(bytes: u64) -> String {
     format!("{value:.1} {unit}")
 }
 
+/// The detected format, or the one `--format` asked for.
+pub(crate) fn format_line(info: &DumpInfo) -> String {
+    match (info.format, info.forced) {
+        (DumpFormat::Raw, true) => "raw (as --format raw asked)".to_owned(),
+        (format, true) => format!("{format} (as --format asked)"),
+        (format, false) => format.to_string(),
+    }
+}
+
 /// The description `info` prints.
 pub(crate) fn describe(info: &DumpInfo) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "file:    {}", info.path.display());
-    let _ = writeln!(s, "format:  {}", info.format);
+    let _ = writeln!(s, "format:  {}", format_line(info));
     let _ = writeln!(
         s,
         "size:    {} bytes ({})",
@@ -92,7 +101,7 @@ pub(crate) fn describe(info: &DumpInfo) -> String {
 }
 
 pub(crate) fn run(argv: &[OsString], stdout: &mut dyn Write) -> Result<i32, Failure> {
-    let opts = args::parse(argv, &[])?;
+    let opts = args::parse(argv, &[target::FORMAT_OPTION])?;
     if opts.flag("help") {
         stdout.write_all(help::INFO.as_bytes())?;
         return Ok(EXIT_OK);
@@ -103,7 +112,7 @@ pub(crate) fn run(argv: &[OsString], stdout: &mut dyn Write) -> Result<i32, Fail
             opts.positionals.len()
         )));
     };
-    let (_, info) = target::open(path)?;
+    let (_, info) = target::open(path, target::format_choice(&opts)?)?;
     stdout.write_all(describe(&info).as_bytes())?;
     Ok(EXIT_OK)
 }

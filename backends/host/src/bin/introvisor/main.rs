@@ -84,9 +84,12 @@ Commands:
   translate   translate virtual addresses to guest-physical ones
   read        read virtual memory (hex dump, or raw bytes)
 
-A DUMP is a raw image of guest-physical memory (byte n = address n) or an ELF core
-file as written by QEMU's dump-guest-memory or `virsh dump --memory-only`; the format
-is recognised by content.
+A DUMP is an ELF core file as written by QEMU's dump-guest-memory or `virsh dump
+--memory-only`, a LiME image (lime.ko's format=lime), or a raw image of
+guest-physical memory (byte n = address n). The format is recognised by content: a
+file is raw only when no known header matched, and zstd, gzip, xz and LZ4 files are
+refused (decompress them first). --format raw|elf|lime reads a file as that format
+whatever it starts with.
 
 Numbers: addresses, CR3 and LEN are hexadecimal, with or without 0x; '_' may
 separate digits. Only --vcpu and --maxphyaddr take decimal numbers.
@@ -113,11 +116,15 @@ size, rights), the strings, and the counters of the page and translation caches.
     pub(crate) const INFO: &str = "\
 introvisor info: describe a dump
 
-Usage: introvisor info DUMP
+Usage: introvisor info DUMP [--format raw|elf|lime]
 
-Prints the format, the file size, the guest-physical memory ranges (with their
-file offsets) and, for an ELF core, each vCPU: where its registers come from,
+Prints the format (as detected: 'raw (no known header)' when no known header
+matched), the file size, the guest-physical memory ranges (with their file
+offsets) and, for an ELF core, each vCPU: where its registers come from,
 CR0/CR3/CR4, the derived EFER, the paging mode, RIP and CPL.
+
+Options:
+  --format FORMAT    read the dump as raw, elf or lime, whatever its content
 ";
 
     /// `introvisor translate --help`.
@@ -142,8 +149,8 @@ Hex is lowercase without leading zeros. <reason> is one of:
 level is where the walk stopped: 1 = PTE, 2 = PDE, 3 = PDPTE, 4 = PML4E, 5 = PML5E.
 
 Options:
-  --cr3 HEX          the page-table root (CR3). Required for a raw dump; with an
-                     ELF dump it defaults to the vCPU's CR3
+  --cr3 HEX          the page-table root (CR3). Required for a raw or LiME dump;
+                     with an ELF dump it defaults to the vCPU's CR3
   --vcpu N           take CR3 and the paging mode from vCPU N (decimal; default 0)
   --paging MODE      32, pae, 4, 5 (or off): override the paging mode. Default: the
                      vCPU's mode, or 4 for a raw dump
@@ -156,6 +163,7 @@ Options:
                      with '#', so `grep -v '^#'` leaves the plain output
   --progress         show progress on stderr (default: only on a terminal, after
                      two seconds)
+  --format FORMAT    read the dump as raw, elf or lime, whatever its content
 
 Exit status: 0 when every VA was well formed (unmapped ones included); 2 if a VA
 was malformed (reported on stderr, skipped on stdin, fatal in arguments), the dump
@@ -180,7 +188,7 @@ so LEN may be large.
 
 Options:
   --raw              write the bytes, not a hex dump
-  --cr3, --vcpu, --paging, --maxphyaddr, --nxe, --pse, --progress
+  --cr3, --vcpu, --paging, --maxphyaddr, --nxe, --pse, --progress, --format
                      as for 'introvisor translate --help'
 
 Exit status: 0 success; 1 the range is not wholly mapped; 2 usage error,

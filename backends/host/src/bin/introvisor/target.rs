@@ -9,10 +9,18 @@ use introvisor::{Pa, VmiCore};
 use super::Failure;
 use super::args::{Opt, Parsed, count_arg, hex_arg};
 use introvisor_host::HostDriver;
-use introvisor_host::dump::DumpInfo;
+use introvisor_host::dump::{DumpInfo, DumpKind};
 
-/// The options of `translate` and `read` that say how to walk.
-pub(crate) const WALK_OPTIONS: [Opt; 7] = [
+/// `--format raw|elf|lime`: read the dump as that format, whatever its content.
+pub(crate) const FORMAT_OPTION: Opt = Opt {
+    name: "format",
+    short: None,
+    takes_value: true,
+};
+
+/// The options of `translate` and `read` that say how to open the dump and walk.
+pub(crate) const WALK_OPTIONS: [Opt; 8] = [
+    FORMAT_OPTION,
     Opt {
         name: "cr3",
         short: None,
@@ -93,14 +101,36 @@ fn parse_bool(text: &str, name: &str) -> Result<bool, Failure> {
     }
 }
 
-/// Opens the dump at `path`.
-pub(crate) fn open(path: &OsString) -> Result<(HostDriver, DumpInfo), Failure> {
-    HostDriver::open_dump(path).map_err(|e| Failure::input(format!("cannot open the dump {e}")))
+/// The format `--format` names, if given.
+pub(crate) fn format_choice(opts: &Parsed) -> Result<Option<DumpKind>, Failure> {
+    opts.value("format")
+        .map(|text| match text.to_ascii_lowercase().as_str() {
+            "raw" => Ok(DumpKind::Raw),
+            "elf" => Ok(DumpKind::Elf),
+            "lime" => Ok(DumpKind::Lime),
+            _ => Err(Failure::usage(format!(
+                "unknown format '{text}' (expected raw, elf or lime)"
+            ))),
+        })
+        .transpose()
+}
+
+/// Opens the dump at `path`, as `kind` if given, else by content.
+pub(crate) fn open(
+    path: &OsString,
+    kind: Option<DumpKind>,
+) -> Result<(HostDriver, DumpInfo), Failure> {
+    match kind {
+        Some(kind) => HostDriver::open_dump_as(path, kind),
+        None => HostDriver::open_dump(path),
+    }
+    .map_err(|e| Failure::input(format!("cannot open the dump {e}")))
 }
 
 /// Opens the dump and resolves root and paging from the vCPU and the options.
 pub(crate) fn resolve(path: &OsString, opts: &Parsed) -> Result<Target, Failure> {
     // Check every option before the (possibly slow) open, so usage errors come first.
+    let kind = format_choice(opts)?;
     let cr3 = opts.value("cr3").map(|v| hex_arg(v, "CR3")).transpose()?;
     let vcpu = opts
         .value("vcpu")
@@ -127,7 +157,7 @@ pub(crate) fn resolve(path: &OsString, opts: &Parsed) -> Result<Target, Failure>
         .map(|v| parse_bool(v, "pse"))
         .transpose()?;
 
-    let (driver, info) = open(path)?;
+    let (driver, info) = open(path, kind)?;
     let vcpu_regs = match vcpu {
         Some(n) => {
             let v = usize::try_from(n)
