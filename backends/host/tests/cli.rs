@@ -1026,3 +1026,421 @@ fn format_forces_a_reading() {
         out.stderr
     );
 }
+
+fn json_of(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn hex_of(v: &serde_json::Value) -> u64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("not a string: {v}"));
+    u64::from_str_radix(s.strip_prefix("0x").unwrap(), 16).unwrap()
+}
+
+/// A minimal ELF64 core: one `PT_NOTE` with a note of the given name bytes, one
+/// `PT_LOAD` of 4 KiB at guest-physical 0.
+fn elf_with_note(name: &[u8]) -> Vec<u8> {
+    let mut note = Vec::new();
+    note.extend_from_slice(&(name.len() as u32 + 1).to_le_bytes());
+    note.extend_from_slice(&8u32.to_le_bytes()); // descsz
+    note.extend_from_slice(&0x1234u32.to_le_bytes()); // n_type
+    note.extend_from_slice(name);
+    note.push(0);
+    note.resize(note.len().next_multiple_of(4), 0);
+    note.extend_from_slice(&[0xaa; 8]);
+    let notes_at = 64 + 2 * 56;
+    let load_at = (notes_at + note.len()).next_multiple_of(4096);
+    let mut out = Vec::new();
+    out.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    out.extend_from_slice(&4u16.to_le_bytes()); // ET_CORE
+    out.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&0u64.to_le_bytes()); // e_entry
+    out.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    out.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    out.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    for v in [64u16, 56, 2, 0, 0, 0] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    let phdr = |out: &mut Vec<u8>, kind: u32, offset: usize, size: usize| {
+        out.extend_from_slice(&kind.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        for v in [offset as u64, 0, 0, size as u64, size as u64, 0] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    };
+    phdr(&mut out, 4, notes_at, note.len()); // PT_NOTE
+    phdr(&mut out, 1, load_at, 4096); // PT_LOAD
+    out.extend_from_slice(&note);
+    out.resize(load_at, 0);
+    out.extend((0..4096u32).map(|i| i as u8));
+    out
+}
+
+#[test]
+fn info_json_describes_elf_lime_and_raw_dumps() {
+    let g = guest();
+    let elf = elf_dump(&g);
+    let out = run(&["info", elf.path(), "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = out.text();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let v = json_of(&text);
+    assert_eq!(v["format"], "elf");
+    assert_eq!(v["forced"], false);
+    assert_eq!(v["elf"]["class"], "ELF64");
+    assert_eq!(v["elf"]["machine"], "x86-64");
+    assert_eq!(v["file"], elf.path());
+    assert_eq!(v["memory_size"], g.memory.len() as u64);
+    assert_eq!(v["ranges"].as_array().unwrap().len(), 1);
+    assert_eq!(hex_of(&v["ranges"][0]["start"]), 0);
+    assert_eq!(hex_of(&v["ranges"][0]["end"]), g.memory.len() as u64 - 1);
+    let vcpus = v["vcpus"].as_array().unwrap();
+    assert_eq!(vcpus.len(), 2);
+    assert_eq!(hex_of(&vcpus[0]["cr3"]), g.root.0);
+    assert_eq!(hex_of(&vcpus[1]["cr3"]), g.root.0 | 0x8000_0000_0000_0005);
+    assert_eq!(vcpus[0]["paging"], "4");
+    assert_eq!(vcpus[0]["source"], "qemu-cpu-state");
+    assert_eq!(vcpus[0]["cpl"], 3);
+    assert_eq!(hex_of(&vcpus[0]["efer"]), 0xd00);
+
+    let lime = lime_dump(&g);
+    let v = json_of(&run(&["info", lime.path(), "--json"]).text());
+    assert_eq!(v["format"], "lime");
+    assert_eq!(v["description"], "LiME image, 2 range(s)");
+    assert_eq!(v["elf"], serde_json::Value::Null);
+    let starts: Vec<u64> = v["ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| hex_of(&r["start"]))
+        .collect();
+    assert_eq!(starts, [0, 0x10_0000]);
+    assert_eq!(v["memory_size"], g.memory.len() as u64 - 0x6_0000);
+    assert_eq!(v["vcpus"].as_array().unwrap().len(), 0);
+
+    let raw = raw_dump(&g);
+    let v = json_of(&run(&["info", raw.path(), "--json", "--format", "raw"]).text());
+    assert_eq!(v["format"], "raw");
+    assert_eq!(v["forced"], true);
+    assert_eq!(v["file_size"], g.memory.len() as u64);
+}
+
+#[test]
+fn info_json_escapes_control_characters_and_non_utf8_note_names() {
+    let name = b"\x1b]0;pwned\x07\x1b[2J\"quoted\"\\ \xff\xfe\x7f\xc2\x85end";
+    let file = TempFile::new("hostile-note.elf", &elf_with_note(name));
+    let out = run(&["info", file.path(), "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Nothing a terminal would act on reaches stdout: every control is an escape.
+    for (i, &b) in out.stdout.iter().enumerate() {
+        assert!(b >= 0x20 && b != 0x7f || b == b'\n', "byte {b:#x} at {i}");
+    }
+    assert!(!out.text().contains('\u{85}'));
+    let v = json_of(&out.text());
+    let notes = v["notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 1);
+    assert_eq!(
+        notes[0]["name"],
+        "\u{1b}]0;pwned\u{7}\u{1b}[2J\"quoted\"\\ \u{fffd}\u{fffd}\u{7f}\u{85}end"
+    );
+    assert_eq!(notes[0]["type"], 0x1234);
+    assert_eq!(notes[0]["size"], 8);
+}
+
+/// The plain line of `translate` for the JSON object of the same address.
+fn plain_from_json(v: &serde_json::Value) -> String {
+    let va = hex_of(&v["va"]);
+    if v["mapped"] == true {
+        return format!("{va:#x} {:#x}", hex_of(&v["pa"]));
+    }
+    assert_eq!(v["error"], "page-fault", "{v}");
+    format!(
+        "{va:#x} unmapped {} level={} entry={:#x} value={:#x}",
+        v["reason"].as_str().unwrap(),
+        v["level"],
+        hex_of(&v["entry"]),
+        hex_of(&v["value"])
+    )
+}
+
+#[test]
+fn translate_json_gives_one_object_per_address_with_the_fault_fields() {
+    let g = guest();
+    let dump = raw_dump(&g);
+    let root = cr3(&g);
+    let vas = [
+        USER + 0xff0,
+        USER + 0x1008,
+        USER + 0x2000,
+        KTEXT + 0x1234,
+        DIRECT + 0x7f_fff8,
+        FAR + 0x10,
+        0x8000_0000_0000,
+        USER,
+    ];
+    let va_args: Vec<String> = vas.iter().map(|&v| hex(v)).collect();
+    let mut args = vec!["translate", dump.path(), "--cr3", &root];
+    args.extend(va_args.iter().map(String::as_str));
+    let plain = run(&args);
+    args.push("--json");
+    let out = run(&args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let objects: Vec<serde_json::Value> = out.text().lines().map(json_of).collect();
+    assert_eq!(objects.len(), vas.len());
+    // Field by field, the JSON says what the plain line says.
+    let from_json: Vec<String> = objects.iter().map(plain_from_json).collect();
+    assert_eq!(from_json.join("\n") + "\n", plain.text());
+    for (v, &va) in objects.iter().zip(&vas) {
+        assert_eq!(hex_of(&v["va"]), va);
+    }
+    // Mapped: the builder's answer, with the page size and rights.
+    assert_eq!(
+        hex_of(&objects[0]["pa"]),
+        g.lookup(Va(USER + 0xff0)).unwrap().0
+    );
+    assert_eq!(objects[0]["page_size"], 4096);
+    assert_eq!(objects[0]["user"], true);
+    assert_eq!(objects[3]["page_size"], 0x20_0000);
+    assert_eq!(objects[3]["user"], false);
+    assert_eq!(objects[4]["page_size"], 0x4000_0000);
+    // Faults: the reason, the level and the entry.
+    let unmapped = &objects[2];
+    assert_eq!(unmapped["mapped"], false);
+    assert_eq!(unmapped["reason"], "not-present");
+    assert_eq!(unmapped["level"], 1);
+    assert_eq!(hex_of(&unmapped["value"]), 0);
+    assert_eq!(objects[6]["reason"], "non-canonical");
+    // FAR maps a frame above 4 GiB: the walk itself succeeds.
+    assert_eq!(hex_of(&objects[5]["pa"]), 0x1_0000_0010);
+
+    // --verbose adds the walk, entry by entry, ending at the leaf.
+    let out = run(&[
+        "translate",
+        dump.path(),
+        "--cr3",
+        &root,
+        "--json",
+        "-v",
+        &hex(KTEXT + 0x1234),
+    ]);
+    let v = json_of(out.text().trim_end());
+    let walk = v["walk"].as_array().unwrap();
+    let levels: Vec<u64> = walk.iter().map(|s| s["level"].as_u64().unwrap()).collect();
+    assert_eq!(levels, [4, 3, 2]);
+    assert_eq!(walk[0]["name"], "PML4E");
+    assert_eq!(walk[0]["index"], 511);
+    assert_eq!(hex_of(&walk[0]["entry"]), g.root.0 + 511 * 8);
+    assert!(walk[2]["flags"].as_str().unwrap().contains("PS"), "{v}");
+    assert_eq!(
+        hex_of(&v["pa"]),
+        hex_of(&walk[2]["value"]) & 0x000f_ffff_ffe0_0000 | 0x1234
+    );
+
+    // From stdin: objects for the good lines only; a malformed one goes to stderr, exit 2.
+    let out = run_with(
+        &["translate", dump.path(), "--cr3", &root, "--json"],
+        format!(
+            "{:#x}\nnot-a-number\n# comment\n{:#x}\n",
+            USER,
+            USER + 0x2000
+        )
+        .as_bytes(),
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let lines: Vec<serde_json::Value> = out.text().lines().map(json_of).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["mapped"], true);
+    assert_eq!(lines[1]["mapped"], false);
+    assert!(
+        out.stderr.contains("line 2: malformed VA"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Decodes padded base64 (RFC 4648 §4).
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    assert_eq!(text.len() % 4, 0, "{text}");
+    let mut out = Vec::new();
+    for quad in text.as_bytes().chunks(4) {
+        let mut v = 0u32;
+        let mut pad = 0;
+        for &c in quad {
+            v <<= 6;
+            if c == b'=' {
+                pad += 1;
+            } else {
+                v |= ALPHABET.iter().position(|&a| a == c).unwrap() as u32;
+            }
+        }
+        out.extend_from_slice(&v.to_be_bytes()[1..4 - pad]);
+    }
+    out
+}
+
+fn hex_decode(text: &str) -> Vec<u8> {
+    assert_eq!(text.len() % 2, 0);
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn read_json_in_hex_and_base64_holds_exactly_the_bytes() {
+    let g = guest();
+    let dump = raw_dump(&g);
+    let root = cr3(&g);
+    // Across the user page boundary, and a large read of kernel text (several chunks,
+    // with a length that is not a multiple of 3).
+    for (va, len) in [(USER + 0xff0, 0x26u64), (KTEXT + 0x11, 0x3_0001)] {
+        let expected: Vec<u8> = {
+            let raw = run(&[
+                "read",
+                dump.path(),
+                "--cr3",
+                &root,
+                &hex(va),
+                &hex(len),
+                "--raw",
+            ]);
+            assert_eq!(raw.code, 0, "{}", raw.stderr);
+            raw.stdout
+        };
+        assert_eq!(expected.len() as u64, len);
+        let out = run(&[
+            "read",
+            dump.path(),
+            "--cr3",
+            &root,
+            &hex(va),
+            &hex(len),
+            "--json",
+        ]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(out.text().lines().count(), 1);
+        let v = json_of(&out.text());
+        assert_eq!(hex_of(&v["va"]), va);
+        assert_eq!(v["len"], len);
+        assert_eq!(v["encoding"], "hex");
+        assert_eq!(hex_decode(v["data"].as_str().unwrap()), expected);
+        let out = run(&[
+            "read",
+            dump.path(),
+            "--cr3",
+            &root,
+            &hex(va),
+            &hex(len),
+            "--json",
+            "--base64",
+        ]);
+        let v = json_of(&out.text());
+        assert_eq!(v["encoding"], "base64");
+        assert_eq!(base64_decode(v["data"].as_str().unwrap()), expected);
+    }
+    // An unmapped range: nothing on stdout, exit 1, as without --json.
+    let out = run(&[
+        "read",
+        dump.path(),
+        "--cr3",
+        &root,
+        &hex(USER + 0x1ff0),
+        "20",
+        "--json",
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.is_empty());
+    // Options that do not go together.
+    for extra in [
+        &["--json", "--raw"][..],
+        &["--base64"][..],
+        &["--base64", "--raw"][..],
+    ] {
+        let mut args = vec!["read", dump.path(), "--cr3", &root, "0x400000", "10"];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert_eq!(out.code, 2, "{extra:?}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn read_physical_reads_without_translation() {
+    let g = guest();
+    let dump = raw_dump(&g);
+    let user_pa = g.lookup(Va(USER + 0xff0)).unwrap().0;
+    // The string at its physical address, no --cr3 needed.
+    let out = run(&[
+        "read",
+        dump.path(),
+        "--physical",
+        &hex(user_pa),
+        "10",
+        "--raw",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        &g.memory[user_pa as usize..user_pa as usize + 0x10]
+    );
+    // The page tables themselves, which no virtual address maps here.
+    let out = run(&[
+        "read",
+        dump.path(),
+        "--physical",
+        &hex(g.root.0),
+        "1000",
+        "--raw",
+    ]);
+    assert_eq!(
+        out.stdout,
+        &g.memory[g.root.0 as usize..g.root.0 as usize + 0x1000]
+    );
+    // A hex dump addressed by PA, and JSON keyed "pa".
+    let out = run(&["read", dump.path(), "--physical", "0x7ffff0", "10"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.text().starts_with("00000000007ffff0: "),
+        "{}",
+        out.text()
+    );
+    let v = json_of(&run(&["read", dump.path(), "--physical", "7ffff0", "10", "--json"]).text());
+    assert_eq!(hex_of(&v["pa"]), 0x7f_fff0);
+    assert!(v.get("va").is_none());
+    assert_eq!(
+        hex_decode(v["data"].as_str().unwrap()),
+        &g.memory[0x7f_fff0..0x80_0000]
+    );
+    // Past the end of memory: exit 1, naming the first missing byte.
+    let out = run(&["read", dump.path(), "--physical", "0x7ffff8", "10"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.is_empty());
+    assert!(
+        out.stderr.contains("physical 0x800000 is not in the dump"),
+        "{}",
+        out.stderr
+    );
+    // In a LiME image's hole: not in the dump either.
+    let lime = lime_dump(&g);
+    let out = run(&["read", lime.path(), "--physical", "0xb8000", "2"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let out = run(&["read", lime.path(), "--physical", "0x9fff0", "10", "--raw"]);
+    assert_eq!(out.stdout, &g.memory[0x9_fff0..0xa_0000]);
+    // The paging options do not apply.
+    for opt in [
+        &["--cr3", "0"][..],
+        &["--paging", "4"][..],
+        &["--vcpu", "0"][..],
+    ] {
+        let mut args = vec!["read", dump.path(), "--physical", "0", "10"];
+        args.extend_from_slice(opt);
+        let out = run(&args);
+        assert_eq!(out.code, 2, "{opt:?}");
+        assert!(
+            out.stderr.contains("does not apply to --physical"),
+            "{}",
+            out.stderr
+        );
+    }
+}

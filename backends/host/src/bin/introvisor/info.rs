@@ -4,8 +4,9 @@ use core::fmt::Write as _;
 use std::ffi::OsString;
 use std::io::Write;
 
-use super::args;
-use super::target::{self, mode_name};
+use super::args::{self, Opt};
+use super::json::{self, Object};
+use super::target::{self, mode_name, mode_option};
 use super::{EXIT_OK, Failure, help};
 use introvisor_host::dump::{DumpFormat, DumpInfo, RegisterSource};
 
@@ -100,8 +101,90 @@ pub(crate) fn describe(info: &DumpInfo) -> String {
     s
 }
 
+/// The description `info --json` prints: one object (see `info --help`).
+pub(crate) fn describe_json(info: &DumpInfo) -> String {
+    let (kind, elf) = match info.format {
+        DumpFormat::Raw => ("raw", None),
+        DumpFormat::Lime { .. } => ("lime", None),
+        DumpFormat::Elf { class, machine } => (
+            "elf",
+            Some(
+                Object::new()
+                    .str("class", &class.to_string())
+                    .str("machine", &machine.to_string())
+                    .finish(),
+            ),
+        ),
+    };
+    let ranges = info.ranges.iter().map(|r| {
+        Object::new()
+            .hex("start", r.start.0)
+            .hex("end", r.end().saturating_sub(1))
+            .num("len", r.len)
+            .num("file_offset", r.offset)
+            .finish()
+    });
+    let vcpus = info.vcpus.iter().enumerate().map(|(i, v)| {
+        let r = &v.registers;
+        let o = Object::new().num("index", i as u64);
+        match v.source {
+            RegisterSource::QemuCpuState { version, size } => o
+                .str("source", "qemu-cpu-state")
+                .num("state_version", u64::from(version))
+                .num("state_size", u64::from(size))
+                .bool("control_registers", true)
+                .hex("cr0", r.cr0)
+                .hex("cr3", r.cr3)
+                .hex("cr4", r.cr4)
+                .hex("efer", r.efer)
+                .bool("efer_derived", true)
+                .str("paging", mode_option(r.paging_mode()))
+                .hex("rip", r.rip)
+                .hex("rsp", r.rsp)
+                .num("cpl", u64::from(r.cpl())),
+            RegisterSource::PrStatus => o
+                .str("source", "prstatus")
+                .bool("control_registers", false)
+                .hex("rip", r.rip)
+                .hex("rsp", r.rsp),
+        }
+        .finish()
+    });
+    let notes = info.other_notes.iter().map(|n| {
+        Object::new()
+            .str("name", &n.name)
+            .num("type", u64::from(n.kind))
+            .num("size", u64::from(n.size))
+            .finish()
+    });
+    let o = Object::new()
+        .str("file", &info.path.to_string_lossy())
+        .str("format", kind)
+        .str("description", &format_line(info))
+        .bool("forced", info.forced);
+    let o = match elf {
+        Some(elf) => o.raw("elf", &elf),
+        None => o.null("elf"),
+    };
+    o.num("file_size", info.file_size)
+        .num("memory_size", info.ranges.iter().map(|r| r.len).sum())
+        .raw("ranges", &json::array(ranges))
+        .raw("vcpus", &json::array(vcpus))
+        .raw("notes", &json::array(notes))
+        .raw(
+            "warnings",
+            &json::strings(info.warnings.iter().map(String::as_str)),
+        )
+        .finish()
+}
+
 pub(crate) fn run(argv: &[OsString], stdout: &mut dyn Write) -> Result<i32, Failure> {
-    let opts = args::parse(argv, &[target::FORMAT_OPTION])?;
+    let json_option = Opt {
+        name: "json",
+        short: None,
+        takes_value: false,
+    };
+    let opts = args::parse(argv, &[target::FORMAT_OPTION, json_option])?;
     if opts.flag("help") {
         stdout.write_all(help::INFO.as_bytes())?;
         return Ok(EXIT_OK);
@@ -113,6 +196,10 @@ pub(crate) fn run(argv: &[OsString], stdout: &mut dyn Write) -> Result<i32, Fail
         )));
     };
     let (_, info) = target::open(path, target::format_choice(&opts)?)?;
-    stdout.write_all(describe(&info).as_bytes())?;
+    if opts.flag("json") {
+        writeln!(stdout, "{}", describe_json(&info))?;
+    } else {
+        stdout.write_all(describe(&info).as_bytes())?;
+    }
     Ok(EXIT_OK)
 }

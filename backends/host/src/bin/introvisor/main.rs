@@ -14,6 +14,7 @@
 mod args;
 mod demo;
 mod info;
+mod json;
 mod progress;
 mod read;
 mod target;
@@ -82,7 +83,7 @@ Commands:
   demo        build a small guest in memory and show translations, strings, caches
   info        describe a dump: format, size, memory ranges, vCPUs
   translate   translate virtual addresses to guest-physical ones
-  read        read virtual memory (hex dump, or raw bytes)
+  read        read virtual or physical memory (hex dump, raw bytes, or JSON)
 
 A DUMP is an ELF core file as written by QEMU's dump-guest-memory or `virsh dump
 --memory-only`, a LiME image (lime.ko's format=lime), or a raw image of
@@ -93,6 +94,10 @@ whatever it starts with.
 
 Numbers: addresses, CR3 and LEN are hexadecimal, with or without 0x; '_' may
 separate digits. Only --vcpu and --maxphyaddr take decimal numbers.
+
+--json (info, translate, read) writes JSON for scripts instead of text: addresses and
+entry values as \"0x...\" strings (JSON numbers lose precision above 2^53), counts and
+sizes as numbers, every control character escaped.
 
 Exit status: 0 success; 1 a read met unmapped memory; 2 a usage error, a malformed
 number, or a dump that cannot be opened.
@@ -116,7 +121,7 @@ size, rights), the strings, and the counters of the page and translation caches.
     pub(crate) const INFO: &str = "\
 introvisor info: describe a dump
 
-Usage: introvisor info DUMP [--format raw|elf|lime]
+Usage: introvisor info DUMP [--format raw|elf|lime] [--json]
 
 Prints the format (as detected: 'raw (no known header)' when no known header
 matched), the file size, the guest-physical memory ranges (with their file
@@ -125,6 +130,16 @@ CR0/CR3/CR4, the derived EFER, the paging mode, RIP and CPL.
 
 Options:
   --format FORMAT    read the dump as raw, elf or lime, whatever its content
+  --json             print one JSON object instead:
+                       {\"file\", \"format\": \"raw\"|\"elf\"|\"lime\", \"description\",
+                        \"forced\", \"elf\": {\"class\", \"machine\"} or null,
+                        \"file_size\", \"memory_size\",
+                        \"ranges\": [{\"start\", \"end\" (inclusive), \"len\", \"file_offset\"}],
+                        \"vcpus\": [{\"index\", \"source\": \"qemu-cpu-state\"|\"prstatus\",
+                                   \"control_registers\", \"cr0\", \"cr3\", \"cr4\", \"efer\",
+                                   \"efer_derived\", \"paging\": \"off\"|\"32\"|\"pae\"|\"4\"|\"5\",
+                                   \"rip\", \"rsp\", \"cpl\", ...}],
+                        \"notes\": [{\"name\", \"type\", \"size\"}], \"warnings\": [...]}
 ";
 
     /// `introvisor translate --help`.
@@ -148,6 +163,14 @@ Hex is lowercase without leading zeros. <reason> is one of:
   fault                 any other page fault
 level is where the walk stopped: 1 = PTE, 2 = PDE, 3 = PDPTE, 4 = PML4E, 5 = PML5E.
 
+With --json, one JSON object per line (JSON Lines) instead, in input order:
+  {\"va\": \"0x..\", \"mapped\": true, \"pa\": \"0x..\", \"page_size\": N, \"access\": \"rwx\",
+   \"user\": BOOL}
+  {\"va\": \"0x..\", \"mapped\": false, \"error\": \"page-fault\", \"reason\": <reason>,
+   \"level\": N, \"entry\": \"0x..\", \"value\": \"0x..\"}
+  {\"va\": \"0x..\", \"mapped\": false, \"error\": \"walk-failed\", \"message\": \"...\"}
+and with --verbose, \"walk\": [{\"level\", \"name\", \"index\", \"entry\", \"value\", \"flags\"}].
+
 Options:
   --cr3 HEX          the page-table root (CR3). Required for a raw or LiME dump;
                      with an ELF dump it defaults to the vCPU's CR3
@@ -164,6 +187,7 @@ Options:
   --progress         show progress on stderr (default: only on a terminal, after
                      two seconds)
   --format FORMAT    read the dump as raw, elf or lime, whatever its content
+  --json             JSON Lines on stdout (see above); messages stay on stderr
 
 Exit status: 0 when every VA was well formed (unmapped ones included); 2 if a VA
 was malformed (reported on stderr, skipped on stdin, fatal in arguments), the dump
@@ -173,14 +197,20 @@ a page fault.
 
     /// `introvisor read --help`.
     pub(crate) const READ: &str = "\
-introvisor read: read virtual memory
+introvisor read: read virtual or guest-physical memory
 
 Usage: introvisor read DUMP [--cr3 HEX] [OPTIONS] VA LEN
+       introvisor read DUMP --physical [--format F] [--raw|--json] PA LEN
 
-VA and LEN are hexadecimal, with or without 0x (LEN 100 is 256 bytes).
+VA, PA and LEN are hexadecimal, with or without 0x (LEN 100 is 256 bytes).
 
-Reads LEN bytes at VA through the page tables and prints a hex dump (address, 16
-bytes in groups of two, ASCII), or with --raw writes exactly LEN bytes to stdout.
+Reads LEN bytes at VA through the page tables (or, with --physical, at the
+guest-physical address PA, without translation) and prints a hex dump (address,
+16 bytes in groups of two, ASCII), or with --raw writes exactly LEN bytes to
+stdout, or with --json prints one JSON object:
+  {\"va\": \"0x..\", \"len\": N, \"encoding\": \"hex\", \"data\": \"<2*LEN hex digits>\"}
+(\"pa\" instead of \"va\" with --physical; with --base64, \"encoding\": \"base64\" and
+the data in base64, RFC 4648, padded).
 The whole range is checked before anything is written: if any byte is unmapped,
 or mapped to memory the dump does not hold, nothing goes to stdout, stderr names
 the first faulting address, and the exit status is 1. Memory is read in chunks,
@@ -188,6 +218,10 @@ so LEN may be large.
 
 Options:
   --raw              write the bytes, not a hex dump
+  --json             print a JSON object (see above)
+  --base64           with --json: the data in base64, not hex
+  --physical         PA is guest-physical: no page tables, no --cr3 (the paging
+                     options are refused)
   --cr3, --vcpu, --paging, --maxphyaddr, --nxe, --pse, --progress, --format
                      as for 'introvisor translate --help'
 

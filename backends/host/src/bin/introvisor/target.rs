@@ -76,6 +76,17 @@ pub(crate) fn mode_name(mode: PagingMode) -> &'static str {
     }
 }
 
+/// The name of a paging mode as `--paging` spells it (and `--json` writes it).
+pub(crate) fn mode_option(mode: PagingMode) -> &'static str {
+    match mode {
+        PagingMode::Disabled => "off",
+        PagingMode::Bits32 => "32",
+        PagingMode::Pae => "pae",
+        PagingMode::Level4 => "4",
+        PagingMode::Level5 => "5",
+    }
+}
+
 fn parse_mode(text: &str) -> Result<PagingMode, Failure> {
     Ok(match text.to_ascii_lowercase().as_str() {
         "32" | "bits32" => PagingMode::Bits32,
@@ -125,6 +136,24 @@ pub(crate) fn open(
         None => HostDriver::open_dump(path),
     }
     .map_err(|e| Failure::input(format!("cannot open the dump {e}")))
+}
+
+/// The options that say how to walk, which a physical read (`read --physical`) refuses.
+pub(crate) const PAGING_OPTIONS: [&str; 6] = ["cr3", "vcpu", "paging", "maxphyaddr", "nxe", "pse"];
+
+/// Opens the dump for reads of guest-physical memory, which need no root or paging.
+pub(crate) fn open_physical(path: &OsString, opts: &Parsed) -> Result<Target, Failure> {
+    if let Some(name) = PAGING_OPTIONS.iter().find(|n| opts.flag(n)) {
+        return Err(Failure::usage(format!(
+            "--{name} does not apply to --physical, which reads without translation"
+        )));
+    }
+    let (driver, _) = open(path, format_choice(opts)?)?;
+    Ok(Target {
+        core: VmiCore::new(driver),
+        root: Pa(0),
+        paging: Paging::new(PagingMode::Disabled),
+    })
 }
 
 /// Opens the dump and resolves root and paging from the vCPU and the options.

@@ -8,6 +8,7 @@ use introvisor::arch::amd64::{Paging, PagingMode};
 use introvisor::{FaultReason, PageFault, Translation, Va, VmiError, WalkStep};
 
 use super::args::{self, Opt, parse_hex};
+use super::json::{self, Object};
 use super::progress::Progress;
 use super::target::{self, Target, WALK_OPTIONS, mode_name};
 use super::{EXIT_OK, EXIT_USAGE, Failure, help};
@@ -163,14 +164,81 @@ fn verbose(t: &Target, va: u64, out: &mut dyn Write) -> Result<Option<VmiError>,
     Ok(None)
 }
 
-/// Translates one address and prints its line; `Some(error)` for a failure that is not
-/// a page fault.
+/// The JSON Lines object of `va` (see `translate --help`), with the walk's entries if
+/// `walk`; `Some(error)` for a failure that is not a page fault (its object says so too).
+fn one_json(
+    t: &Target,
+    va: u64,
+    walk: bool,
+    out: &mut dyn Write,
+) -> Result<Option<VmiError>, Failure> {
+    let mut steps: Vec<WalkStep> = Vec::new();
+    let result = if walk {
+        t.core
+            .translate_with(&t.paging, Va(va), t.root, |s| steps.push(s))
+    } else {
+        t.core.translate(Va(va), t.root)
+    };
+    let o = Object::new().hex("va", va);
+    let (o, other) = match result {
+        Ok(tr) => (
+            o.bool("mapped", true)
+                .hex("pa", tr.pa.0)
+                .num("page_size", tr.page_size)
+                .str("access", &tr.access.to_string())
+                .bool("user", tr.user),
+            None,
+        ),
+        Err(VmiError::Translation(pf)) => (
+            o.bool("mapped", false)
+                .str("error", "page-fault")
+                .str("reason", reason_name(pf.reason))
+                .num("level", u64::from(pf.level))
+                .hex("entry", pf.entry.0)
+                .hex("value", pf.value),
+            None,
+        ),
+        Err(e) => (
+            o.bool("mapped", false)
+                .str("error", "walk-failed")
+                .str("message", &e.to_string()),
+            Some(e),
+        ),
+    };
+    let o = if walk {
+        let mode = t.paging.mode;
+        o.raw(
+            "walk",
+            &json::array(steps.iter().map(|s| {
+                Object::new()
+                    .num("level", u64::from(s.level))
+                    .str("name", entry_name(mode, s.level))
+                    .num("index", entry_index(mode, s.level, va))
+                    .hex("entry", s.entry.0)
+                    .hex("value", s.value)
+                    .str("flags", &flag_names(mode, s.level, s.value))
+                    .finish()
+            })),
+        )
+    } else {
+        o
+    };
+    writeln!(out, "{}", o.finish())?;
+    Ok(other)
+}
+
+/// Translates one address and prints its line (or, with `json`, its object); `Some(error)`
+/// for a failure that is not a page fault.
 fn one(
     t: &Target,
     va: u64,
     verbose_walk: bool,
+    json: bool,
     out: &mut dyn Write,
 ) -> Result<Option<VmiError>, Failure> {
+    if json {
+        return one_json(t, va, verbose_walk, out);
+    }
     if verbose_walk {
         return verbose(t, va, out);
     }
@@ -195,6 +263,11 @@ pub(crate) fn run(
         short: Some('v'),
         takes_value: false,
     });
+    spec.push(Opt {
+        name: "json",
+        short: None,
+        takes_value: false,
+    });
     let opts = args::parse(argv, &spec)?;
     if opts.flag("help") {
         stdout.write_all(help::TRANSLATE.as_bytes())?;
@@ -213,6 +286,7 @@ pub(crate) fn run(
     }
     let target = target::resolve(dump, &opts)?;
     let verbose_walk = opts.flag("verbose");
+    let json = opts.flag("json");
     let forced = opts.flag("progress");
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout);
     let mut other_error = None;
@@ -226,7 +300,7 @@ pub(crate) fn run(
             forced,
         );
         for &va in &addresses {
-            if let Some(e) = one(&target, va, verbose_walk, &mut out)? {
+            if let Some(e) = one(&target, va, verbose_walk, json, &mut out)? {
                 other_error.get_or_insert((va, e));
             }
             progress.add(1, stderr);
@@ -266,7 +340,7 @@ pub(crate) fn run(
                 );
                 continue;
             };
-            if let Some(e) = one(&target, va, verbose_walk, &mut out)? {
+            if let Some(e) = one(&target, va, verbose_walk, json, &mut out)? {
                 other_error.get_or_insert((va, e));
             }
             progress.add(1, stderr);
