@@ -1006,6 +1006,26 @@ fn format_forces_a_reading() {
         "{}",
         out.text()
     );
+    // The same for a Windows crash dump's magic, which is refused by content.
+    memory[..8].copy_from_slice(b"PAGEDU64");
+    let crashish = TempFile::new("crashish.raw", &memory);
+    let out = run(&["translate", crashish.path(), "--cr3", &root, &va]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("Windows crash"), "{}", out.stderr);
+    let out = run(&[
+        "translate",
+        crashish.path(),
+        "--cr3",
+        &root,
+        &va,
+        "--format",
+        "raw",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.text(),
+        format!("{}\n", expected_line(&g, KTEXT + 0x1234))
+    );
     // --format elf on a LiME image: the ELF error; --format lime: read as LiME.
     let out = run(&["info", lime.path(), "--format", "elf"]);
     assert_eq!(out.code, 2);

@@ -512,3 +512,50 @@ fn a_lime_image_cut_inside_a_range_keeps_what_it_holds() {
         .is_err()
     );
 }
+
+/// splitmix64: reproducible mutations without a dependency.
+fn next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[test]
+fn corrupted_images_parse_or_fail_by_name_and_stay_inside_the_file() {
+    let (image, _) = small_image();
+    let mut state = 0x11fe_u64;
+    for round in 0..3000 {
+        let mut bytes = image.clone();
+        // A few bytes changed, mostly in the headers (where the parser looks).
+        for _ in 0..1 + next(&mut state) % 4 {
+            let header = (next(&mut state) % 3) as usize;
+            let at = if next(&mut state).is_multiple_of(4) {
+                (next(&mut state) % bytes.len() as u64) as usize
+            } else {
+                [0, 32 + 0x1000, 64 + 0x1011][header] + (next(&mut state) % 32) as usize
+            };
+            bytes[at] = next(&mut state) as u8;
+        }
+        if next(&mut state).is_multiple_of(5) {
+            bytes.truncate((next(&mut state) % bytes.len() as u64) as usize);
+        }
+        match lime::parse(&bytes) {
+            Ok(parsed) => {
+                for r in &parsed.ranges {
+                    assert!(r.start <= r.end, "round {round}: {r:?}");
+                    assert!(r.end < 1 << 52, "round {round}: {r:?}");
+                    assert!(r.offset + r.in_file <= bytes.len() as u64, "round {round}");
+                    assert!(r.in_file <= r.end - r.start + 1, "round {round}");
+                }
+                let mut sorted = parsed.ranges.clone();
+                sorted.sort_by_key(|r| r.start);
+                for pair in sorted.windows(2) {
+                    assert!(pair[0].end < pair[1].start, "round {round}: overlap");
+                }
+            }
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+}
