@@ -96,15 +96,11 @@ pub mod access;
 pub mod addr;
 pub mod arch;
 pub mod cache;
-pub mod context;
-mod core;
 pub mod driver;
 pub mod error;
-pub mod event;
-pub mod handler;
 pub mod os;
-pub mod page;
 pub mod session;
+pub mod vmi;
 
 pub use self::access::{
     AccessContext, AddressContext, MemoryAccess, TranslationMechanism, VmiInfo,
@@ -112,17 +108,18 @@ pub use self::access::{
 pub use self::addr::{Gfn, Hex, Pa, Va, VcpuId, View};
 pub use self::arch::{Architecture, PhysRead, Translation, WalkStep};
 pub use self::cache::CacheMetrics;
-pub use self::context::{PageFaults, Probed, VmiContext, VmiOsContext, VmiProber};
-pub use self::core::{
+pub use self::driver::{
+    PageRef, VmiDriver, VmiEvent, VmiEventFlags, VmiEventResponse, VmiEventResponseFlags,
+};
+pub use self::error::{FaultReason, PageFault, VmiError};
+pub use self::os::{NoOs, VmiOs};
+pub use self::session::{
+    DEFAULT_EVENT_TIMEOUT, PageFaults, Probed, VmiContext, VmiHandler, VmiOsContext, VmiProber,
+    VmiSession,
+};
+pub use self::vmi::{
     DEFAULT_STRING_LENGTH_LIMIT, GFN_CACHE_CAPACITY, PauseGuard, V2P_CACHE_CAPACITY, VmiCore,
 };
-pub use self::driver::VmiDriver;
-pub use self::error::{FaultReason, PageFault, VmiError};
-pub use self::event::{VmiEvent, VmiEventFlags, VmiEventResponse, VmiEventResponseFlags};
-pub use self::handler::VmiHandler;
-pub use self::os::{NoOs, VmiOs};
-pub use self::page::PageRef;
-pub use self::session::{DEFAULT_EVENT_TIMEOUT, VmiSession};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -21,9 +21,9 @@ use core::ops::ControlFlow;
 
 use crate::access::MemoryAccess;
 use crate::addr::{Pa, Va};
-use crate::core::VmiCore;
 use crate::driver::{RegistersOf, VmiDriver};
 use crate::error::VmiError;
+use crate::vmi::VmiCore;
 
 /// A process identifier as the guest kernel numbers processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
