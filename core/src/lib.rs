@@ -8,6 +8,21 @@
 //! A backend implements [`VmiDriver`] (two methods are required: [`VmiDriver::info`] and
 //! [`VmiDriver::read_page`]); [`VmiCore`] adds the caches and the whole read surface.
 //!
+//! ## Layers
+//! Each module is one layer and imports only from the layers above it in this list
+//! (`.ci/check-layers` checks it); everything a user needs is also re-exported at the
+//! crate root.
+//!
+//! | Module | What it holds | May import |
+//! |---|---|---|
+//! | [`addr`], [`access`], [`error`] | address newtypes; rights and access contexts; [`VmiError`] | each other |
+//! | [`cache`] | fixed-capacity containers that know no guest type: [`Lru`](cache::Lru), [`ShardedLru`](cache::ShardedLru), [`Tlb`](cache::Tlb) | the above |
+//! | [`arch`] | the [`Architecture`] trait; [`arch::amd64`]: paging modes, entries, the walker, rights, registers, events | the above |
+//! | [`driver`] | all a backend implements or delivers: [`VmiDriver`], [`PageRef`], [`VmiEvent`], [`VmiEventResponse`] | the above |
+//! | [`vmi`] | [`VmiCore`]: the caches, translation, memory, strings, vCPU and view control | the above |
+//! | [`os`] | [`VmiOs`], the trait an OS layer implements, and [`NoOs`] | the above |
+//! | [`session`] | [`VmiSession`] and its event loop, [`VmiHandler`], [`VmiContext`], [`VmiProber`] | the above |
+//!
 //! ## Example: a driver over a byte slice
 //! ```
 //! use introvisor::{

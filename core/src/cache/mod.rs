@@ -3,8 +3,9 @@
 //! and [`Tlb`], a set-associative translation cache whose lookups take no lock (the
 //! translation cache, read on every access, by every vCPU).
 //!
-//! This module holds what they share: the key trait, the hash and the counters. The
-//! layer below `arch/`: it imports nothing from the rest of the crate.
+//! This module holds what they share: the key trait, the hash and the counters.
+//!
+//! Layer: may import only `addr`, `access` and `error` (and imports none of them today).
 
 use core::fmt;
 

@@ -10,6 +10,16 @@
 //!
 //! The loop allocates nothing and uses no `Box`: the handler is borrowed, the context
 //! lives on the stack, and the driver receives the callback as `&mut dyn FnMut`.
+//!
+//! # Files
+//! - `mod.rs`: [`VmiSession`] and [`VmiHandler`] (one module: the loop and what it drives);
+//! - `context.rs`: [`VmiContext`] and [`VmiOsContext`], what a handler holds for one event;
+//! - `prober.rs`: [`VmiProber`] and [`PageFaults`], reads that record their page faults;
+//! - `amd64.rs`: what only an AMD64 session offers
+//!   ([`VmiContext::inject_page_fault`]). Impls for one architecture on the generic
+//!   session types live in a file named after it, not in `Architecture` items.
+//!
+//! Layer: the top one; may import every other module.
 
 use core::time::Duration;
 

@@ -3,10 +3,10 @@
 use super::entry::EntryFlags;
 use super::modes::{Bit7, LEVEL4, LEVEL5, ModeDesc, bit_range};
 use super::{Paging, PagingMode};
-use crate::FaultReason;
 use crate::access::MemoryAccess;
 use crate::addr::{Pa, Va};
 use crate::arch::{PhysRead, Translation, WalkStep, fault};
+use crate::error::FaultReason;
 use crate::error::VmiError;
 
 /// The walk itself; see the module documentation.
@@ -399,10 +399,10 @@ pub(super) mod tests {
     //! Byte fixtures, one small set of tables per mode, each entry written out by hand.
 
     use super::*;
-    use crate::PageFault;
     use crate::arch::Architecture;
     use crate::arch::amd64::Amd64;
     use crate::arch::amd64::{Access, AccessKind, RightsPolicy};
+    use crate::error::PageFault;
     use std::vec;
     use std::vec::Vec;
 
