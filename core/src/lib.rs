@@ -9,19 +9,24 @@
 //! [`VmiDriver::read_page`]); [`VmiCore`] adds the caches and the whole read surface.
 //!
 //! ## Layers
-//! Each module is one layer and imports only from the layers above it in this list
-//! (`.ci/check-layers` checks it); everything a user needs is also re-exported at the
-//! crate root.
+//! Each module is one layer, and imports only from itself and the layers listed before
+//! it (`.ci/check-layers` checks this). Everything a user needs is also re-exported at
+//! the crate root.
 //!
-//! | Module | What it holds | May import |
-//! |---|---|---|
-//! | [`addr`], [`access`], [`error`] | address newtypes; rights and access contexts; [`VmiError`] | each other |
-//! | [`cache`] | fixed-capacity containers that know no guest type: [`Lru`](cache::Lru), [`ShardedLru`](cache::ShardedLru), [`Tlb`](cache::Tlb) | the above |
-//! | [`arch`] | the [`Architecture`] trait; [`arch::amd64`]: paging modes, entries, the walker, rights, registers, events | the above |
-//! | [`driver`] | all a backend implements or delivers: [`VmiDriver`], [`PageRef`], [`VmiEvent`], [`VmiEventResponse`] | the above |
-//! | [`vmi`] | [`VmiCore`]: the caches, translation, memory, strings, vCPU and view control | the above |
-//! | [`os`] | [`VmiOs`], the trait an OS layer implements, and [`NoOs`] | the above |
-//! | [`session`] | [`VmiSession`] and its event loop, [`VmiHandler`], [`VmiContext`], [`VmiProber`] | the above |
+//! - [`addr`], [`access`], [`error`]: address newtypes, rights and access contexts, and
+//!   [`VmiError`]. They import only one another.
+//! - [`cache`]: fixed-capacity containers that know no guest type ([`cache::Lru`],
+//!   [`cache::ShardedLru`], [`cache::Tlb`]). Imports the layer above.
+//! - [`arch`]: the [`Architecture`] trait; [`arch::amd64`] has the paging modes, the
+//!   entries, the walker, the rights check, registers and events. Imports the layers above.
+//! - [`driver`]: all a backend implements or delivers: [`VmiDriver`], [`PageRef`],
+//!   [`VmiEvent`], [`VmiEventResponse`]. Imports the layers above.
+//! - [`vmi`]: [`VmiCore`], with its page and translation caches, translation, memory,
+//!   strings, and vCPU and view control. Imports the layers above.
+//! - [`os`]: [`VmiOs`], the trait an OS layer implements, and [`NoOs`]. Imports the
+//!   layers above.
+//! - [`session`]: [`VmiSession`] and its event loop, [`VmiHandler`], [`VmiContext`],
+//!   [`VmiProber`]. Imports every layer.
 //!
 //! ## Example: a driver over a byte slice
 //! ```

@@ -62,9 +62,10 @@ pub const V2P_CACHE_CAPACITY: usize = translation_cache::CAPACITY;
 ///
 /// `VmiCore` is `Send + Sync` when its driver and the driver's page handles are: one core
 /// serves every vCPU. The page cache is sharded behind spin locks; the translation cache
-/// is read without a lock (seqlocks over atomics, see [`Tlb`](crate::cache::Tlb)). Writes through the core
-/// keep both caches true; changes the guest makes itself are not seen by the translation
-/// cache until it is flushed ([`VmiCore::flush_v2p_cache`], O(1), at each event).
+/// is read without a lock (seqlocks over atomics, see [`Tlb`](crate::cache::Tlb)).
+/// Writes through the core keep both caches true; changes the guest makes itself are not
+/// seen by the translation cache until it is flushed ([`VmiCore::flush_v2p_cache`], O(1),
+/// at each event).
 ///
 /// # Examples
 /// The [crate documentation](crate) builds a complete driver over a byte slice and reads

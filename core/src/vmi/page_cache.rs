@@ -44,7 +44,8 @@ impl<D: VmiDriver> VmiCore<D> {
         self.gfn_cache.clear();
     }
 
-    /// Sets the page cache's effective capacity (clamped to [`GFN_CACHE_CAPACITY`](super::GFN_CACHE_CAPACITY)).
+    /// Sets the page cache's effective capacity (clamped to
+    /// [`GFN_CACHE_CAPACITY`](super::GFN_CACHE_CAPACITY)).
     pub fn resize_gfn_cache(&self, size: usize) {
         self.gfn_cache.set_capacity(size);
     }

@@ -97,7 +97,8 @@ impl<D: VmiDriver> VmiCore<D> {
 
     /// Sets the translation cache's effective capacity: `size` rounded down to whole sets
     /// of four, at least one set unless `size` is zero, at most 512, for base pages, and
-    /// the same again for large pages (so at most [`V2P_CACHE_CAPACITY`](super::V2P_CACHE_CAPACITY) in all).
+    /// the same again for large pages (so at most
+    /// [`V2P_CACHE_CAPACITY`](super::V2P_CACHE_CAPACITY) in all).
     /// Empties the cache. O(capacity).
     pub fn resize_v2p_cache(&self, size: usize) {
         self.v2p_cache.set_capacity(size);

@@ -10,8 +10,9 @@ use super::PagingMode;
 use crate::addr::Va;
 
 bitflags::bitflags! {
-    /// The flag bits of a page-table entry that the walker uses (SDM Vol. 3A Tables 4-14
-    /// to 4-20). Address and reserved bits are kept as they are (`from_bits_retain`).
+    /// The named bits of a page-table entry, by the SDM's names (Vol. 3A §4.5, Tables 4-14
+    /// to 4-20; §4.3 and §4.4 for 32-bit and PAE entries). Address and reserved bits are
+    /// kept as they are (`from_bits_retain`).
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct EntryFlags: u64 {
         /// Bit 0, P: the entry maps a page or references a table.
@@ -28,8 +29,8 @@ bitflags::bitflags! {
         const ACCESSED = 1 << 5;
         /// Bit 6, D: dirty (leaf entries).
         const DIRTY = 1 << 6;
-        /// Bit 7, PS: the entry maps a large page (PDE, PDPTE); reserved in PML4E/PML5E,
-        /// and in a PDPTE on a CPU without 1 GiB pages.
+        /// Bit 7, PS/PAT: in a PDE or PDPTE, PS (the entry maps a large page); PAT in a
+        /// 4 KiB PTE; reserved in a PML4E/PML5E, and in a PDPTE without 1 GiB pages.
         const PAGE_SIZE = 1 << 7;
         /// Bit 8, G: global (leaf entries).
         const GLOBAL = 1 << 8;
