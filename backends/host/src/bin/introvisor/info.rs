@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::io::Write;
 
 use super::args;
+use super::escape;
 use super::target::{self, mode_name};
 use super::{EXIT_OK, Failure, help};
 use introvisor_host::dump::{DumpInfo, RegisterSource};
@@ -30,7 +31,11 @@ pub(crate) fn human(bytes: u64) -> String {
 /// The description `info` prints.
 pub(crate) fn describe(info: &DumpInfo) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "file:    {}", info.path.display());
+    let _ = writeln!(
+        s,
+        "file:    {}",
+        escape::escape(info.path.as_os_str().as_encoded_bytes())
+    );
     let _ = writeln!(s, "format:  {}", info.format);
     let _ = writeln!(
         s,
@@ -51,7 +56,7 @@ pub(crate) fn describe(info: &DumpInfo) -> String {
             s,
             "  {:#018x}-{:#018x}  {:>10}  at file offset {:#x}",
             r.start.0,
-            r.end().saturating_sub(1),
+            r.last().unwrap_or(r.start.0),
             human(r.len),
             r.offset
         );
@@ -83,7 +88,13 @@ pub(crate) fn describe(info: &DumpInfo) -> String {
         }
     }
     for n in &info.other_notes {
-        let _ = writeln!(s, "note:    {} type {} ({} bytes)", n.name, n.kind, n.size);
+        let _ = writeln!(
+            s,
+            "note:    {} type {} ({} bytes)",
+            escape::show(&n.name, n.name_len),
+            n.kind,
+            n.size
+        );
     }
     for w in &info.warnings {
         let _ = writeln!(s, "warning: {w}");

@@ -117,6 +117,9 @@ pub(crate) fn run(
         )));
     }
     let target = target::resolve(dump, &opts)?;
+    if let Some(note) = &target.note {
+        let _ = writeln!(stderr, "introvisor read: note: {note}");
+    }
     let raw = opts.flag("raw");
     let mut progress = Progress::new(
         "read",
@@ -130,7 +133,7 @@ pub(crate) fn run(
     if let Err((at, e)) = check(&target, va, len, &mut progress, stderr) {
         progress.finish(stderr);
         return Err(Failure::Fault(format!(
-            "cannot read {len} bytes at {va:#x}: {}",
+            "cannot read {len:#x} bytes at {va:#x}: {}",
             explain(at, &e)
         )));
     }

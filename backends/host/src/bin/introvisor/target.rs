@@ -55,6 +55,8 @@ pub(crate) struct Target {
     pub(crate) core: VmiCore<HostDriver>,
     pub(crate) root: Pa,
     pub(crate) paging: Paging,
+    /// What was assumed rather than known, for a note on stderr.
+    pub(crate) note: Option<&'static str>,
 }
 
 /// The name of a paging mode as the options spell it.
@@ -150,6 +152,11 @@ pub(crate) fn resolve(path: &OsString, opts: &Parsed) -> Result<Target, Failure>
         Some(r) => r.paging(),
         None => Paging::new(PagingMode::Level4),
     };
+    // A raw dump (or one without control registers) does not say how its tables are
+    // laid out: a 5-level guest walked as 4-level gives wrong answers, not errors.
+    let note = (vcpu_regs.is_none() && mode.is_none()).then_some(
+        "the dump does not record the paging mode; assuming 4-level paging (give --paging 5 for a 5-level guest, --paging pae or 32 for a 32-bit one)",
+    );
     if let Some(m) = mode {
         paging.mode = m;
     }
@@ -177,5 +184,10 @@ pub(crate) fn resolve(path: &OsString, opts: &Parsed) -> Result<Target, Failure>
         }
     };
     let core = VmiCore::new(driver).with_paging(paging);
-    Ok(Target { core, root, paging })
+    Ok(Target {
+        core,
+        root,
+        paging,
+        note,
+    })
 }
