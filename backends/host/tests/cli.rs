@@ -778,11 +778,13 @@ fn forced_progress_goes_to_stderr_only() {
         dump.path(),
         "--cr3",
         &root,
+        "--paging",
+        "4",
         &hex(DIRECT),
         "0x1000",
         "--raw",
     ]);
-    assert!(out.stderr.is_empty());
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
 }
 
 #[test]
@@ -816,6 +818,248 @@ fn paths_are_just_paths() {
         String::from_utf8(out.stdout).unwrap(),
         expected_line(&g, USER) + "\n"
     );
+}
+
+// ----- issue 13: what an adversarial pass broke ----------------------------------------
+
+/// Runs the tool with no stdin, and kills it if it has not finished after a minute (a
+/// guard against a hang, not a timing assertion: a healthy run takes milliseconds).
+fn run_guarded(args: &[&str]) -> Option<Output> {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            return Some(Output {
+                code: out.status.code().unwrap(),
+                stdout: out.stdout,
+                stderr: String::from_utf8(out.stderr).unwrap(),
+            });
+        }
+        std::thread::sleep(core::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// A FIFO, character devices and a directory as the dump: refused at once, exit 2.
+#[test]
+fn fifos_devices_and_directories_are_refused_at_once() {
+    let dir = std::env::temp_dir().join(format!("introvisor-cli-test-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    let made = Command::new("mkfifo").arg(&dir).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+    let fifo = TempFile(dir);
+    let temp = std::env::temp_dir();
+    let mut cases = vec![
+        (fifo.path().to_owned(), "FIFO"),
+        (temp.to_str().unwrap().to_owned(), "directory"),
+    ];
+    for dev in ["/dev/null", "/dev/zero"] {
+        if Path::new(dev).exists() {
+            cases.push((dev.to_owned(), "character device"));
+        }
+    }
+    for (path, kind) in &cases {
+        for args in [
+            vec!["info", path.as_str()],
+            vec!["translate", path.as_str(), "--cr3", "0", "0"],
+            vec!["read", path.as_str(), "--cr3", "0", "0", "8"],
+        ] {
+            let out = run_guarded(&args).unwrap_or_else(|| panic!("{args:?} hangs"));
+            assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+            assert!(out.stdout.is_empty(), "{args:?}");
+            assert!(
+                out.stderr.contains(kind) && out.stderr.contains("not a regular file"),
+                "{args:?}: {}",
+                out.stderr
+            );
+        }
+    }
+}
+
+/// A line of a megabyte without a newline on `translate`'s stdin: an error naming the
+/// line and its length, not an echo of it; the lines after it are answered.
+#[test]
+fn overlong_stdin_lines_are_refused_not_buffered_or_echoed() {
+    let g = guest();
+    let dump = raw_dump(&g);
+    let root = cr3(&g);
+    let mut input = vec![b'4'; 1 << 20];
+    input.extend_from_slice(b"\n0x400000\n");
+    input.extend(core::iter::repeat_n(b'a', 5000));
+    let out = run_with(&["translate", dump.path(), "--cr3", &root], &input);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_eq!(out.text(), format!("{}\n", expected_line(&g, USER)));
+    assert!(out.stderr.contains("line 1"), "{}", out.stderr);
+    assert!(out.stderr.contains("1048576 bytes"), "{}", out.stderr);
+    assert!(out.stderr.contains("line 3"), "{}", out.stderr);
+    assert!(out.stderr.contains("5000 bytes"), "{}", out.stderr);
+    assert!(
+        out.stderr.len() < 2000,
+        "{} bytes on stderr",
+        out.stderr.len()
+    );
+}
+
+/// Bytes from a file or stdin are escaped before they reach the terminal, and long ones
+/// are cut.
+#[test]
+fn hostile_bytes_are_escaped_and_cut() {
+    // A note name with an escape sequence, a BEL and a byte that is not UTF-8; and a
+    // name of 100 000 bytes.
+    let g = guest();
+    let mut bytes = Vec::new();
+    write_qemu_elf(
+        &mut bytes,
+        &[Run {
+            paddr: 0,
+            bytes: &g.memory[..0x1000],
+        }],
+        &[],
+    )
+    .unwrap();
+    // Replace the (empty) note segment with two hostile notes at the end of the file.
+    let note = |name: &[u8]| {
+        let mut n = Vec::new();
+        n.extend_from_slice(&(name.len() as u32 + 1).to_le_bytes());
+        n.extend_from_slice(&4u32.to_le_bytes());
+        n.extend_from_slice(&7u32.to_le_bytes());
+        n.extend_from_slice(name);
+        n.push(0);
+        n.resize(n.len().next_multiple_of(4), 0);
+        n.extend_from_slice(&[0; 4]);
+        n
+    };
+    let mut notes = note(b"\x1b]0;owned\x07\x1b[31mRED\xff");
+    notes.extend(note(&vec![b'N'; 100_000]));
+    let at = bytes.len() as u64;
+    bytes[64 + 8..64 + 16].copy_from_slice(&at.to_le_bytes());
+    bytes[64 + 32..64 + 40].copy_from_slice(&(notes.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&notes);
+    let elf = TempFile::new("hostile.elf", &bytes);
+    let out = run(&["info", elf.path()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.stdout.contains(&0x1b), "{text}");
+    assert!(!out.stdout.contains(&0x07), "{text}");
+    assert!(text.contains(r"\x1b]0;owned\x07\x1b[31mRED\xff"), "{text}");
+    assert!(text.contains("… (100000 bytes)"), "{text}");
+    assert!(
+        out.stdout.len() < 4000,
+        "{} bytes of output",
+        out.stdout.len()
+    );
+
+    // A malformed stdin line with escape sequences.
+    let dump = raw_dump(&g);
+    let root = cr3(&g);
+    let out = run_with(
+        &["translate", dump.path(), "--cr3", &root],
+        b"\x1b]0;owned\x07\xfe\n",
+    );
+    assert_eq!(out.code, 2);
+    assert!(!out.stderr.contains('\x1b'), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(r"\x1b]0;owned\x07\xfe"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A raw dump has no registers: the paging mode the tool assumes is said aloud.
+#[test]
+fn the_assumed_paging_mode_is_said() {
+    let g = guest();
+    let dump = raw_dump(&g);
+    let root = cr3(&g);
+    let out = run(&["translate", dump.path(), "--cr3", &root, "0x400000"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("assuming 4-level paging") && out.stderr.contains("--paging 5"),
+        "{}",
+        out.stderr
+    );
+    let out = run(&["read", dump.path(), "--cr3", &root, "0x400000", "4"]);
+    assert!(
+        out.stderr.contains("assuming 4-level paging"),
+        "{}",
+        out.stderr
+    );
+    // Said nothing when the mode was given, or came from a vCPU.
+    let out = run(&[
+        "translate",
+        dump.path(),
+        "--cr3",
+        &root,
+        "--paging",
+        "4",
+        "0x400000",
+    ]);
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    let elf = elf_dump(&g);
+    let out = run(&["translate", elf.path(), "0x400000"]);
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+}
+
+/// `read` names LEN in hexadecimal, as it was given.
+#[test]
+fn read_errors_give_len_in_hex() {
+    let g = guest();
+    let dump = raw_dump(&g);
+    let root = cr3(&g);
+    let out = run(&["read", dump.path(), "--cr3", &root, "0x400800", "0x2000"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("cannot read 0x2000 bytes at 0x400800"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A write error on stdout (a full disk, a closed pipe) has its own exit status, 3,
+/// which the help names.
+#[test]
+fn output_errors_exit_3() {
+    let g = guest();
+    let dump = raw_dump(&g);
+    let root = cr3(&g);
+    if let Ok(full) = std::fs::File::create("/dev/full") {
+        let out = Command::new(BIN)
+            .args(["read", dump.path(), "--cr3", &root, "0x400000", "0x100"])
+            .stdout(full)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot write the output"), "{err}");
+    }
+    // A reader that goes away: 8 MiB of hex dump cannot fit in a pipe's buffer.
+    let mut child = Command::new(BIN)
+        .args([
+            "read",
+            dump.path(),
+            "--cr3",
+            &root,
+            &hex(DIRECT),
+            "0x800000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    for text in [run(&["--help"]).text(), run(&["read", "--help"]).text()] {
+        assert!(text.contains("3 the output could not be written"), "{text}");
+    }
 }
 
 /// The guest as a LiME image: RAM in two ranges around a hole at [0xa0000, 0x100000)
@@ -1163,6 +1407,12 @@ fn info_json_escapes_control_characters_and_non_utf8_note_names() {
         notes[0]["name"],
         "\u{1b}]0;pwned\u{7}\u{1b}[2J\"quoted\"\\ \u{fffd}\u{fffd}\u{7f}\u{85}end"
     );
+    let mut name_hex = String::new();
+    for b in name {
+        name_hex.push_str(&format!("{b:02x}"));
+    }
+    assert_eq!(notes[0]["name_hex"], name_hex.as_str());
+    assert_eq!(notes[0]["name_len"], name.len());
     assert_eq!(notes[0]["type"], 0x1234);
     assert_eq!(notes[0]["size"], 8);
 }

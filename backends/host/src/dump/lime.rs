@@ -30,8 +30,9 @@ use std::collections::BTreeMap;
 
 use introvisor::Pa;
 use zerocopy::byteorder::little_endian::{U32, U64};
-use zerocopy::{FromBytes, Immutable, KnownLayout};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
+use super::elf::Source;
 use crate::memory::MemoryRange;
 
 /// The header magic, `0x4C694D45`: the bytes `EMiL` in a little-endian file.
@@ -47,7 +48,7 @@ pub const MAX_RANGES: usize = 1 << 20;
 pub const MAX_PHYS_BITS: u32 = 52;
 
 /// A range header as it is in the file.
-#[derive(FromBytes, KnownLayout, Immutable, Clone, Copy)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy)]
 #[repr(C)]
 struct Header {
     magic: U32,
@@ -207,16 +208,42 @@ pub fn is_lime(bytes: &[u8]) -> bool {
     bytes.starts_with(&LIME_MAGIC.to_le_bytes())
 }
 
-/// Parses a LiME image.
+/// Why a file could not be read as LiME.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    /// The file is not a usable LiME image.
+    Lime(LimeError),
+    /// Reading it failed (an I/O error, not a short file).
+    Io(std::io::Error),
+}
+
+impl From<LimeError> for Fail {
+    fn from(e: LimeError) -> Self {
+        Self::Lime(e)
+    }
+}
+
+/// Parses a LiME image held in memory.
 ///
 /// # Errors
 /// A [`LimeError`] naming the range header at fault: a bad magic or version, a range that
 /// ends before it starts, reaches past `2^52` or overlaps another, more than
 /// [`MAX_RANGES`] ranges, or a file shorter than one header.
 pub fn parse(bytes: &[u8]) -> Result<LimeImage, LimeError> {
-    let file_len = bytes.len() as u64;
+    parse_from(bytes).map_err(|fail| match fail {
+        Fail::Lime(e) => e,
+        // Reading from memory cannot fail, only come up short.
+        Fail::Io(_) => LimeError::Truncated {
+            len: bytes.len() as u64,
+        },
+    })
+}
+
+/// [`parse`] over any [`Source`]: only the headers are read.
+pub(crate) fn parse_from<S: Source + ?Sized>(src: &S) -> Result<LimeImage, Fail> {
+    let file_len = src.len();
     if file_len < HEADER_SIZE {
-        return Err(LimeError::Truncated { len: file_len });
+        return Err(LimeError::Truncated { len: file_len }.into());
     }
     let mut ranges: Vec<LimeRange> = Vec::new();
     let mut warnings = Vec::new();
@@ -227,45 +254,50 @@ pub fn parse(bytes: &[u8]) -> Result<LimeImage, LimeError> {
     while offset < file_len {
         let index = ranges.len();
         if index >= MAX_RANGES {
-            return Err(LimeError::TooManyRanges);
+            return Err(LimeError::TooManyRanges.into());
         }
-        let rest = usize::try_from(offset)
-            .ok()
-            .and_then(|at| bytes.get(at..))
-            .unwrap_or_default();
-        let Ok((header, _)) = Header::read_from_prefix(rest) else {
-            // Fewer than 32 bytes remain. The start of a header cut short is a cut file;
-            // anything else after the last range is not LiME.
-            let magic = LIME_MAGIC.to_le_bytes();
-            let cut = magic.get(..rest.len().min(4)) == rest.get(..rest.len().min(4));
-            if index == 0 {
-                return Err(LimeError::Truncated { len: file_len });
+        let mut header = Header::new_zeroed();
+        if !src
+            .read_exact_at(offset, header.as_mut_bytes())
+            .map_err(Fail::Io)?
+        {
+            // Fewer than 32 bytes remain (index > 0: the first header was checked above).
+            // The start of a header cut short is a cut file; anything else after the last
+            // range is not LiME.
+            let rest = usize::try_from(file_len.saturating_sub(offset)).unwrap_or(0);
+            let mut tail = [0u8; HEADER_SIZE as usize];
+            let tail = tail.get_mut(..rest).unwrap_or_default();
+            if !src.read_exact_at(offset, tail).map_err(Fail::Io)? {
+                return Err(LimeError::Truncated { len: file_len }.into());
             }
-            if !cut {
+            let magic = LIME_MAGIC.to_le_bytes();
+            let n = rest.min(magic.len());
+            if magic.get(..n) != tail.get(..n) {
                 let mut found = [0u8; 4];
-                for (dst, src) in found.iter_mut().zip(rest) {
+                for (dst, src) in found.iter_mut().zip(tail.iter()) {
                     *dst = *src;
                 }
                 return Err(LimeError::BadMagic {
                     index,
                     offset,
                     found: u32::from_le_bytes(found),
-                });
+                }
+                .into());
             }
             warnings.push(format!(
-                "the file ends inside range header {index} at offset {offset:#x} ({} of {HEADER_SIZE} bytes): cut short, the memory after range {} is missing",
-                rest.len(),
-                index - 1
+                "the file ends inside range header {index} at offset {offset:#x} ({rest} of {HEADER_SIZE} bytes): cut short, the memory after range {} is missing",
+                index.saturating_sub(1)
             ));
             break;
-        };
+        }
         let magic = header.magic.get();
         if magic != LIME_MAGIC {
             return Err(LimeError::BadMagic {
                 index,
                 offset,
                 found: magic,
-            });
+            }
+            .into());
         }
         let version = header.version.get();
         if version != LIME_VERSION {
@@ -273,14 +305,15 @@ pub fn parse(bytes: &[u8]) -> Result<LimeImage, LimeError> {
                 index,
                 offset,
                 version,
-            });
+            }
+            .into());
         }
         let (start, end) = (header.s_addr.get(), header.e_addr.get());
         if end < start {
-            return Err(LimeError::EndBeforeStart { index, start, end });
+            return Err(LimeError::EndBeforeStart { index, start, end }.into());
         }
         if end >> MAX_PHYS_BITS != 0 {
-            return Err(LimeError::AbsurdRange { index, start, end });
+            return Err(LimeError::AbsurdRange { index, start, end }.into());
         }
         // The ranges so far are disjoint, so the one that starts last at or before `end`
         // is the only one to check: any other overlapping range would lie before it.
@@ -292,14 +325,15 @@ pub fn parse(bytes: &[u8]) -> Result<LimeImage, LimeError> {
                 start,
                 end,
                 other,
-            });
+            }
+            .into());
         }
         if header.reserved != [0; 8] {
-            nonzero_reserved += 1;
+            nonzero_reserved = nonzero_reserved.saturating_add(1);
         }
-        // end < 2^52, so neither the length nor the offsets below can overflow.
-        let len = end - start + 1;
-        let data = offset + HEADER_SIZE;
+        // end < 2^52, so the length cannot overflow; the offsets saturate at worst.
+        let len = end.saturating_sub(start).saturating_add(1);
+        let data = offset.saturating_add(HEADER_SIZE);
         let in_file = len.min(file_len.saturating_sub(data));
         if in_file < len {
             warnings.push(format!(

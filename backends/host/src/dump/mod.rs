@@ -1,8 +1,8 @@
 //! Memory dump files: a raw image of guest-physical memory, an ELF core file as QEMU
 //! writes it ([`elf`]), or a LiME image ([`lime`]). [`open`] tells them apart by content
-//! and returns a [`HostDriver`] over the file (memory-mapped, read-only) with the vCPU
-//! registers the dump holds, and a [`DumpInfo`] that describes it; [`open_as`] reads a
-//! file as the format the caller names.
+//! and returns a [`HostDriver`] over the file (read-only, with positioned reads) with the
+//! vCPU registers the dump holds, and a [`DumpInfo`] that describes it; [`open_as`] reads
+//! a file as the format the caller names.
 //!
 //! # Detection
 //! By the first bytes: `\x7fELF` is ELF, `EMiL` is LiME; the magics of zstd, gzip, xz and
@@ -14,6 +14,26 @@
 //! A dump file is hostile input: for any content, [`open`] returns `Ok` or a
 //! [`DumpError`], never panics, and allocates only in proportion to the headers it
 //! accepts (see [`elf`]).
+//!
+//! Only regular files are opened. A FIFO, a pipe (`/dev/stdin`, `<(...)`), a device
+//! (`/dev/null`, `/dev/zero`), a socket or a directory is refused with
+//! [`DumpError::NotAFile`] before it is opened, so that nothing waits for a writer, and an
+//! empty file with [`DumpError::Empty`].
+//!
+//! The file is read with `pread`, not memory-mapped: if another process truncates it
+//! while it is open, reads of what is gone fail with
+//! [`FILE_SHRANK`](crate::memory::FILE_SHRANK) instead of killing the process with
+//! SIGBUS. The price is a system call per access where a mapping would need none;
+//! [`HostDriver::open_raw`] still maps a raw file for those who can promise it will not
+//! change.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 pub mod elf;
 pub mod lime;
@@ -124,6 +144,18 @@ pub enum DumpError {
         /// The compression format (`"zstd"`, `"gzip"`, `"xz"`, `"LZ4 frame"`).
         format: &'static str,
     },
+    /// The path is not a regular file (a FIFO, a device, a directory...).
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is, in words ("FIFO (named pipe)", "character device", ...).
+        kind: &'static str,
+    },
+    /// The file is empty: it holds no memory.
+    Empty {
+        /// The path.
+        path: PathBuf,
+    },
     /// The file is in a dump format this reader does not read.
     Unsupported {
         /// The path.
@@ -144,6 +176,12 @@ impl fmt::Display for DumpError {
                 "{}: compressed ({format}): decompress it first",
                 path.display()
             ),
+            Self::NotAFile { path, kind } => write!(
+                f,
+                "{}: is a {kind}, not a regular file (a dump must be a file; copy it to one first)",
+                path.display()
+            ),
+            Self::Empty { path } => write!(f, "{}: the file is empty", path.display()),
             Self::Unsupported { path, format } => write!(
                 f,
                 "{}: {format} dumps are not supported (use QEMU's ELF format or a raw image)",
@@ -159,7 +197,10 @@ impl core::error::Error for DumpError {
             Self::Io { error, .. } => Some(error),
             Self::Elf { error, .. } => Some(error),
             Self::Lime { error, .. } => Some(error),
-            Self::Compressed { .. } | Self::Unsupported { .. } => None,
+            Self::Compressed { .. }
+            | Self::NotAFile { .. }
+            | Self::Empty { .. }
+            | Self::Unsupported { .. } => None,
         }
     }
 }
@@ -192,6 +233,33 @@ fn unsupported_format(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// What a file that is not a regular file is, in words; `None` for a regular file.
+fn not_a_file(file_type: std::fs::FileType) -> Option<&'static str> {
+    if file_type.is_file() {
+        return None;
+    }
+    if file_type.is_dir() {
+        return Some("directory");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            return Some("FIFO (named pipe)");
+        }
+        if file_type.is_char_device() {
+            return Some("character device");
+        }
+        if file_type.is_block_device() {
+            return Some("block device");
+        }
+        if file_type.is_socket() {
+            return Some("socket");
+        }
+    }
+    Some("special file")
+}
+
 /// What a known magic at the start of `bytes` says the file is, in words, for a file read
 /// as another format.
 fn looks_like(bytes: &[u8]) -> Option<&'static str> {
@@ -218,48 +286,63 @@ enum Parsed {
     Lime(LimeImage),
 }
 
-/// Reads `bytes` as `kind`, or by content.
-fn parse_as(bytes: &[u8], kind: Option<DumpKind>, path: &Path) -> Result<Parsed, DumpError> {
-    let elf = |bytes| {
-        elf::parse(bytes)
+/// Reads the file behind `source` as `kind`, or by content (its first bytes are `head`).
+fn parse_as(
+    head: &[u8],
+    source: &elf::FileSource<'_>,
+    kind: Option<DumpKind>,
+    path: &Path,
+) -> Result<Parsed, DumpError> {
+    let io = |error| DumpError::Io {
+        path: path.to_owned(),
+        error,
+    };
+    let elf = || {
+        elf::parse_from(source)
             .map(Parsed::Elf)
-            .map_err(|error| DumpError::Elf {
-                path: path.to_owned(),
-                error,
+            .map_err(|fail| match fail {
+                elf::Fail::Elf(error) => DumpError::Elf {
+                    path: path.to_owned(),
+                    error,
+                },
+                elf::Fail::Io(error) => io(error),
             })
     };
-    let lime = |bytes| {
-        lime::parse(bytes)
+    let lime = || {
+        lime::parse_from(source)
             .map(Parsed::Lime)
-            .map_err(|error| DumpError::Lime {
-                path: path.to_owned(),
-                error,
+            .map_err(|fail| match fail {
+                lime::Fail::Lime(error) => DumpError::Lime {
+                    path: path.to_owned(),
+                    error,
+                },
+                lime::Fail::Io(error) => io(error),
             })
     };
     match kind {
         Some(DumpKind::Raw) => Ok(Parsed::Raw(
-            looks_like(bytes)
+            looks_like(head)
                 .map(|what| format!("read as raw as asked, although it starts like {what}"))
                 .into_iter()
                 .collect(),
         )),
-        Some(DumpKind::Elf) => elf(bytes),
-        Some(DumpKind::Lime) => lime(bytes),
+        Some(DumpKind::Elf) => elf(),
+        Some(DumpKind::Lime) => lime(),
         None => {
-            if let Some(format) = compression(bytes) {
+            if let Some(format) = compression(head) {
                 Err(DumpError::Compressed {
                     path: path.to_owned(),
                     format,
                 })
-            } else if let Some(format) = unsupported_format(bytes) {
+            } else if let Some(format) = unsupported_format(head) {
                 Err(DumpError::Unsupported {
                     path: path.to_owned(),
                     format,
                 })
-            } else if elf::is_elf(bytes) {
-                elf(bytes)
-            } else if lime::is_lime(bytes) {
-                lime(bytes)
+            } else if elf::is_elf(head) {
+                elf()
+            } else if lime::is_lime(head) {
+                lime()
             } else {
                 Ok(Parsed::Raw(Vec::new()))
             }
@@ -267,15 +350,16 @@ fn parse_as(bytes: &[u8], kind: Option<DumpKind>, path: &Path) -> Result<Parsed,
     }
 }
 
-/// Opens a dump file, its format told by content (see the module's "Detection").
-///
-/// The file is memory-mapped read-only; it must not be truncated or rewritten while the
-/// driver is alive (the usual caveat of mapped files).
+/// Opens a dump file, its format told by content (see the module's "Detection"). The file
+/// is read with `pread` (see the module documentation): a file that shrinks while it is
+/// open gives errors, never SIGBUS.
 ///
 /// # Errors
-/// [`DumpError::Io`] if the file cannot be opened or mapped, [`DumpError::Elf`] for an
-/// ELF file that is corrupt or not an x86 core file, [`DumpError::Lime`] for a malformed
-/// LiME image, [`DumpError::Compressed`] for a zstd, gzip, xz or LZ4-frame file,
+/// [`DumpError::NotAFile`] for a FIFO, a device, a socket or a directory (refused before
+/// it is opened: nothing waits on a FIFO), [`DumpError::Empty`] for an empty file,
+/// [`DumpError::Io`] if the file cannot be opened or read, [`DumpError::Elf`] for an ELF
+/// file that is corrupt or not an x86 core file, [`DumpError::Lime`] for a malformed LiME
+/// image, [`DumpError::Compressed`] for a zstd, gzip, xz or LZ4-frame file,
 /// [`DumpError::Unsupported`] for a kdump-compressed or Windows crash dump.
 pub fn open(path: impl AsRef<Path>) -> Result<(HostDriver, DumpInfo), DumpError> {
     open_with(path.as_ref(), None)
@@ -300,14 +384,40 @@ fn open_with(path: &Path, kind: Option<DumpKind>) -> Result<(HostDriver, DumpInf
         path: path.to_owned(),
         error,
     };
+    let refuse = |kind| DumpError::NotAFile {
+        path: path.to_owned(),
+        kind,
+    };
+    // Look before opening: opening a FIFO for reading waits for a writer. A path swapped
+    // for a FIFO between this look and the open can still wait; the look after the open
+    // catches every other swap.
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if let Some(kind) = not_a_file(meta.file_type()) {
+        return Err(refuse(kind));
+    }
     let file = File::open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
-    if meta.is_dir() {
-        return Err(io(std::io::Error::other("is a directory")));
+    if let Some(kind) = not_a_file(meta.file_type()) {
+        return Err(refuse(kind));
     }
-    let memory = GuestMemory::map_file(&file, None).map_err(io)?;
-    let file_size = memory.storage_len();
-    let parsed = memory.with_bytes(|bytes| parse_as(bytes, kind, path))?;
+    let file_size = meta.len();
+    if file_size == 0 {
+        return Err(DumpError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    let source = elf::FileSource {
+        file: &file,
+        len: file_size,
+    };
+    let mut magic = [0u8; 8];
+    let head_len = usize::try_from(file_size).map_or(magic.len(), |n| n.min(magic.len()));
+    let head = magic.get_mut(..head_len).unwrap_or_default();
+    if !elf::Source::read_exact_at(&source, 0, head).map_err(io)? {
+        return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    let parsed = parse_as(head, &source, kind, path)?;
+    let memory = GuestMemory::read_file(file, None).map_err(io)?;
     let (memory, format, vcpus, other_notes, warnings) = match parsed {
         Parsed::Raw(warnings) => (memory, DumpFormat::Raw, Vec::new(), Vec::new(), warnings),
         Parsed::Lime(image) => (

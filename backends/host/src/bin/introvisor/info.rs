@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::io::Write;
 
 use super::args::{self, Opt};
+use super::escape;
 use super::json::{self, Object};
 use super::target::{self, mode_name, mode_option};
 use super::{EXIT_OK, Failure, help};
@@ -40,7 +41,11 @@ pub(crate) fn format_line(info: &DumpInfo) -> String {
 /// The description `info` prints.
 pub(crate) fn describe(info: &DumpInfo) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "file:    {}", info.path.display());
+    let _ = writeln!(
+        s,
+        "file:    {}",
+        escape::escape(info.path.as_os_str().as_encoded_bytes())
+    );
     let _ = writeln!(s, "format:  {}", format_line(info));
     let _ = writeln!(
         s,
@@ -61,7 +66,7 @@ pub(crate) fn describe(info: &DumpInfo) -> String {
             s,
             "  {:#018x}-{:#018x}  {:>10}  at file offset {:#x}",
             r.start.0,
-            r.end().saturating_sub(1),
+            r.last().unwrap_or(r.start.0),
             human(r.len),
             r.offset
         );
@@ -93,7 +98,13 @@ pub(crate) fn describe(info: &DumpInfo) -> String {
         }
     }
     for n in &info.other_notes {
-        let _ = writeln!(s, "note:    {} type {} ({} bytes)", n.name, n.kind, n.size);
+        let _ = writeln!(
+            s,
+            "note:    {} type {} ({} bytes)",
+            escape::show(&n.name, n.name_len),
+            n.kind,
+            n.size
+        );
     }
     for w in &info.warnings {
         let _ = writeln!(s, "warning: {w}");
@@ -152,7 +163,13 @@ pub(crate) fn describe_json(info: &DumpInfo) -> String {
     });
     let notes = info.other_notes.iter().map(|n| {
         Object::new()
-            .str("name", &n.name)
+            .str("name", &String::from_utf8_lossy(&n.name))
+            .str("name_hex", &{
+                let mut hex = String::new();
+                json::hex_bytes(&mut hex, &n.name);
+                hex
+            })
+            .num("name_len", n.name_len as u64)
             .num("type", u64::from(n.kind))
             .num("size", u64::from(n.size))
             .finish()

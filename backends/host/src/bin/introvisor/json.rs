@@ -6,9 +6,9 @@
 //! strings of lowercase hex with `0x` (`"0x1000"`), since a JSON number loses precision
 //! above 2^53 in most parsers; counts and sizes are numbers. Strings are escaped so that
 //! the output is valid JSON and safe on a terminal: `"` and `\`, every C0 control, DEL,
-//! the C1 controls and U+2028/U+2029 are written as escapes. Text that was not UTF-8 in
-//! the dump (a note name) arrives here already decoded lossily, with U+FFFD in place of
-//! each bad byte.
+//! the C1 controls and U+2028/U+2029 are written as escapes. Bytes from the dump that need
+//! not be UTF-8 (a note name) are written twice: decoded lossily (U+FFFD for each bad
+//! byte), and exactly, in hex.
 
 use core::fmt::Write as _;
 

@@ -9,10 +9,14 @@
 //!
 //! Exit codes: 0 success; 1 a read that met unmapped memory (or a walk that failed for a
 //! reason other than a page fault); 2 a usage error, a malformed number, or a dump that
-//! cannot be opened.
+//! cannot be opened; 3 the output could not be written (a closed pipe, a full disk).
+//!
+//! Every byte that came from a dump or standard input is escaped before it is printed
+//! (see [`escape`]), and so is every message on stderr.
 
 mod args;
 mod demo;
+mod escape;
 mod info;
 mod json;
 mod progress;
@@ -29,6 +33,9 @@ const EXIT_OK: i32 = 0;
 const EXIT_FAULT: i32 = 1;
 /// A usage error, a malformed number, or an unreadable dump.
 const EXIT_USAGE: i32 = 2;
+/// Writing the output failed: a closed pipe, a full disk. Not a usage error: the command
+/// was right, its output did not arrive whole.
+const EXIT_OUTPUT: i32 = 3;
 
 /// The streams a command works on.
 struct Io<'a> {
@@ -100,7 +107,11 @@ entry values as \"0x...\" strings (JSON numbers lose precision above 2^53), coun
 sizes as numbers, every control character escaped.
 
 Exit status: 0 success; 1 a read met unmapped memory; 2 a usage error, a malformed
-number, or a dump that cannot be opened.
+number, or a dump that cannot be opened; 3 the output could not be written (a
+closed pipe, a full disk).
+
+Bytes from a dump or from standard input are escaped before they are printed:
+control characters, '\\' and bytes that are not UTF-8 appear as \\xNN.
 
 Run 'introvisor <COMMAND> --help' for the details of a command.
 ";
@@ -139,7 +150,14 @@ Options:
                                    \"control_registers\", \"cr0\", \"cr3\", \"cr4\", \"efer\",
                                    \"efer_derived\", \"paging\": \"off\"|\"32\"|\"pae\"|\"4\"|\"5\",
                                    \"rip\", \"rsp\", \"cpl\", ...}],
-                        \"notes\": [{\"name\", \"type\", \"size\"}], \"warnings\": [...]}
+                        \"notes\": [{\"name\" (UTF-8, U+FFFD for bad bytes),
+                                   \"name_hex\" (the bytes held), \"name_len\" (the
+                                   name's full length), \"type\", \"size\"}],
+                        \"warnings\": [...]}
+
+Only regular files are read: a FIFO, a pipe, a device or a directory is refused.
+Exit status: 0 success; 2 the dump cannot be opened; 3 the output could not be
+written (a closed pipe, a full disk).
 ";
 
     /// `introvisor translate --help`.
@@ -149,7 +167,9 @@ introvisor translate: translate virtual addresses to guest-physical addresses
 Usage: introvisor translate DUMP [--cr3 HEX] [OPTIONS] [VA ...]
 
 With no VA arguments, reads one VA per line from standard input (blank lines and
-lines starting with '#' are skipped). Prints one line per VA, in input order:
+lines starting with '#' are skipped; a line longer than 4096 bytes is an error,
+reported by its number and length, and skipped). Prints one line per VA, in input
+order:
 
   0x<va> 0x<pa>
   0x<va> unmapped <reason> level=<n> entry=0x<entry-pa> value=0x<entry>
@@ -176,7 +196,7 @@ Options:
                      with an ELF dump it defaults to the vCPU's CR3
   --vcpu N           take CR3 and the paging mode from vCPU N (decimal; default 0)
   --paging MODE      32, pae, 4, 5 (or off): override the paging mode. Default: the
-                     vCPU's mode, or 4 for a raw dump
+                     vCPU's mode, or 4 for a raw dump (said on stderr)
   --maxphyaddr N     physical-address width, decimal 32..52 (default 52)
   --nxe 0|1          EFER.NXE (default 1: every 64-bit OS runs with it; an ELF
                      dump's EFER is derived, since QEMU does not record it)
@@ -192,7 +212,7 @@ Options:
 Exit status: 0 when every VA was well formed (unmapped ones included); 2 if a VA
 was malformed (reported on stderr, skipped on stdin, fatal in arguments), the dump
 cannot be opened or an option is wrong; 1 if a walk failed for a reason other than
-a page fault.
+a page fault; 3 the output could not be written (a closed pipe, a full disk).
 ";
 
     /// `introvisor read --help`.
@@ -226,7 +246,8 @@ Options:
                      as for 'introvisor translate --help'
 
 Exit status: 0 success; 1 the range is not wholly mapped; 2 usage error,
-malformed number, or a dump that cannot be opened.
+malformed number, or a dump that cannot be opened;
+3 the output could not be written (a closed pipe, a full disk).
 ";
 }
 
@@ -271,9 +292,11 @@ fn report(failure: Failure, args: &[OsString], stderr: &mut dyn Write) -> i32 {
         Some(c) => format!("introvisor {c}"),
         None => "introvisor".to_owned(),
     };
-    // Messages to stderr are best effort: there is nowhere else to report.
+    // Messages to stderr are best effort: there is nowhere else to report. They may quote
+    // a path, an argument or bytes of the dump: escaped, every one.
     match failure {
         Failure::Usage(msg) => {
+            let msg = escape::escape(msg.as_bytes());
             let hint = match command {
                 Some(c) => format!("introvisor {c} --help"),
                 None => "introvisor --help".to_owned(),
@@ -282,18 +305,19 @@ fn report(failure: Failure, args: &[OsString], stderr: &mut dyn Write) -> i32 {
             EXIT_USAGE
         }
         Failure::Input(msg) => {
-            let _ = writeln!(stderr, "{prefix}: {msg}");
+            let _ = writeln!(stderr, "{prefix}: {}", escape::escape(msg.as_bytes()));
             EXIT_USAGE
         }
         Failure::Fault(msg) => {
-            let _ = writeln!(stderr, "{prefix}: {msg}");
+            let _ = writeln!(stderr, "{prefix}: {}", escape::escape(msg.as_bytes()));
             EXIT_FAULT
         }
-        // A closed pipe (`| head`) is how a reader says it has seen enough.
-        Failure::Output(e) if e.kind() == io::ErrorKind::BrokenPipe => EXIT_OK,
+        // A closed pipe (`| head`) is how a reader says it has seen enough: no message,
+        // but the status says the output did not arrive whole (as SIGPIPE would).
+        Failure::Output(e) if e.kind() == io::ErrorKind::BrokenPipe => EXIT_OUTPUT,
         Failure::Output(e) => {
             let _ = writeln!(stderr, "{prefix}: cannot write the output: {e}");
-            EXIT_USAGE
+            EXIT_OUTPUT
         }
     }
 }

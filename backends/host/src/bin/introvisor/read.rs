@@ -166,6 +166,9 @@ pub(crate) fn run(
         Space::Virtual => target::resolve(dump, &opts)?,
         Space::Physical => target::open_physical(dump, &opts)?,
     };
+    if let Some(note) = &target.note {
+        let _ = writeln!(stderr, "introvisor read: note: {note}");
+    }
     let mut progress = Progress::new(
         "read",
         "bytes",
@@ -182,7 +185,7 @@ pub(crate) fn run(
             Space::Physical => "physical ",
         };
         return Err(Failure::Fault(format!(
-            "cannot read {len} bytes at {place}{va:#x}: {}",
+            "cannot read {len:#x} bytes at {place}{va:#x}: {}",
             explain(space, at, &e)
         )));
     }

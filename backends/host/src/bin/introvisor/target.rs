@@ -63,6 +63,8 @@ pub(crate) struct Target {
     pub(crate) core: VmiCore<HostDriver>,
     pub(crate) root: Pa,
     pub(crate) paging: Paging,
+    /// What was assumed rather than known, for a note on stderr.
+    pub(crate) note: Option<&'static str>,
 }
 
 /// The name of a paging mode as the options spell it.
@@ -153,6 +155,7 @@ pub(crate) fn open_physical(path: &OsString, opts: &Parsed) -> Result<Target, Fa
         core: VmiCore::new(driver),
         root: Pa(0),
         paging: Paging::new(PagingMode::Disabled),
+        note: None,
     })
 }
 
@@ -209,6 +212,11 @@ pub(crate) fn resolve(path: &OsString, opts: &Parsed) -> Result<Target, Failure>
         Some(r) => r.paging(),
         None => Paging::new(PagingMode::Level4),
     };
+    // A raw dump (or one without control registers) does not say how its tables are
+    // laid out: a 5-level guest walked as 4-level gives wrong answers, not errors.
+    let note = (vcpu_regs.is_none() && mode.is_none()).then_some(
+        "the dump does not record the paging mode; assuming 4-level paging (give --paging 5 for a 5-level guest, --paging pae or 32 for a 32-bit one)",
+    );
     if let Some(m) = mode {
         paging.mode = m;
     }
@@ -236,5 +244,10 @@ pub(crate) fn resolve(path: &OsString, opts: &Parsed) -> Result<Target, Failure>
         }
     };
     let core = VmiCore::new(driver).with_paging(paging);
-    Ok(Target { core, root, paging })
+    Ok(Target {
+        core,
+        root,
+        paging,
+        note,
+    })
 }

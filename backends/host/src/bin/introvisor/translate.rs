@@ -8,10 +8,45 @@ use introvisor::arch::amd64::{PageTableEntry, Paging, PagingMode, level_name};
 use introvisor::{FaultReason, PageFault, Translation, Va, VmiError, WalkStep};
 
 use super::args::{self, Opt, parse_hex};
+use super::escape;
 use super::json::{self, Object};
 use super::progress::Progress;
 use super::target::{self, Target, WALK_OPTIONS, mode_name};
 use super::{EXIT_OK, EXIT_USAGE, Failure, help};
+
+/// The longest line read from standard input, in bytes, without its newline. A longer
+/// line is an error; it is read past, never held whole.
+pub(crate) const MAX_LINE: usize = 4096;
+
+/// Reads one line (up to and without its `\n`) into `line`, keeping at most
+/// [`MAX_LINE`] + 1 bytes of it and discarding the rest as it goes; returns the line's
+/// full length, or `None` at the end of the input.
+fn read_line(input: &mut dyn BufRead, line: &mut Vec<u8>) -> std::io::Result<Option<u64>> {
+    line.clear();
+    let mut len = 0u64;
+    let mut any = false;
+    loop {
+        let buf = match input.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(any.then_some(len));
+        }
+        any = true;
+        let newline = buf.iter().position(|&b| b == b'\n');
+        let text = buf.get(..newline.unwrap_or(buf.len())).unwrap_or_default();
+        let room = (MAX_LINE + 1).saturating_sub(line.len());
+        line.extend_from_slice(text.get(..room).unwrap_or(text));
+        len = len.saturating_add(text.len() as u64);
+        let used = newline.map_or(buf.len(), |at| at + 1);
+        input.consume(used);
+        if newline.is_some() {
+            return Ok(Some(len));
+        }
+    }
+}
 
 /// The stable, greppable name of a fault reason (see `translate --help`).
 pub(crate) fn reason_name(reason: FaultReason) -> &'static str {
@@ -241,6 +276,9 @@ pub(crate) fn run(
         addresses.push(args::hex_arg(text, "VA")?);
     }
     let target = target::resolve(dump, &opts)?;
+    if let Some(note) = &target.note {
+        let _ = writeln!(stderr, "introvisor translate: note: {note}");
+    }
     let verbose_walk = opts.flag("verbose");
     let json = opts.flag("json");
     let forced = opts.flag("progress");
@@ -274,25 +312,31 @@ pub(crate) fn run(
             if input.buffer().is_empty() {
                 out.flush()?;
             }
-            line.clear();
-            let n = input
-                .read_until(b'\n', &mut line)
-                .map_err(|e| Failure::input(format!("cannot read standard input: {e}")))?;
-            if n == 0 {
+            let Some(len) = read_line(&mut input, &mut line)
+                .map_err(|e| Failure::input(format!("cannot read standard input: {e}")))?
+            else {
                 break;
-            }
+            };
             number += 1;
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim();
-            if text.is_empty() || text.starts_with('#') {
-                continue;
-            }
-            let Some(va) = parse_hex(text) else {
+            if len > MAX_LINE as u64 {
                 malformed += 1;
-                // Best effort, as all messages.
+                // Best effort, as all messages. The line itself is not echoed.
                 let _ = writeln!(
                     stderr,
-                    "introvisor translate: line {number}: malformed VA '{text}' (skipped)"
+                    "introvisor translate: line {number}: {len} bytes, longer than the limit of {MAX_LINE} (skipped)"
+                );
+                continue;
+            }
+            let text = line.trim_ascii();
+            if text.is_empty() || text.starts_with(b"#") {
+                continue;
+            }
+            let Some(va) = core::str::from_utf8(text).ok().and_then(parse_hex) else {
+                malformed += 1;
+                let _ = writeln!(
+                    stderr,
+                    "introvisor translate: line {number}: malformed VA '{}' (skipped)",
+                    escape::show(text, text.len())
                 );
                 continue;
             };
