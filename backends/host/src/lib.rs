@@ -1,7 +1,7 @@
 //! # introvisor-host
 //!
 //! introvisor on the host: a [`VmiDriver`](introvisor::VmiDriver) over guest-physical
-//! memory held by this process (a buffer, or a memory-mapped dump file), a
+//! memory held by this process (a buffer, or a dump file read with `pread`), a
 //! [`GuestBuilder`](builder::GuestBuilder) that lays out page tables and data for tests,
 //! and the dump readers and writer. The `introvisor` command-line tool is this package's
 //! binary (`src/bin/introvisor/`), built on this library's public API; it is not part of

@@ -130,7 +130,7 @@ pub(crate) fn describe_json(info: &DumpInfo) -> String {
     let ranges = info.ranges.iter().map(|r| {
         Object::new()
             .hex("start", r.start.0)
-            .hex("end", r.end().saturating_sub(1))
+            .hex("end", r.last().unwrap_or(r.start.0))
             .num("len", r.len)
             .num("file_offset", r.offset)
             .finish()

@@ -156,6 +156,8 @@ Options:
                         \"warnings\": [...]}
 
 Only regular files are read: a FIFO, a pipe, a device or a directory is refused.
+Note names are escaped (control characters and bytes that are not UTF-8 as \\xNN)
+and cut to 64 bytes.
 Exit status: 0 success; 2 the dump cannot be opened; 3 the output could not be
 written (a closed pipe, a full disk).
 ";
