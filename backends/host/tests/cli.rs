@@ -1714,3 +1714,40 @@ fn read_physical_reads_without_translation() {
         );
     }
 }
+
+/// A segment that ends exactly at 2^64: `info` shows its last address, in both outputs.
+#[test]
+fn info_shows_a_range_that_ends_at_the_top_of_the_address_space() {
+    let mem = vec![0x5au8; 0x2000];
+    let mut bytes = Vec::new();
+    write_qemu_elf(
+        &mut bytes,
+        &[
+            Run {
+                paddr: 0,
+                bytes: &mem[..0x1000],
+            },
+            Run {
+                paddr: 0u64.wrapping_sub(0x1000),
+                bytes: &mem[0x1000..],
+            },
+        ],
+        &[],
+    )
+    .unwrap();
+    let elf = TempFile::new("top.elf", &bytes);
+    let out = run(&["info", elf.path()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.text().contains("0xfffffffffffff000-0xffffffffffffffff"),
+        "{}",
+        out.text()
+    );
+    let out = run(&["info", elf.path(), "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v = json_of(out.text().trim());
+    let top = &v["ranges"][1];
+    assert_eq!(hex_of(&top["start"]), 0xffff_ffff_ffff_f000);
+    assert_eq!(hex_of(&top["end"]), u64::MAX);
+    assert_eq!(top["len"], 0x1000);
+}
