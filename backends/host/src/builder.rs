@@ -474,7 +474,7 @@ mod tests {
             (0xffff_7fff_ffff_f000, 0x2000), // from the hole into the high half
             (0x0000_8000_0000_0000, 1),      // inside the hole
         ] {
-            let mut b = GuestBuilder::new(4 << 20);
+            let mut b = GuestBuilder::new(64 << 10);
             let free = b.alloc(0, 1).unwrap();
             let before = b.memory().to_vec();
             assert!(
@@ -500,7 +500,7 @@ mod tests {
                 (0xffff_ffff_ffff_f800, 0x800),
                 (0xffff_ffff_ffff_ffff, 1),
             ] {
-                let mut b = GuestBuilder::with_levels(4 << 20, levels);
+                let mut b = GuestBuilder::with_levels(64 << 10, levels);
                 assert_eq!(
                     b.map_range(Va(va), len, MapFlags::KERNEL_DATA),
                     Ok(1),
@@ -511,7 +511,7 @@ mod tests {
                 assert!(b.lookup(Va(0)).is_none());
             }
         }
-        let mut b = GuestBuilder::new(4 << 20);
+        let mut b = GuestBuilder::new(64 << 10);
         assert_eq!(
             b.map_range(Va(0xffff_ffff_ffff_e800), 0x1000, MapFlags::KERNEL_DATA),
             Ok(2)
