@@ -131,8 +131,18 @@ const NOT_STARTED: u64 = u64::MAX;
 ///
 /// Nothing in the constructor reads the driver: the clock behind [`VmiCore::elapsed`]
 /// starts at [`VmiCore::start`], or at the first `elapsed` call if `start` was never
-/// called. A core built at run time can also be built in place, in memory the caller
-/// provides (a `Box::new_uninit`, a per-CPU area): [`VmiCore::init_in_place`].
+/// called.
+///
+/// A driver that learns its memory at run time (at boot, from a memory map) keeps a
+/// `const` constructor with interior mutability: a `spin::Once` or `OnceLock` it fills
+/// before the first read, the static core around it unchanged. Or the driver lives in a
+/// `static` of its own and the core holds `&'static` to it ([`VmiDriver`] is implemented
+/// for references), so the hypervisor keeps using the driver too.
+///
+/// Build the core this way rather than at run time: `Box::new(VmiCore::new(d))`, a
+/// `spin::Once::call_once` or a `MaybeUninit::write` assemble the value on the stack
+/// first (about 60 KB at the default capacities), in unoptimised and, as measured,
+/// optimised builds alike. Safe Rust has no way to construct in place.
 ///
 /// # Examples
 /// The [crate documentation](crate) builds a complete driver over a byte slice and reads
@@ -210,42 +220,6 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
             next_gfn: AtomicU64::new(0),
             start: AtomicU64::new(NOT_STARTED),
         }
-    }
-
-    /// Builds the core over `driver` in `slot` and returns it: [`VmiCore::sized`], written
-    /// straight into memory the caller provides (a `Box::new_uninit`, a per-CPU area), so
-    /// that the core need not pass through the caller's stack.
-    ///
-    /// ```
-    /// # use introvisor::{Gfn, PageRef, VmiCore, VmiDriver, VmiError, VmiInfo};
-    /// # use introvisor::arch::amd64::Amd64;
-    /// # #[derive(Clone)] struct NoPage;
-    /// # impl PageRef for NoPage {
-    /// #     fn gfn(&self) -> Gfn { Gfn(0) }
-    /// #     fn read(&self, _: u64, _: &mut [u8]) -> Result<(), VmiError> { Ok(()) }
-    /// # }
-    /// # struct Empty;
-    /// # impl VmiDriver for Empty {
-    /// #     type Architecture = Amd64;
-    /// #     type Page = NoPage;
-    /// #     fn info(&self) -> Result<VmiInfo, VmiError> {
-    /// #         Ok(VmiInfo { page_size: 4096, page_shift: 12, max_gfn: Gfn(0), vcpus: 1 })
-    /// #     }
-    /// #     fn read_page(&self, gfn: Gfn) -> Result<NoPage, VmiError> {
-    /// #         Err(VmiError::GfnNotPresent(gfn))
-    /// #     }
-    /// # }
-    /// let mut slot = Box::<VmiCore<Empty>>::new_uninit();
-    /// let core = VmiCore::init_in_place(&mut slot, Empty);
-    /// assert_eq!(core.v2p_cache_metrics().capacity, 1024);
-    /// ```
-    ///
-    /// The write is a plain `MaybeUninit::write` of a `const`-built value: in an
-    /// optimised build it is a copy of the core's initial bytes into `slot`; in a debug
-    /// build the value may still be assembled on the stack first. Where the stack is small
-    /// and the build unoptimised, prefer a `static` (built at compile time).
-    pub fn init_in_place(slot: &mut core::mem::MaybeUninit<Self>, driver: D) -> &mut Self {
-        slot.write(Self::sized(driver))
     }
 
     /// The driver.
