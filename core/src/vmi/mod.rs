@@ -319,4 +319,97 @@ mod tests {
         assert_eq!((v2p.capacity, v2p.len), (0, 0));
         assert_eq!((gfn.capacity, gfn.len, gfn.hits), (0, 0, 0));
     }
+
+    /// A driver whose VM pauses but will not resume.
+    #[cfg(feature = "log")]
+    struct Stuck;
+
+    #[cfg(feature = "log")]
+    impl VmiDriver for Stuck {
+        type Architecture = Amd64;
+        type Page = Page16;
+        fn info(&self) -> Result<VmiInfo, VmiError> {
+            Err(VmiError::NotSupported("info"))
+        }
+        fn read_page(&self, gfn: Gfn) -> Result<Page16, VmiError> {
+            Ok(Page16(gfn.0, 0))
+        }
+        fn pause(&self) -> Result<(), VmiError> {
+            Ok(())
+        }
+    }
+
+    #[cfg(feature = "log")]
+    mod logging {
+        use std::string::{String, ToString};
+        use std::sync::Mutex;
+        use std::vec::Vec;
+
+        static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+        struct Capture;
+
+        impl log::Log for Capture {
+            fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+                true
+            }
+            fn log(&self, record: &log::Record<'_>) {
+                let line = std::format!("{} {}", record.level(), record.args());
+                LINES.lock().unwrap().push(line);
+            }
+            fn flush(&self) {}
+        }
+
+        /// Installs the capturing logger (once per test binary) and returns what has been
+        /// logged so far that contains `needle`.
+        pub(super) fn lines_with(needle: &str) -> Vec<String> {
+            static LOGGER: Capture = Capture;
+            let _ = log::set_logger(&LOGGER);
+            log::set_max_level(log::LevelFilter::Trace);
+            let lines = LINES.lock().unwrap();
+            lines
+                .iter()
+                .filter(|l| l.contains(needle))
+                .map(ToString::to_string)
+                .collect()
+        }
+    }
+
+    /// What a user would want to know is logged, at the documented levels.
+    #[test]
+    #[cfg(feature = "log")]
+    fn resizes_evictions_flushes_and_a_failed_resume_are_logged() {
+        let _ = logging::lines_with("");
+        let core = VmiCore::<Fixed, 16, 4>::sized(Fixed);
+        core.resize_v2p_cache(8);
+        core.resize_gfn_cache(usize::MAX);
+        for gfn in 0..12 {
+            assert!(core.read_page(Gfn(gfn)).is_ok());
+        }
+        core.flush_gfn_cache();
+        core.disable_gfn_cache();
+        core.enable_gfn_cache();
+        let resized = logging::lines_with("translation cache: resized to 8 entries (asked 8");
+        assert_eq!(resized.len(), 1, "{resized:?}");
+        assert!(resized[0].starts_with("DEBUG"));
+        assert_eq!(
+            logging::lines_with("page cache: resized to 4 entries").len(),
+            1
+        );
+        // 12 frames through 4 entries: 8 evictions, each at trace.
+        let evicted = logging::lines_with("page cache: evicted");
+        assert!(evicted.len() >= 8 && evicted.iter().all(|l| l.starts_with("TRACE")));
+        assert!(!logging::lines_with("page cache: flushed").is_empty());
+        assert!(!logging::lines_with("page cache: disabled").is_empty());
+        assert!(!logging::lines_with("page cache: enabled").is_empty());
+
+        let stuck = VmiCore::new(Stuck);
+        drop(stuck.pause_guard().expect("pauses"));
+        let failed = logging::lines_with("resuming the VM failed");
+        assert!(
+            failed
+                .iter()
+                .any(|l| l.starts_with("WARN") && l.contains("resume"))
+        );
+    }
 }

@@ -156,6 +156,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated byte string, at most `limit` bytes (without the NUL). Allocates at
     /// most `limit` bytes, growing as the string does.
     ///
@@ -187,6 +188,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated byte string, capped by the core's limit.
     ///
     /// # Errors
@@ -196,6 +198,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated string as lossy UTF-8, at most `limit` bytes.
     ///
     /// # Errors
@@ -213,6 +216,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated string as lossy UTF-8, capped by the core's limit.
     ///
     /// # Errors
@@ -222,6 +226,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated UTF-16LE string as code units, at most `limit` bytes.
     ///
     /// # Errors
@@ -253,6 +258,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated UTF-16LE string as code units, capped by the core's limit.
     ///
     /// # Errors
@@ -262,6 +268,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated UTF-16LE string as lossy text, at most `limit` bytes.
     ///
     /// # Errors
@@ -276,6 +283,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated UTF-16LE string as lossy text, capped by the core's limit.
     ///
     /// # Errors
