@@ -203,5 +203,8 @@ fn a_resize_racing_a_large_translation_leaves_nothing_stale() {
             checker.join().unwrap()
         });
     }
-    assert_eq!(stale, 0, "stale translations in {TRIALS} trials of {REMAPS} remaps");
+    assert_eq!(
+        stale, 0,
+        "stale translations in {TRIALS} trials of {REMAPS} remaps"
+    );
 }
