@@ -41,11 +41,40 @@ const TLB_LARGE_TAG: u32 = 58;
 ///
 /// Flushes are O(1) (the generation moves on); a walk's result is offered under the
 /// generation read before the walk, so a flush during the walk outdates it.
+///
+/// # Concurrency
+/// Each part is a [`Tlb`], with the guarantees its documentation gives for racing
+/// lookups, insertions, flushes, removals and resizes. What this type adds is the mask of
+/// large-page sizes (`large_shifts`), and one invariant over it: *a large page's entry
+/// can exist only once its size is in the mask*, so [`TranslationCache::flush_entry`],
+/// which visits the sizes in the mask, cannot miss it.
+/// - **Translation** (lookup, walk, insertion): a base-part lookup, then a large-part
+///   probe for each size in the mask, then a walk whose result is offered under the
+///   generations read before the walk. A large page's size is set in the mask (`SeqCst`)
+///   before its entry is offered.
+/// - **A single-entry flush** removes the base page's entry ([`Tlb::remove`]); then, in
+///   the large part, cancels insertions in flight, reads the mask (both `SeqCst`), and
+///   removes the entry for each size in it. An insertion of a size the mask read did not
+///   show set that size after the cancellation (the `SeqCst` order of the four
+///   operations), so its lock-time check sees the cancellation and it does not land; one
+///   whose size was shown is handled by the removal ([`Tlb`]'s argument). Once the flush
+///   returns, no translation walked before it began is served.
+/// - **A flush** moves both parts' generations on: lookups after it miss everything
+///   before it, and walks in flight are outdated.
+/// - **A resize** resizes and empties both parts ([`Tlb::set_capacity`]) and leaves the
+///   mask as it is. Before issue 13 it cleared the mask after emptying the parts: a
+///   2 MiB translation inserted in between lost its size from the mask, a later
+///   single-entry flush skipped it, and the old frame came back once another 2 MiB page
+///   put the size back.
+/// - **Enabling and disabling** are [`VmiCore`](crate::VmiCore)'s: a disabled cache is
+///   flushed and not consulted; a translation already past the check finishes through
+///   the cache, with the guarantees above.
 pub(crate) struct TranslationCache<A: Architecture> {
     base: Tlb<SETS, WAYS>,
     large: Tlb<LARGE_SETS, WAYS>,
-    /// Bit `s` is set once a page of `1 << s` bytes was cached in `large`: the sizes a
-    /// base-part miss probes. Never cleared but by a resize (a stale bit costs a probe).
+    /// Bit `s` is set once a page of `1 << s` bytes was offered to `large`: the sizes a
+    /// base-part miss probes and a single-entry flush visits. Never cleared (a stale bit
+    /// costs a probe; an architecture has a handful of page sizes).
     large_shifts: AtomicU64,
     arch: PhantomData<fn() -> A>,
 }
@@ -125,7 +154,7 @@ impl<A: Architecture> TranslationCache<A> {
         let mut shifts = self.large_shifts.load(Ordering::Relaxed);
         while shifts != 0 {
             let shift = shifts.trailing_zeros();
-            shifts &= shifts - 1;
+            shifts ^= 1 << shift;
             if let Some(entry) = self
                 .large
                 .probe(root.0, Self::large_key(va, shift), generation)
@@ -152,29 +181,38 @@ impl<A: Architecture> TranslationCache<A> {
         } else if t.page_size.is_power_of_two() && t.page_size > Self::PAGE_SIZE {
             let shift = t.page_size.trailing_zeros();
             if shift < TLB_LARGE_TAG {
+                // The size joins the mask before its entry can exist (the concurrency
+                // notes of the type).
+                let bit = 1u64 << shift;
+                if self.large_shifts.load(Ordering::SeqCst) & bit == 0 {
+                    self.large_shifts.fetch_or(bit, Ordering::SeqCst);
+                }
                 self.large.offer(
                     root.0,
                     Self::large_key(va, shift),
                     Self::pack(t),
                     large_generation,
                 );
-                let bit = 1u64 << shift;
-                if self.large_shifts.load(Ordering::Relaxed) & bit == 0 {
-                    self.large_shifts.fetch_or(bit, Ordering::Relaxed);
-                }
             }
         }
     }
 
     /// Drops the cached translation of the page that holds `va` under `root`, whatever
     /// the page's size.
+    ///
+    /// Once it returns, neither part serves a translation walked before it began (the
+    /// concurrency notes of the type).
     pub(crate) fn flush_entry(&self, root: Pa, va: Va) {
         self.base.remove(root.0, va.0 >> Self::PAGE_SHIFT);
-        let mut shifts = self.large_shifts.load(Ordering::Relaxed);
+        // Cancel first, then read the mask: an insertion whose size is not in the mask
+        // read here set it after this cancellation, and so does not land.
+        self.large.cancel_insertions();
+        let mut shifts = self.large_shifts.load(Ordering::SeqCst);
         while shifts != 0 {
             let shift = shifts.trailing_zeros();
-            shifts &= shifts - 1;
-            self.large.remove(root.0, Self::large_key(va, shift));
+            shifts ^= 1 << shift;
+            self.large
+                .remove_cancelled(root.0, Self::large_key(va, shift));
         }
     }
 
@@ -186,11 +224,11 @@ impl<A: Architecture> TranslationCache<A> {
 
     /// Sets the effective capacity: `size` rounded down to whole sets, at least one set
     /// unless `size` is zero, for base pages, and the same again for large pages.
-    /// Empties the cache. O(capacity).
+    /// Empties the cache, but not the mask of large-page sizes (the concurrency notes
+    /// of the type). O(capacity).
     pub(crate) fn set_capacity(&self, size: usize) {
         self.base.set_capacity(size);
         self.large.set_capacity(size);
-        self.large_shifts.store(0, Ordering::Relaxed);
     }
 
     /// The counters. Each translation counts one hit or one miss, whichever part
