@@ -97,7 +97,9 @@ impl<D: VmiDriver> VmiCore<D> {
 
     /// Reads a NUL-terminated UTF-16LE string into `buf` as code units, at most
     /// `min(buf.len(), limit / 2)` units; returns the units before the NUL unit. The string
-    /// may start at an odd address and cross pages in the middle of a unit.
+    /// may start at an odd address and cross pages in the middle of a unit; pages after
+    /// the one holding the NUL are never touched (a NUL unit that ends a page's last whole
+    /// unit needs nothing of the next page).
     ///
     /// # Errors
     /// As [`VmiCore::read`], for a page the string reaches into.
@@ -114,12 +116,13 @@ impl<D: VmiDriver> VmiCore<D> {
         while units < cap {
             let address = ctx.address.wrapping_add((units as u64) * 2);
             let in_page = (Self::PAGE_SIZE - (address & (Self::PAGE_SIZE - 1))) as usize;
-            // Round up to whole units: a unit split by the page boundary needs its second
-            // byte from the next page anyway.
-            let bytes = ((in_page + 1) & !1)
-                .min((cap - units) * 2)
-                .min(step)
-                .min(raw.len());
+            // Whole units of this page only: a unit the page boundary splits (one byte
+            // left) is the one read that needs the next page.
+            let reach = match in_page & !1 {
+                0 => 2,
+                whole => whole,
+            };
+            let bytes = reach.min((cap - units) * 2).min(step).min(raw.len());
             let chunk = raw
                 .get_mut(..bytes)
                 .ok_or(VmiError::InvalidArgument("chunk"))?;
