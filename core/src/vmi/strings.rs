@@ -5,6 +5,7 @@ use core::sync::atomic::Ordering;
 
 use super::VmiCore;
 use crate::access::AccessContext;
+use crate::arch::Architecture;
 use crate::driver::VmiDriver;
 use crate::error::VmiError;
 
@@ -25,20 +26,40 @@ impl<D: VmiDriver> VmiCore<D> {
         self.string_limit.store(limit, Ordering::Relaxed);
     }
 
+    /// The bytes from `address` to the end of its page: 1 to the page size.
+    #[inline]
+    fn to_page_end(address: u64) -> usize {
+        let offset = <D::Architecture as Architecture>::page_offset(address);
+        #[expect(
+            clippy::arithmetic_side_effects,
+            reason = "the offset in a page is below the page size"
+        )]
+        let left = Self::PAGE_SIZE - offset;
+        usize::try_from(left).unwrap_or(usize::MAX)
+    }
+
     /// The length of the next string chunk at `address`: never past the page, never past
     /// `left`, and growing with `step` so short strings cost a short copy.
     #[inline]
     fn string_chunk(address: u64, left: usize, step: usize) -> usize {
-        let in_page = (Self::PAGE_SIZE - (address & (Self::PAGE_SIZE - 1))) as usize;
-        in_page.min(left).min(step)
+        Self::to_page_end(address).min(left).min(step)
     }
 
-    /// Reads a NUL-terminated byte string into `buf`, at most `min(buf.len(), limit)`
-    /// bytes; returns the bytes before the NUL (or all that were read if none came).
+    /// Reads a NUL-terminated byte string into `buf`; returns the bytes before the NUL.
     /// Pages after the one holding the NUL are never touched.
     ///
+    /// At most `limit` bytes are read: a string longer than `limit` comes back cut to its
+    /// first `limit` bytes, as from the allocating reads (the limit is the caller's cap,
+    /// and a result of exactly `limit` bytes says it may have been reached). A string
+    /// longer than `buf`, when `buf` is shorter than `limit`, is an error
+    /// ([`VmiError::BufferTooSmall`]), so that a short string and a cut one cannot be
+    /// confused: to accept a cut string, pass a `limit` no greater than `buf.len()`.
+    /// When the string fills `buf` exactly, the byte after it is read to see whether it
+    /// is the NUL.
+    ///
     /// # Errors
-    /// As [`VmiCore::read`], for a page the string reaches into.
+    /// [`VmiError::BufferTooSmall`] as above; otherwise as [`VmiCore::read`], for a page
+    /// the string reaches into.
     pub fn read_string_bytes_limited_into<'b>(
         &self,
         ctx: AccessContext,
@@ -48,20 +69,31 @@ impl<D: VmiDriver> VmiCore<D> {
         let cap = buf.len().min(limit);
         let mut len = 0usize;
         let mut step = 64usize;
-        while len < cap {
+        while let Some(left) = cap.checked_sub(len).filter(|&left| left > 0) {
             let address = ctx.address.wrapping_add(len as u64);
-            let chunk = Self::string_chunk(address, cap - len, step);
+            let chunk = Self::string_chunk(address, left, step);
+            // `chunk <= left`: the end is at most `cap`.
+            let end = len.saturating_add(chunk);
             let dst = buf
-                .get_mut(len..len + chunk)
+                .get_mut(len..end)
                 .ok_or(VmiError::InvalidArgument("buffer range"))?;
             self.read(ctx.offset(len as u64), dst)?;
             if let Some(nul) = dst.iter().position(|&b| b == 0) {
                 return buf
-                    .get(..len + nul)
+                    .get(..len.saturating_add(nul))
                     .ok_or(VmiError::InvalidArgument("buffer range"));
             }
-            len += chunk;
+            len = end;
             step = step.saturating_mul(2);
+        }
+        if cap < limit {
+            // The buffer, not the limit, stopped the read: the string was cut unless its
+            // NUL comes next.
+            let mut next = [0u8; 1];
+            self.read(ctx.offset(len as u64), &mut next)?;
+            if next != [0] {
+                return Err(VmiError::BufferTooSmall);
+            }
         }
         buf.get(..len)
             .ok_or(VmiError::InvalidArgument("buffer range"))
@@ -70,7 +102,8 @@ impl<D: VmiDriver> VmiCore<D> {
     /// [`VmiCore::read_string_bytes_limited_into`] with the core's string limit.
     ///
     /// # Errors
-    /// As [`VmiCore::read`].
+    /// [`VmiError::BufferTooSmall`] for a string longer than `buf` (when `buf` is shorter
+    /// than the limit); otherwise as [`VmiCore::read`].
     pub fn read_string_bytes_into<'b>(
         &self,
         ctx: AccessContext,
@@ -83,7 +116,7 @@ impl<D: VmiDriver> VmiCore<D> {
     ///
     /// # Errors
     /// [`VmiError::InvalidUtf8`] if the bytes are not UTF-8; otherwise as
-    /// [`VmiCore::read`].
+    /// [`VmiCore::read_string_bytes_into`].
     pub fn read_string_into<'b>(
         &self,
         ctx: AccessContext,
@@ -95,38 +128,44 @@ impl<D: VmiDriver> VmiCore<D> {
         })
     }
 
-    /// Reads a NUL-terminated UTF-16LE string into `buf` as code units, at most
-    /// `min(buf.len(), limit / 2)` units; returns the units before the NUL unit. The string
-    /// may start at an odd address and cross pages in the middle of a unit; pages after
-    /// the one holding the NUL are never touched (a NUL unit that ends a page's last whole
-    /// unit needs nothing of the next page).
+    /// Reads a NUL-terminated UTF-16LE string into `buf` as code units; returns the units
+    /// before the NUL unit. The string may start at an odd address and cross pages in the
+    /// middle of a unit; pages after the one holding the NUL are never touched (a NUL
+    /// unit that ends a page's last whole unit needs nothing of the next page).
+    ///
+    /// At most `limit / 2` units are read, and a longer string comes back cut to them;
+    /// a string longer than `buf`, when `buf` holds fewer than `limit / 2` units, is
+    /// [`VmiError::BufferTooSmall`], as for [`VmiCore::read_string_bytes_limited_into`].
     ///
     /// # Errors
-    /// As [`VmiCore::read`], for a page the string reaches into.
+    /// [`VmiError::BufferTooSmall`] as above; otherwise as [`VmiCore::read`], for a page
+    /// the string reaches into.
     pub fn read_wstring_bytes_limited_into<'b>(
         &self,
         ctx: AccessContext,
         limit: usize,
         buf: &'b mut [u16],
     ) -> Result<&'b [u16], VmiError> {
-        let cap = buf.len().min(limit / 2);
+        let max_units = limit / 2;
+        let cap = buf.len().min(max_units);
         let mut units = 0usize;
         let mut step = 64usize;
         let mut raw = [0u8; 256];
-        while units < cap {
-            let address = ctx.address.wrapping_add((units as u64) * 2);
-            let in_page = (Self::PAGE_SIZE - (address & (Self::PAGE_SIZE - 1))) as usize;
+        while let Some(left) = cap.checked_sub(units).filter(|&left| left > 0) {
+            // A slice of `u16` has fewer than 2^63 units: its byte offset fits.
+            let offset = (units as u64).wrapping_mul(2);
+            let in_page = Self::to_page_end(ctx.address.wrapping_add(offset));
             // Whole units of this page only: a unit the page boundary splits (one byte
             // left) is the one read that needs the next page.
             let reach = match in_page & !1 {
                 0 => 2,
                 whole => whole,
             };
-            let bytes = reach.min((cap - units) * 2).min(step).min(raw.len());
+            let bytes = reach.min(left.saturating_mul(2)).min(step).min(raw.len());
             let chunk = raw
                 .get_mut(..bytes)
                 .ok_or(VmiError::InvalidArgument("chunk"))?;
-            self.read(ctx.offset((units as u64) * 2), chunk)?;
+            self.read(ctx.offset(offset), chunk)?;
             for pair in chunk.chunks_exact(2) {
                 let [lo, hi] = *pair else { break };
                 let unit = u16::from_le_bytes([lo, hi]);
@@ -138,9 +177,18 @@ impl<D: VmiDriver> VmiCore<D> {
                 if let Some(slot) = buf.get_mut(units) {
                     *slot = unit;
                 }
-                units += 1;
+                units = units.saturating_add(1);
             }
             step = step.saturating_mul(2);
+        }
+        if cap < max_units {
+            // The buffer, not the limit, stopped the read: the string was cut unless its
+            // NUL unit comes next.
+            let mut next = [0u8; 2];
+            self.read(ctx.offset((units as u64).wrapping_mul(2)), &mut next)?;
+            if next != [0, 0] {
+                return Err(VmiError::BufferTooSmall);
+            }
         }
         buf.get(..units)
             .ok_or(VmiError::InvalidArgument("buffer range"))
@@ -149,7 +197,8 @@ impl<D: VmiDriver> VmiCore<D> {
     /// [`VmiCore::read_wstring_bytes_limited_into`] with the core's string limit.
     ///
     /// # Errors
-    /// As [`VmiCore::read`].
+    /// [`VmiError::BufferTooSmall`] for a string longer than `buf` (when `buf` holds
+    /// fewer units than half the limit); otherwise as [`VmiCore::read`].
     pub fn read_wstring_bytes_into<'b>(
         &self,
         ctx: AccessContext,
