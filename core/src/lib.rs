@@ -16,7 +16,7 @@
 //! - [`addr`], [`access`], [`error`]: address newtypes, rights and access contexts, and
 //!   [`VmiError`]. They import only one another.
 //! - [`cache`]: fixed-capacity containers that know no guest type ([`cache::Lru`],
-//!   [`cache::ShardedLru`], [`cache::Tlb`]). Imports the layer above.
+//!   [`cache::ClockCache`], [`cache::Tlb`]). Imports the layer above.
 //! - [`arch`]: the [`Architecture`] trait; [`arch::amd64`] has the paging modes, the
 //!   entries, the walker, the rights check, registers and events. Imports the layers above.
 //! - [`driver`]: all a backend implements or delivers: [`VmiDriver`], [`PageRef`],

@@ -182,6 +182,11 @@ pub trait Architecture: Sized + Send + Sync + 'static {
     type GpRegisters: Copy + Debug + Default + PartialEq + Send + Sync;
     /// How the page tables are to be read (mode, physical address width, ...).
     type Paging: Copy + Debug + Default + PartialEq + Send + Sync;
+    /// The paging a new core starts with (a `const`, so that [`VmiCore::new`] can be:
+    /// equal to `Paging::default()`).
+    ///
+    /// [`VmiCore::new`]: crate::VmiCore::new
+    const DEFAULT_PAGING: Self::Paging;
     /// An event source a driver can enable or disable.
     type EventMonitor: Copy + Debug + PartialEq + Send + Sync;
     /// The architecture-specific part of an event.

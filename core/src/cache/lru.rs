@@ -27,8 +27,9 @@ struct Slot<K, V> {
 
 /// A fixed-capacity least-recently-used map of `N` entries at most.
 ///
-/// Capacity is the last const generic, as in `heapless`. The effective capacity can be
-/// lowered (and raised again, up to `N`) at run time with [`Lru::set_capacity`].
+/// Capacity is the last const generic, as in `heapless`; `N = 0` is a cache that holds
+/// nothing. The effective capacity can be lowered (and raised again, up to `N`) at run
+/// time with [`Lru::set_capacity`].
 ///
 /// ```
 /// use introvisor::cache::Lru;
@@ -65,10 +66,7 @@ impl<K: CacheKey, V, const N: usize> Lru<K, V, N> {
     /// The compile-time capacity.
     pub const CAPACITY: usize = N;
 
-    const CHECK: () = assert!(
-        N > 0 && N < u32::MAX as usize,
-        "capacity must be 1..u32::MAX"
-    );
+    const CHECK: () = assert!(N < u32::MAX as usize, "capacity must be below u32::MAX");
 
     /// An empty cache with effective capacity `N`. O(N), and `const`: it can initialise
     /// a `static`.

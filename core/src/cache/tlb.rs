@@ -1,43 +1,8 @@
 //! [`Tlb`]: a set-associative translation cache whose lookups take no lock.
 
-use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering, fence};
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
-use super::{CacheMetrics, mix64};
-
-/// Counter stripes of a [`Tlb`]: hits and misses go to the stripe of the calling thread's
-/// stack (below), so that vCPUs on different CPUs rarely write the same cache line.
-const STRIPES: usize = 8;
-
-/// One stripe of counters, alone on its pair of cache lines (128 bytes: the adjacent-line
-/// prefetcher of some CPUs pulls lines in pairs).
-#[repr(align(128))]
-struct Stripe {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    evictions: AtomicU64,
-}
-
-impl Stripe {
-    const fn new() -> Self {
-        Self {
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
-        }
-    }
-}
-
-/// Adds one to a counter with a plain load and store: no locked instruction, so neither
-/// a wait for the store buffer to drain (after a page copy, a locked add costs as much as
-/// the walk) nor a bus lock. Two threads that share a stripe may, rarely, lose one
-/// another's increment: the counters are statistics, exact for a single thread.
-#[inline]
-fn bump(counter: &AtomicU64) {
-    counter.store(
-        counter.load(Ordering::Relaxed).wrapping_add(1),
-        Ordering::Relaxed,
-    );
-}
+use super::{CacheMetrics, Counters, mix64};
 
 /// A key word no key can have: the virtual page number of an empty slot.
 const EMPTY: u64 = u64::MAX;
@@ -179,9 +144,11 @@ impl TlbSlot {
 /// Entries carry the cache's generation when they were looked up for: [`Tlb::flush`]
 /// moves the generation on, so every older entry misses from then on, in O(1).
 ///
-/// `SETS` sets of `WAYS` slots; a key's hash chooses its set. Each slot is a seqlock over
-/// atomics, so a reader sees a whole entry or none (it then counts a miss), and never
-/// blocks. Writers that meet on one slot skip their insertion rather than wait.
+/// `N` slots in sets of [`Tlb::WAYS`] (the last set holds the rest when `N` is not a
+/// multiple); a key's hash chooses its set. Each slot is a seqlock over atomics, so a
+/// reader sees a whole entry or none (it then counts a miss), and never blocks. Writers
+/// that meet on one slot skip their insertion rather than wait. `N = 0` is valid: a cache
+/// that holds nothing.
 ///
 /// Eviction: a new key goes into its set's slot holding the same key, else an empty or
 /// stale slot, else the slot the set's round-robin pointer names (the oldest insertion,
@@ -228,63 +195,52 @@ impl TlbSlot {
 /// [`VmiCore`](crate::VmiCore) does, for its mask of large-page sizes). The flush count
 /// has 48 bits: an entry left untouched in its slot through 2^48 flushes would look
 /// current again (at one flush a microsecond, after nine years).
-pub struct Tlb<const SETS: usize, const WAYS: usize> {
-    sets: [[TlbSlot; WAYS]; SETS],
-    /// The round-robin victim of each set.
-    next: [AtomicU8; SETS],
-    /// The fingerprint of the last key [`Tlb::offer`] turned away from each set.
-    doorkeeper: [AtomicU64; SETS],
+pub struct Tlb<const N: usize> {
+    /// Set `i` is `slots[i * WAYS..]`, `WAYS` slots or what is left.
+    slots: [TlbSlot; N],
+    /// The round-robin victim of each set, at the set's index (stable Rust cannot size an
+    /// array `N / WAYS`: the entries past the last set are unused).
+    next: [AtomicU8; N],
+    /// The fingerprint (32 bits) of the last key [`Tlb::offer`] turned away from each set,
+    /// at the set's index.
+    doorkeeper: [AtomicU32; N],
     /// The sets in use: the effective capacity divided by `WAYS`.
     sets_in_use: AtomicUsize,
     generation: AtomicU64,
     len: AtomicUsize,
-    stripes: [Stripe; STRIPES],
+    counters: Counters,
 }
 
-impl<const SETS: usize, const WAYS: usize> Default for Tlb<SETS, WAYS> {
+impl<const N: usize> Default for Tlb<N> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<const SETS: usize, const WAYS: usize> Tlb<SETS, WAYS> {
-    /// The compile-time capacity, `SETS * WAYS`.
-    pub const CAPACITY: usize = SETS * WAYS;
-
-    const CHECK: () = assert!(
-        SETS > 0 && WAYS > 0 && WAYS <= 255,
-        "a TLB needs at least one set of 1..=255 ways"
-    );
+impl<const N: usize> Tlb<N> {
+    /// The compile-time capacity, `N`.
+    pub const CAPACITY: usize = N;
+    /// Slots per set (the last set may have fewer).
+    pub const WAYS: usize = 4;
+    /// The number of sets: `N / WAYS`, rounded up.
+    const SETS: usize = N.div_ceil(Self::WAYS);
 
     /// An empty cache at full capacity. `const`: it can initialise a `static`.
     pub const fn new() -> Self {
-        #[allow(clippy::let_unit_value)]
-        let () = Self::CHECK;
         Self {
-            sets: [const { [const { TlbSlot::new() }; WAYS] }; SETS],
-            next: [const { AtomicU8::new(0) }; SETS],
-            doorkeeper: [const { AtomicU64::new(0) }; SETS],
-            sets_in_use: AtomicUsize::new(SETS),
+            slots: [const { TlbSlot::new() }; N],
+            next: [const { AtomicU8::new(0) }; N],
+            doorkeeper: [const { AtomicU32::new(0) }; N],
+            sets_in_use: AtomicUsize::new(Self::SETS),
             generation: AtomicU64::new(0),
             len: AtomicUsize::new(0),
-            stripes: [const { Stripe::new() }; STRIPES],
+            counters: Counters::new(),
         }
-    }
-
-    /// The counters of the calling thread's stripe, chosen by the address of a local
-    /// variable: threads have distinct stacks, whole pages apart.
-    #[inline]
-    fn stripe(&self) -> &Stripe {
-        let marker = 0u8;
-        let page = core::ptr::from_ref(&marker).addr() >> 12;
-        // `STRIPES` is a power of two: consecutive stacks get consecutive stripes.
-        let [first, ..] = &self.stripes;
-        self.stripes.get(page % STRIPES).unwrap_or(first)
     }
 
     /// The index of the set of `(root, vpn)`, and the set.
     #[inline]
-    fn set_of(&self, root: u64, vpn: u64) -> Option<(usize, &[TlbSlot; WAYS])> {
+    fn set_of(&self, root: u64, vpn: u64) -> Option<(usize, &[TlbSlot])> {
         let sets = self.sets_in_use.load(Ordering::Relaxed);
         if sets == 0 {
             // Capacity zero: no set is in use, so nothing is stored or found.
@@ -294,7 +250,15 @@ impl<const SETS: usize, const WAYS: usize> Tlb<SETS, WAYS> {
         // hash times a set count below 2^64 fits in 128 bits.
         let h = mix64(root.rotate_left(29) ^ vpn);
         let index = (u128::from(h).wrapping_mul(sets as u128) >> 64) as usize;
-        Some((index, self.sets.get(index)?))
+        Some((index, self.set(index)?))
+    }
+
+    /// Set `index`: [`Tlb::WAYS`] slots, or fewer for the last set.
+    #[inline]
+    fn set(&self, index: usize) -> Option<&[TlbSlot]> {
+        let start = index.checked_mul(Self::WAYS)?;
+        let end = start.saturating_add(Self::WAYS).min(N);
+        self.slots.get(start..end)
     }
 
     /// The current generation, to pass to [`Tlb::get`] and [`Tlb::insert`]. Read it
@@ -330,12 +294,7 @@ impl<const SETS: usize, const WAYS: usize> Tlb<SETS, WAYS> {
     /// Counts one lookup: a hit if `hit`, else a miss. O(1), no locked instruction.
     #[inline]
     pub fn record(&self, hit: bool) {
-        let stripe = self.stripe();
-        if hit {
-            bump(&stripe.hits);
-        } else {
-            bump(&stripe.misses);
-        }
+        self.counters.record(hit);
     }
 
     /// Caches `value` for `(root, vpn)` in `generation`, replacing as the type documents.
@@ -397,7 +356,9 @@ impl<const SETS: usize, const WAYS: usize> Tlb<SETS, WAYS> {
                 if filtered && let Some(door) = self.doorkeeper.get(set_index) {
                     // A fingerprint collision only admits a key early: it evicts an
                     // entry, as an unfiltered insertion always does.
-                    let print = mix64(root.rotate_left(17) ^ vpn ^ 0x9e37_79b9_7f4a_7c15);
+                    // 32 bits of the mix: the upper half.
+                    let mixed = mix64(root.rotate_left(17) ^ vpn ^ 0x9e37_79b9_7f4a_7c15);
+                    let print = (mixed >> 32) as u32;
                     if door.load(Ordering::Relaxed) != print {
                         door.store(print, Ordering::Relaxed);
                         return;
@@ -408,7 +369,7 @@ impl<const SETS: usize, const WAYS: usize> Tlb<SETS, WAYS> {
                     Some(n) => {
                         let v = n.load(Ordering::Relaxed);
                         n.store(v.wrapping_add(1), Ordering::Relaxed);
-                        usize::from(v) % WAYS
+                        usize::from(v) % set.len().max(1)
                     }
                     None => 0,
                 };
@@ -434,7 +395,7 @@ impl<const SETS: usize, const WAYS: usize> Tlb<SETS, WAYS> {
             true
         });
         if landed == Some(true) && evicts {
-            bump(&self.stripe().evictions);
+            self.counters.eviction();
         }
     }
 
@@ -477,7 +438,7 @@ impl<const SETS: usize, const WAYS: usize> Tlb<SETS, WAYS> {
     /// Waits for writers that hold a slot. O(capacity).
     pub fn clear(&self) {
         self.flush();
-        for slot in self.sets.iter().flatten() {
+        for slot in &self.slots {
             if slot.write_waiting(|s| s.clear_locked(None)) {
                 self.len.fetch_sub(1, Ordering::Relaxed);
             }
@@ -485,13 +446,14 @@ impl<const SETS: usize, const WAYS: usize> Tlb<SETS, WAYS> {
     }
 
     /// Sets the effective capacity: `capacity` rounded down to whole sets (at least one
-    /// set unless `capacity` is zero), at most `SETS * WAYS`. Empties the cache.
-    /// O(capacity).
+    /// set unless `capacity` is zero), at most `N`. Empties the cache. O(N).
     pub fn set_capacity(&self, capacity: usize) {
         let sets = if capacity == 0 {
             0
+        } else if capacity >= N {
+            Self::SETS
         } else {
-            (capacity / WAYS).clamp(1, SETS)
+            (capacity / Self::WAYS).clamp(1, Self::SETS)
         };
         self.sets_in_use.store(sets, Ordering::Relaxed);
         self.clear();
@@ -504,26 +466,17 @@ impl<const SETS: usize, const WAYS: usize> Tlb<SETS, WAYS> {
             capacity: self
                 .sets_in_use
                 .load(Ordering::Relaxed)
-                .saturating_mul(WAYS),
+                .saturating_mul(Self::WAYS)
+                .min(N),
             ..CacheMetrics::default()
         };
-        for s in &self.stripes {
-            m.hits = m.hits.saturating_add(s.hits.load(Ordering::Relaxed));
-            m.misses = m.misses.saturating_add(s.misses.load(Ordering::Relaxed));
-            m.evictions = m
-                .evictions
-                .saturating_add(s.evictions.load(Ordering::Relaxed));
-        }
+        self.counters.add_to(&mut m);
         m
     }
 
     /// Resets the counters to zero. O(1).
     pub fn reset_metrics(&self) {
-        for s in &self.stripes {
-            s.hits.store(0, Ordering::Relaxed);
-            s.misses.store(0, Ordering::Relaxed);
-            s.evictions.store(0, Ordering::Relaxed);
-        }
+        self.counters.reset();
     }
 }
 
@@ -533,7 +486,7 @@ mod tests {
 
     #[test]
     fn tlb_hits_misses_generations_and_removal() {
-        let tlb: Tlb<4, 2> = Tlb::new();
+        let tlb: Tlb<8> = Tlb::new();
         let g = tlb.generation();
         assert_eq!(tlb.get(0x1000, 7, g), None);
         tlb.insert(0x1000, 7, 70, g);
@@ -565,8 +518,8 @@ mod tests {
 
     #[test]
     fn tlb_evicts_round_robin_within_a_set_and_honours_capacity() {
-        // One set of two ways: every key meets in it.
-        let tlb: Tlb<1, 2> = Tlb::new();
+        // One set of two slots: every key meets in it.
+        let tlb: Tlb<2> = Tlb::new();
         let g = tlb.generation();
         for vpn in 0..5 {
             tlb.insert(1, vpn, vpn * 10, g);
@@ -590,7 +543,7 @@ mod tests {
 
     #[test]
     fn tlb_offer_evicts_only_a_key_turned_away_just_before() {
-        let tlb: Tlb<1, 2> = Tlb::new();
+        let tlb: Tlb<2> = Tlb::new();
         let g = tlb.generation();
         // Free slots take offers at once.
         tlb.offer(1, 0, 0, g);
@@ -631,7 +584,7 @@ mod tests {
 
     #[test]
     fn tlb_insertions_in_flight_do_not_outlive_a_removal() {
-        let tlb: Tlb<2, 2> = Tlb::new();
+        let tlb: Tlb<4> = Tlb::new();
         // Read before a removal: the insertion is cancelled, for any key.
         let g = tlb.generation();
         tlb.remove(1, 5);
@@ -666,7 +619,7 @@ mod tests {
     #[test]
     fn tlb_removal_racing_insertions_leaves_nothing_stale() {
         use core::sync::atomic::AtomicBool;
-        static TLB: Tlb<1, 2> = Tlb::new();
+        static TLB: Tlb<2> = Tlb::new();
         static VERSION: AtomicU64 = AtomicU64::new(0);
         static DONE: AtomicBool = AtomicBool::new(false);
         let rounds = if cfg!(miri) { 100u64 } else { 50_000 };
@@ -693,7 +646,7 @@ mod tests {
     /// returns is the one written for that key.
     #[test]
     fn tlb_readers_never_see_torn_entries() {
-        static TLB: Tlb<2, 2> = Tlb::new();
+        static TLB: Tlb<4> = Tlb::new();
         let rounds = if cfg!(miri) { 200u64 } else { 200_000 };
         std::thread::scope(|scope| {
             for t in 0..2u64 {

@@ -8,7 +8,7 @@ use crate::addr::{Gfn, Pa, Va};
 use crate::driver::VmiDriver;
 use crate::error::VmiError;
 
-impl<D: VmiDriver> VmiCore<D> {
+impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> {
     /// Fills `buf` from guest memory at `ctx`, across as many pages as it spans.
     ///
     /// A page of a large leaf (2 MiB, 1 GiB) reuses the translation of the leaf's first

@@ -17,9 +17,9 @@ impl CacheKey for Gfn {
     }
 }
 
-impl<D: VmiDriver> VmiCore<D> {
-    /// Enables the page cache with an effective capacity of `size` entries (at most
-    /// [`GFN_CACHE_CAPACITY`](super::GFN_CACHE_CAPACITY)).
+impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> {
+    /// Enables the page cache with an effective capacity of `size` entries, as
+    /// [`VmiCore::resize_gfn_cache`].
     pub fn with_gfn_cache(self, size: usize) -> Self {
         self.resize_gfn_cache(size);
         self.enable_gfn_cache();
@@ -44,8 +44,9 @@ impl<D: VmiDriver> VmiCore<D> {
         self.gfn_cache.clear();
     }
 
-    /// Sets the page cache's effective capacity (clamped to
-    /// [`GFN_CACHE_CAPACITY`](super::GFN_CACHE_CAPACITY)).
+    /// Sets the page cache's effective capacity: `size` rounded down to whole sets of
+    /// four, at least one set unless `size` is zero, at most `PAGES` (the type's
+    /// capacity). Empties the cache. O(`PAGES`).
     pub fn resize_gfn_cache(&self, size: usize) {
         self.gfn_cache.set_capacity(size);
     }

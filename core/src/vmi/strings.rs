@@ -9,7 +9,7 @@ use crate::arch::Architecture;
 use crate::driver::VmiDriver;
 use crate::error::VmiError;
 
-impl<D: VmiDriver> VmiCore<D> {
+impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> {
     /// Sets the default cap on string reads, in bytes.
     pub fn with_read_string_length_limit(self, limit: usize) -> Self {
         self.set_read_string_length_limit(limit);

@@ -11,9 +11,13 @@ use crate::driver::VmiDriver;
 use crate::error::VmiError;
 
 /// Reads page-table entries for the walker through the core's page path.
-pub(super) struct CoreReader<'a, D: VmiDriver>(pub(super) &'a VmiCore<D>);
+pub(super) struct CoreReader<'a, D: VmiDriver, const TLB: usize, const PAGES: usize>(
+    pub(super) &'a VmiCore<D, TLB, PAGES>,
+);
 
-impl<D: VmiDriver> PhysRead for CoreReader<'_, D> {
+impl<D: VmiDriver, const TLB: usize, const PAGES: usize> PhysRead
+    for CoreReader<'_, D, TLB, PAGES>
+{
     #[inline(always)]
     fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
         let mut raw = [0u8; 8];
@@ -58,7 +62,7 @@ impl<D: VmiDriver> PhysRead for DirectReader<'_, D> {
     }
 }
 
-impl<D: VmiDriver> VmiCore<D> {
+impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> {
     /// Sets how page tables are read (AMD64: the paging mode, MAXPHYADDR, NXE, ...).
     pub fn with_paging(mut self, paging: <D::Architecture as Architecture>::Paging) -> Self {
         self.set_paging(paging);
@@ -96,10 +100,8 @@ impl<D: VmiDriver> VmiCore<D> {
     }
 
     /// Sets the translation cache's effective capacity: `size` rounded down to whole sets
-    /// of four, at least one set unless `size` is zero, at most 512, for base pages, and
-    /// the same again for large pages (so at most
-    /// [`V2P_CACHE_CAPACITY`](super::V2P_CACHE_CAPACITY) in all).
-    /// Empties the cache. O(capacity).
+    /// of four, at least one set unless `size` is zero, at most `TLB` (the type's
+    /// capacity), base and large pages together. Empties the cache. O(`TLB`).
     pub fn resize_v2p_cache(&self, size: usize) {
         self.v2p_cache.set_capacity(size);
     }

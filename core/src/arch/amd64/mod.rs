@@ -32,6 +32,7 @@ impl Architecture for Amd64 {
     type Registers = Registers;
     type GpRegisters = GpRegisters;
     type Paging = Paging;
+    const DEFAULT_PAGING: Paging = Paging::new(PagingMode::Level4);
     type EventMonitor = EventMonitor;
     type EventReason = EventReason;
     type Interrupt = Interrupt;

@@ -162,6 +162,7 @@ pub struct Paging {
 }
 
 impl Default for Paging {
+    /// 4-level paging, as [`Amd64::DEFAULT_PAGING`](crate::Architecture::DEFAULT_PAGING).
     fn default() -> Self {
         Self::new(PagingMode::Level4)
     }
