@@ -369,7 +369,7 @@ impl<const N: usize> Tlb<N> {
                     Some(n) => {
                         let v = n.load(Ordering::Relaxed);
                         n.store(v.wrapping_add(1), Ordering::Relaxed);
-                        usize::from(v) % set.len().max(1)
+                        usize::from(v).checked_rem(set.len()).unwrap_or(0)
                     }
                     None => 0,
                 };

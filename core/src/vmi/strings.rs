@@ -5,7 +5,6 @@ use core::sync::atomic::Ordering;
 
 use super::VmiCore;
 use crate::access::AccessContext;
-use crate::arch::Architecture;
 use crate::driver::VmiDriver;
 use crate::error::VmiError;
 
@@ -24,18 +23,6 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// Sets the default cap on string reads, in bytes.
     pub fn set_read_string_length_limit(&self, limit: usize) {
         self.string_limit.store(limit, Ordering::Relaxed);
-    }
-
-    /// The bytes from `address` to the end of its page: 1 to the page size.
-    #[inline]
-    fn to_page_end(address: u64) -> usize {
-        let offset = <D::Architecture as Architecture>::page_offset(address);
-        #[expect(
-            clippy::arithmetic_side_effects,
-            reason = "the offset in a page is below the page size"
-        )]
-        let left = Self::PAGE_SIZE - offset;
-        usize::try_from(left).unwrap_or(usize::MAX)
     }
 
     /// The length of the next string chunk at `address`: never past the page, never past
@@ -220,17 +207,18 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     ) -> Result<alloc::vec::Vec<u8>, VmiError> {
         let mut out = alloc::vec::Vec::new();
         let mut step = 64usize;
-        while out.len() < limit {
+        while let Some(left) = limit.checked_sub(out.len()).filter(|&left| left > 0) {
             let len = out.len();
             let address = ctx.address.wrapping_add(len as u64);
-            let chunk = Self::string_chunk(address, limit - len, step);
-            out.resize(len + chunk, 0);
+            // At most `left`: the vector never grows past `limit`.
+            let chunk = Self::string_chunk(address, left, step);
+            out.resize(len.saturating_add(chunk), 0);
             let dst = out
                 .get_mut(len..)
                 .ok_or(VmiError::InvalidArgument("buffer range"))?;
             self.read(ctx.offset(len as u64), dst)?;
             if let Some(nul) = dst.iter().position(|&b| b == 0) {
-                out.truncate(len + nul);
+                out.truncate(len.saturating_add(nul));
                 return Ok(out);
             }
             step = step.saturating_mul(2);
@@ -294,8 +282,13 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
             let dst = block
                 .get_mut(..want)
                 .ok_or(VmiError::InvalidArgument("block"))?;
-            let got =
-                self.read_wstring_bytes_limited_into(ctx.offset(done as u64 * 2), want * 2, dst)?;
+            // `done` counts units of a vector, `want` at most 512: both doubled fit.
+            let offset = (done as u64).wrapping_mul(2);
+            let got = self.read_wstring_bytes_limited_into(
+                ctx.offset(offset),
+                want.saturating_mul(2),
+                dst,
+            )?;
             let n = got.len();
             out.extend_from_slice(got);
             if n < want {

@@ -78,6 +78,8 @@ pub(crate) struct TranslationCache<A: Architecture, const N: usize> {
 impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     const PAGE_SIZE: u64 = A::PAGE_SIZE;
     const PAGE_SHIFT: u32 = A::PAGE_SHIFT;
+    /// The offset bits of an address in a base page (`PAGE_SIZE - 1`).
+    const OFFSET_MASK: u64 = !A::PAGE_MASK;
 
     /// An empty cache at full capacity.
     pub(crate) const fn new() -> Self {
@@ -105,7 +107,7 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         match self.tlb.probe(root.0, vpn, generation) {
             Some(entry) => {
                 self.tlb.record(true);
-                Ok(Self::unpack(entry, va, Self::PAGE_SIZE - 1))
+                Ok(Self::unpack(entry, va, Self::OFFSET_MASK))
             }
             None => self.miss(root, va, vpn, generation, walk),
         }
@@ -152,7 +154,9 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
                 .tlb
                 .probe(root.0, Self::large_key(va, shift), generation)
             {
-                let offset_mask = 1u64.checked_shl(shift).map_or(u64::MAX, |s| s - 1);
+                let offset_mask = 1u64
+                    .checked_shl(shift)
+                    .map_or(u64::MAX, |size| size.wrapping_sub(1));
                 return Some(Self::unpack(entry, va, offset_mask));
             }
         }
@@ -237,7 +241,7 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
             access |= MemoryAccess::X;
         }
         Translation {
-            pa: Pa((entry & !offset_mask & !(Self::PAGE_SIZE - 1)) | (va.0 & offset_mask)),
+            pa: Pa((entry & !offset_mask & A::PAGE_MASK) | (va.0 & offset_mask)),
             page_size: 1 << ((entry & TLB_SHIFT_MASK) >> TLB_SHIFT),
             access,
             user: entry & TLB_U != 0,
@@ -247,7 +251,7 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     /// The TLB word of a translation.
     #[inline]
     fn pack(t: &Translation) -> u64 {
-        let mut entry = (t.pa.0 & !t.page_size.wrapping_sub(1) & !(Self::PAGE_SIZE - 1))
+        let mut entry = (t.pa.0 & !t.page_size.wrapping_sub(1) & A::PAGE_MASK)
             | (u64::from(t.page_size.trailing_zeros()) << TLB_SHIFT);
         if t.access.contains(MemoryAccess::W) {
             entry |= TLB_W;
