@@ -131,8 +131,18 @@ const NOT_STARTED: u64 = u64::MAX;
 ///
 /// Nothing in the constructor reads the driver: the clock behind [`VmiCore::elapsed`]
 /// starts at [`VmiCore::start`], or at the first `elapsed` call if `start` was never
-/// called. A core built at run time can also be built in place, in memory the caller
-/// provides (a `Box::new_uninit`, a per-CPU area): [`VmiCore::init_in_place`].
+/// called.
+///
+/// A driver that learns its memory at run time (at boot, from a memory map) keeps a
+/// `const` constructor with interior mutability: a `spin::Once` or `OnceLock` it fills
+/// before the first read, the static core around it unchanged. Or the driver lives in a
+/// `static` of its own and the core holds `&'static` to it ([`VmiDriver`] is implemented
+/// for references), so the hypervisor keeps using the driver too.
+///
+/// Build the core this way rather than at run time: `Box::new(VmiCore::new(d))`, a
+/// `spin::Once::call_once` or a `MaybeUninit::write` assemble the value on the stack
+/// first (about 60 KB at the default capacities), in unoptimised and, as measured,
+/// optimised builds alike. Safe Rust has no way to construct in place.
 ///
 /// # Examples
 /// The [crate documentation](crate) builds a complete driver over a byte slice and reads
@@ -210,42 +220,6 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
             next_gfn: AtomicU64::new(0),
             start: AtomicU64::new(NOT_STARTED),
         }
-    }
-
-    /// Builds the core over `driver` in `slot` and returns it: [`VmiCore::sized`], written
-    /// straight into memory the caller provides (a `Box::new_uninit`, a per-CPU area), so
-    /// that the core need not pass through the caller's stack.
-    ///
-    /// ```
-    /// # use introvisor::{Gfn, PageRef, VmiCore, VmiDriver, VmiError, VmiInfo};
-    /// # use introvisor::arch::amd64::Amd64;
-    /// # #[derive(Clone)] struct NoPage;
-    /// # impl PageRef for NoPage {
-    /// #     fn gfn(&self) -> Gfn { Gfn(0) }
-    /// #     fn read(&self, _: u64, _: &mut [u8]) -> Result<(), VmiError> { Ok(()) }
-    /// # }
-    /// # struct Empty;
-    /// # impl VmiDriver for Empty {
-    /// #     type Architecture = Amd64;
-    /// #     type Page = NoPage;
-    /// #     fn info(&self) -> Result<VmiInfo, VmiError> {
-    /// #         Ok(VmiInfo { page_size: 4096, page_shift: 12, max_gfn: Gfn(0), vcpus: 1 })
-    /// #     }
-    /// #     fn read_page(&self, gfn: Gfn) -> Result<NoPage, VmiError> {
-    /// #         Err(VmiError::GfnNotPresent(gfn))
-    /// #     }
-    /// # }
-    /// let mut slot = Box::<VmiCore<Empty>>::new_uninit();
-    /// let core = VmiCore::init_in_place(&mut slot, Empty);
-    /// assert_eq!(core.v2p_cache_metrics().capacity, 1024);
-    /// ```
-    ///
-    /// The write is a plain `MaybeUninit::write` of a `const`-built value: in an
-    /// optimised build it is a copy of the core's initial bytes into `slot`; in a debug
-    /// build the value may still be assembled on the stack first. Where the stack is small
-    /// and the build unoptimised, prefer a `static` (built at compile time).
-    pub fn init_in_place(slot: &mut core::mem::MaybeUninit<Self>, driver: D) -> &mut Self {
-        slot.write(Self::sized(driver))
     }
 
     /// The driver.
@@ -344,5 +318,98 @@ mod tests {
         let (v2p, gfn) = (core.v2p_cache_metrics(), core.gfn_cache_metrics());
         assert_eq!((v2p.capacity, v2p.len), (0, 0));
         assert_eq!((gfn.capacity, gfn.len, gfn.hits), (0, 0, 0));
+    }
+
+    /// A driver whose VM pauses but will not resume.
+    #[cfg(feature = "log")]
+    struct Stuck;
+
+    #[cfg(feature = "log")]
+    impl VmiDriver for Stuck {
+        type Architecture = Amd64;
+        type Page = Page16;
+        fn info(&self) -> Result<VmiInfo, VmiError> {
+            Err(VmiError::NotSupported("info"))
+        }
+        fn read_page(&self, gfn: Gfn) -> Result<Page16, VmiError> {
+            Ok(Page16(gfn.0, 0))
+        }
+        fn pause(&self) -> Result<(), VmiError> {
+            Ok(())
+        }
+    }
+
+    #[cfg(feature = "log")]
+    mod logging {
+        use std::string::{String, ToString};
+        use std::sync::Mutex;
+        use std::vec::Vec;
+
+        static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+        struct Capture;
+
+        impl log::Log for Capture {
+            fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+                true
+            }
+            fn log(&self, record: &log::Record<'_>) {
+                let line = std::format!("{} {}", record.level(), record.args());
+                LINES.lock().unwrap().push(line);
+            }
+            fn flush(&self) {}
+        }
+
+        /// Installs the capturing logger (once per test binary) and returns what has been
+        /// logged so far that contains `needle`.
+        pub(super) fn lines_with(needle: &str) -> Vec<String> {
+            static LOGGER: Capture = Capture;
+            let _ = log::set_logger(&LOGGER);
+            log::set_max_level(log::LevelFilter::Trace);
+            let lines = LINES.lock().unwrap();
+            lines
+                .iter()
+                .filter(|l| l.contains(needle))
+                .map(ToString::to_string)
+                .collect()
+        }
+    }
+
+    /// What a user would want to know is logged, at the documented levels.
+    #[test]
+    #[cfg(feature = "log")]
+    fn resizes_evictions_flushes_and_a_failed_resume_are_logged() {
+        let _ = logging::lines_with("");
+        let core = VmiCore::<Fixed, 16, 4>::sized(Fixed);
+        core.resize_v2p_cache(8);
+        core.resize_gfn_cache(usize::MAX);
+        for gfn in 0..12 {
+            assert!(core.read_page(Gfn(gfn)).is_ok());
+        }
+        core.flush_gfn_cache();
+        core.disable_gfn_cache();
+        core.enable_gfn_cache();
+        let resized = logging::lines_with("translation cache: resized to 8 entries (asked 8");
+        assert_eq!(resized.len(), 1, "{resized:?}");
+        assert!(resized[0].starts_with("DEBUG"));
+        assert_eq!(
+            logging::lines_with("page cache: resized to 4 entries").len(),
+            1
+        );
+        // 12 frames through 4 entries: 8 evictions, each at trace.
+        let evicted = logging::lines_with("page cache: evicted");
+        assert!(evicted.len() >= 8 && evicted.iter().all(|l| l.starts_with("TRACE")));
+        assert!(!logging::lines_with("page cache: flushed").is_empty());
+        assert!(!logging::lines_with("page cache: disabled").is_empty());
+        assert!(!logging::lines_with("page cache: enabled").is_empty());
+
+        let stuck = VmiCore::new(Stuck);
+        drop(stuck.pause_guard().expect("pauses"));
+        let failed = logging::lines_with("resuming the VM failed");
+        assert!(
+            failed
+                .iter()
+                .any(|l| l.starts_with("WARN") && l.contains("resume"))
+        );
     }
 }

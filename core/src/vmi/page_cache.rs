@@ -8,6 +8,7 @@ use crate::arch::Architecture;
 use crate::cache::{CacheKey, CacheMetrics};
 use crate::driver::{PageRef, VmiDriver};
 use crate::error::VmiError;
+use crate::fmt::{log_debug, log_trace};
 
 /// Frames key the page cache by their number. The generic containers of
 /// [`cache`](crate::cache) know no guest type: the impl lives with its one user.
@@ -34,7 +35,9 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// read-only memory) has no handles worth caching: reads of its memory bypass the page
     /// cache even when it is enabled, and its counters stay at zero.
     pub fn enable_gfn_cache(&self) {
-        self.gfn_cache_enabled.store(true, Ordering::Relaxed);
+        if !self.gfn_cache_enabled.swap(true, Ordering::Relaxed) {
+            log_debug!("page cache: enabled");
+        }
     }
 
     /// Disables the page cache and drops its entries. Reads then go to
@@ -43,6 +46,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     pub fn disable_gfn_cache(&self) {
         self.gfn_cache_enabled.store(false, Ordering::Relaxed);
         self.gfn_cache.clear();
+        log_debug!("page cache: disabled and emptied");
     }
 
     /// Sets the page cache's effective capacity: `size` rounded down to whole sets of
@@ -50,6 +54,12 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// capacity). Empties the cache. O(`PAGES`).
     pub fn resize_gfn_cache(&self, size: usize) {
         self.gfn_cache.set_capacity(size);
+        log_debug!(
+            "page cache: resized to {} entries (asked {}, at most {})",
+            self.gfn_cache.capacity(),
+            size,
+            PAGES
+        );
     }
 
     /// Drops one frame from the page cache.
@@ -60,6 +70,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// Drops every frame from the page cache. O(capacity).
     pub fn flush_gfn_cache(&self) {
         self.gfn_cache.clear();
+        log_debug!("page cache: flushed");
     }
 
     /// The page cache's counters.
@@ -101,8 +112,17 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         }
         let page = self.driver.read_page(gfn)?;
         let result = page.read(offset, buf);
-        self.gfn_cache.insert(gfn, page);
+        self.cache_page(gfn, page);
         result
+    }
+
+    /// Inserts a page the driver lent into the page cache, logging what it evicts.
+    fn cache_page(&self, gfn: Gfn, page: D::Page) {
+        if let Some((evicted, _)) = self.gfn_cache.insert(gfn, page)
+            && evicted != gfn
+        {
+            log_trace!("page cache: evicted {:?} for {:?}", evicted, gfn);
+        }
     }
 
     /// One frame, through the page cache.
@@ -115,7 +135,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
                 return Ok(page);
             }
             let page = self.driver.read_page(gfn)?;
-            self.gfn_cache.insert(gfn, page.clone());
+            self.cache_page(gfn, page.clone());
             Ok(page)
         } else {
             self.driver.read_page(gfn)

@@ -195,6 +195,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated byte string, at most `limit` bytes (without the NUL). Allocates at
     /// most `limit` bytes, growing as the string does.
     ///
@@ -227,6 +228,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated byte string, capped by the core's limit.
     ///
     /// # Errors
@@ -236,6 +238,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated string as lossy UTF-8, at most `limit` bytes.
     ///
     /// # Errors
@@ -253,6 +256,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated string as lossy UTF-8, capped by the core's limit.
     ///
     /// # Errors
@@ -262,6 +266,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated UTF-16LE string as code units, at most `limit` bytes.
     ///
     /// # Errors
@@ -298,6 +303,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated UTF-16LE string as code units, capped by the core's limit.
     ///
     /// # Errors
@@ -307,6 +313,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated UTF-16LE string as lossy text, at most `limit` bytes.
     ///
     /// # Errors
@@ -321,6 +328,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated UTF-16LE string as lossy text, capped by the core's limit.
     ///
     /// # Errors

@@ -9,6 +9,7 @@ use crate::arch::{Architecture, PhysRead, Translation, WalkStep};
 use crate::cache::CacheMetrics;
 use crate::driver::VmiDriver;
 use crate::error::VmiError;
+use crate::fmt::{log_debug, log_trace};
 
 /// Reads page-table entries for the walker through the core's page path.
 pub(super) struct CoreReader<'a, D: VmiDriver, const TLB: usize, const PAGES: usize>(
@@ -90,13 +91,16 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
 
     /// Enables the translation cache.
     pub fn enable_v2p_cache(&self) {
-        self.v2p_cache_enabled.store(true, Ordering::Relaxed);
+        if !self.v2p_cache_enabled.swap(true, Ordering::Relaxed) {
+            log_debug!("translation cache: enabled");
+        }
     }
 
     /// Disables the translation cache and flushes it.
     pub fn disable_v2p_cache(&self) {
         self.v2p_cache_enabled.store(false, Ordering::Relaxed);
         self.flush_v2p_cache();
+        log_debug!("translation cache: disabled");
     }
 
     /// Sets the translation cache's effective capacity: `size` rounded down to whole sets
@@ -104,6 +108,12 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// capacity), base and large pages together. Empties the cache. O(`TLB`).
     pub fn resize_v2p_cache(&self, size: usize) {
         self.v2p_cache.set_capacity(size);
+        log_debug!(
+            "translation cache: resized to {} entries (asked {}, at most {})",
+            self.v2p_cache.metrics().capacity,
+            size,
+            TLB
+        );
     }
 
     /// Drops the cached translation of the page that holds `ctx.va` under `ctx.root`,
@@ -128,6 +138,8 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// entries are never returned again.
     pub fn flush_v2p_cache(&self) {
         self.v2p_cache.flush();
+        // At `trace`: sessions flush at every event, and writes through the core flush.
+        log_trace!("translation cache: flushed");
     }
 
     /// The translation cache's counters. Each translation counts one hit or one miss,
