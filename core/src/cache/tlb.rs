@@ -181,8 +181,11 @@ impl TlbSlot {
 ///   unlocked it, and sees and empties the entry; or it locked it before, so its
 ///   increment happens before the insertion's lock and the insertion sees it and does
 ///   not land. Either way, after `remove` returns, no lookup serves a value inserted for
-///   a generation read before `remove` began. [`Tlb::cancel_insertions`] is the first
-///   half alone, for a caller that must cancel before it knows which keys to remove.
+///   a generation read before `remove` began; and a caller whose read of the generation
+///   saw the increment (an `Acquire` load of a `SeqCst` write) walks after it, so its
+///   walk sees what was written before `remove` was called. [`Tlb::cancel_insertions`]
+///   is the first half alone, for a caller that must cancel before it knows which keys
+///   to remove.
 /// - **A resize** ([`Tlb::set_capacity`]) stores the new set count, then flushes and
 ///   empties every slot (waiting for writers): an insertion that read the generation
 ///   before the flush is cancelled or emptied; one that read it after also sees the new
