@@ -98,11 +98,12 @@ impl<K: CacheKey, V, const N: usize> ClockCache<K, V, N> {
         }
         let h = mix64(key.hash64() ^ 0x5bd1_e995);
         // Lemire's multiply-shift reduction of a well-mixed hash: always < sets.
-        let index = ((u128::from(h) * sets as u128) >> 64) as usize;
+        // A 64-bit hash times a set count below 2^64 fits in 128 bits.
+        let index = (u128::from(h).wrapping_mul(sets as u128) >> 64) as usize;
         let start = index.checked_mul(Self::WAYS)?;
         let end = start.saturating_add(Self::WAYS).min(N);
         let set = self.slots.get(start..end)?;
-        let sweep = (h as usize) % set.len().max(1);
+        let sweep = (h as usize).checked_rem(set.len()).unwrap_or(0);
         Some((set, sweep))
     }
 
@@ -151,9 +152,10 @@ impl<K: CacheKey, V, const N: usize> ClockCache<K, V, N> {
         }
         // An empty slot if one is still empty, else a sweep: at most two passes, since the
         // first clears every mark it passes.
-        let candidates = empty
-            .into_iter()
-            .chain((0..set.len().saturating_mul(2)).map(|i| (sweep + i) % set.len().max(1)));
+        let candidates = empty.into_iter().chain(
+            (0..set.len().saturating_mul(2))
+                .map(|i| sweep.wrapping_add(i).checked_rem(set.len()).unwrap_or(0)),
+        );
         let mut fallback = None;
         for i in candidates {
             let Some(lock) = set.get(i) else { continue };

@@ -7,6 +7,20 @@ use super::{CacheMetrics, Counters, mix64};
 /// A key word no key can have: the virtual page number of an empty slot.
 const EMPTY: u64 = u64::MAX;
 
+/// The low bits of the generation word count removals, the bits above them count
+/// flushes: an entry is current while its flush count is the cache's, and an insertion
+/// lands only if the whole word is unchanged since the caller read it (see the
+/// concurrency notes of [`Tlb`]).
+const REMOVAL_BITS: u32 = 16;
+/// One flush, as an increment of the generation word.
+const FLUSH: u64 = 1 << REMOVAL_BITS;
+
+/// Whether two generation words count the same flushes.
+#[inline]
+const fn same_flush(a: u64, b: u64) -> bool {
+    (a ^ b) >> REMOVAL_BITS == 0
+}
+
 /// One way of a [`Tlb`] set, guarded by its own sequence number (a seqlock): odd while a
 /// writer holds it, bumped by two for each completed write.
 struct TlbSlot {
@@ -28,10 +42,9 @@ impl TlbSlot {
         }
     }
 
-    /// A consistent snapshot `(root, vpn, value, generation)`, or `None` while a writer
-    /// holds the slot. Reads only: a hit writes nothing to the slot.
     /// The value and generation if the slot holds `(root, vpn)`, read consistently. The
     /// page number is compared first, so a slot holding another key costs two loads.
+    /// Reads only: a hit writes nothing to the slot.
     #[inline]
     fn lookup(&self, root: u64, vpn: u64) -> Option<(u64, u64)> {
         let before = self.seq.load(Ordering::Acquire);
@@ -48,8 +61,11 @@ impl TlbSlot {
         (consistent && r == root).then_some((value, generation))
     }
 
+    /// A consistent snapshot `(root, vpn, generation)`, or `None` while a writer holds
+    /// the slot. Reads only; an insertion chooses its slot by it, and decides again
+    /// under the slot's lock.
     #[inline]
-    fn read(&self) -> Option<(u64, u64, u64, u64)> {
+    fn read(&self) -> Option<(u64, u64, u64)> {
         let before = self.seq.load(Ordering::Acquire);
         if before & 1 != 0 {
             return None;
@@ -57,7 +73,6 @@ impl TlbSlot {
         let snapshot = (
             self.root.load(Ordering::Relaxed),
             self.vpn.load(Ordering::Relaxed),
-            self.value.load(Ordering::Relaxed),
             self.generation.load(Ordering::Relaxed),
         );
         // The data loads above happen before the second sequence load.
@@ -65,10 +80,11 @@ impl TlbSlot {
         (self.seq.load(Ordering::Relaxed) == before).then_some(snapshot)
     }
 
-    /// Runs `f` with the slot held for writing, unless another writer holds it (then the
-    /// write is skipped: this is a cache). Returns whether `f` ran.
+    /// Runs `f` with the slot held for writing, unless another writer holds it (then
+    /// nothing runs: this is a cache, and `None` comes back). `f` may read the slot's
+    /// fields as they are (no other writer can change them) and store new ones.
     #[inline]
-    fn write(&self, f: impl FnOnce(&Self)) -> bool {
+    fn write<R>(&self, f: impl FnOnce(&Self) -> R) -> Option<R> {
         let seq = self.seq.load(Ordering::Relaxed);
         if seq & 1 != 0
             || self
@@ -81,13 +97,43 @@ impl TlbSlot {
                 )
                 .is_err()
         {
-            return false;
+            return None;
         }
         // The odd sequence number is visible before any data store.
         fence(Ordering::Release);
-        f(self);
+        let result = f(self);
         self.seq.store(seq.wrapping_add(2), Ordering::Release);
-        true
+        Some(result)
+    }
+
+    /// [`TlbSlot::write`], waiting for a writer that holds the slot: for removals, which
+    /// must not be skipped. A writer holds a slot for a few stores, never for a lookup or
+    /// a walk, so the wait is bounded by another thread's four stores.
+    #[inline]
+    fn write_waiting<R>(&self, f: impl FnOnce(&Self) -> R) -> R {
+        let mut f = Some(f);
+        loop {
+            // `f` runs once: the first time the slot is ours, and then we return.
+            if let Some(Some(result)) = self.write(|s| f.take().map(|f| f(s))) {
+                return result;
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Empties the slot if it holds `(root, vpn)` (any key, with `None`); the caller holds
+    /// it. Returns whether an entry went.
+    #[inline]
+    fn clear_locked(&self, key: Option<(u64, u64)>) -> bool {
+        let vpn = self.vpn.load(Ordering::Relaxed);
+        let matches = match key {
+            Some((root, want)) => vpn == want && self.root.load(Ordering::Relaxed) == root,
+            None => vpn != EMPTY,
+        };
+        if matches {
+            self.vpn.store(EMPTY, Ordering::Relaxed);
+        }
+        matches
     }
 }
 
@@ -110,7 +156,48 @@ impl TlbSlot {
 /// eviction (the pointer moves without a locked instruction, so racing insertions may
 /// pick the same victim). Counters are exact for a single thread; with several they
 /// spread over stripes chosen by the calling thread's stack address, and an increment is
-/// lost only if two threads share a stripe at the same instant.
+/// lost only if two threads share a stripe at the same instant. `len` is exact: it moves
+/// only under a slot's lock.
+///
+/// # Concurrency
+/// The generation word ([`Tlb::generation`]) counts flushes in its high bits and
+/// removals in its low 16 (every 65,536th removal carries into the flush count, which
+/// is a flush). A caller reads it before it walks the tables and passes it back with the
+/// walk's result. An entry is current while its flush count is the cache's; an
+/// insertion is *in flight* from the caller's read of the generation until it unlocks
+/// its slot, and lands only if, under the slot's lock, the whole word is unchanged.
+///
+/// What each operation can see when they race:
+/// - **A lookup** ([`Tlb::get`], [`Tlb::probe`]) sees each slot either as a complete
+///   write left it or not at all (a miss), never a torn entry. A lookup concurrent with a
+///   flush, removal or resize may answer as if it ran just before it; one that starts
+///   after the operation returned (that happens after it) sees its effect.
+/// - **An insertion** ([`Tlb::insert`], [`Tlb::offer`]) that races a **flush** lands
+///   (if its lock comes first) with the old flush count, so no later lookup serves it, or
+///   is cancelled (if the flush's increment is visible under its lock).
+/// - **An insertion racing a removal** ([`Tlb::remove`], which increments the word
+///   *before* it visits the slots, and locks every slot of the key's set, waiting for a
+///   writer that holds one): either the removal locks the slot after the insertion
+///   unlocked it, and sees and empties the entry; or it locked it before, so its
+///   increment happens before the insertion's lock and the insertion sees it and does
+///   not land. Either way, after `remove` returns, no lookup serves a value inserted for
+///   a generation read before `remove` began; and a caller whose read of the generation
+///   saw the increment (an `Acquire` load of a `SeqCst` write) walks after it, so its
+///   walk sees what was written before `remove` was called. [`Tlb::cancel_insertions`]
+///   is the first half alone, for a caller that must cancel before it knows which keys
+///   to remove.
+/// - **A resize** ([`Tlb::set_capacity`]) stores the new set count, then flushes and
+///   empties every slot (waiting for writers): an insertion that read the generation
+///   before the flush is cancelled or emptied; one that read it after also sees the new
+///   set count (the flush orders it). Lookups during the resize may look in a set the
+///   new count does not use, and miss.
+///
+/// The generation word is read with `Acquire` and changed with `SeqCst`, and an
+/// insertion re-reads it `SeqCst` under the lock, so a caller may build on these
+/// guarantees with `SeqCst` operations of its own (the translation cache of
+/// [`VmiCore`](crate::VmiCore) does, for its mask of large-page sizes). The flush count
+/// has 48 bits: an entry left untouched in its slot through 2^48 flushes would look
+/// current again (at one flush a microsecond, after nine years).
 pub struct Tlb<const N: usize> {
     /// Set `i` is `slots[i * WAYS..]`, `WAYS` slots or what is left.
     slots: [TlbSlot; N],
@@ -162,9 +249,10 @@ impl<const N: usize> Tlb<N> {
             // Capacity zero: no set is in use, so nothing is stored or found.
             return None;
         }
-        // Lemire's multiply-shift reduction of a well-mixed hash: always < sets.
+        // Lemire's multiply-shift reduction of a well-mixed hash: always < sets. A 64-bit
+        // hash times a set count below 2^64 fits in 128 bits.
         let h = mix64(root.rotate_left(29) ^ vpn);
-        let index = ((u128::from(h) * sets as u128) >> 64) as usize;
+        let index = (u128::from(h).wrapping_mul(sets as u128) >> 64) as usize;
         Some((index, self.set(index)?))
     }
 
@@ -177,7 +265,8 @@ impl<const N: usize> Tlb<N> {
     }
 
     /// The current generation, to pass to [`Tlb::get`] and [`Tlb::insert`]. Read it
-    /// before walking the tables, so that a flush during the walk outdates the result.
+    /// before walking the tables, so that a flush or a removal during the walk outdates
+    /// the result (see the concurrency notes of [`Tlb`]).
     #[inline]
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
@@ -199,7 +288,7 @@ impl<const N: usize> Tlb<N> {
     pub fn probe(&self, root: u64, vpn: u64, generation: u64) -> Option<u64> {
         self.set_of(root, vpn).and_then(|(_, set)| {
             set.iter().find_map(|slot| match slot.lookup(root, vpn) {
-                Some((value, g)) if g == generation => Some(value),
+                Some((value, g)) if same_flush(g, generation) => Some(value),
                 _ => None,
             })
         })
@@ -213,7 +302,8 @@ impl<const N: usize> Tlb<N> {
 
     /// Caches `value` for `(root, vpn)` in `generation`, replacing as the type documents.
     /// O(WAYS). A key whose `vpn` is `u64::MAX` is not stored; nor is anything while the
-    /// effective capacity is zero, or while another thread writes the chosen slot.
+    /// effective capacity is zero, while another thread writes the chosen slot, or if the
+    /// cache was flushed or had an entry removed since `generation` was read.
     pub fn insert(&self, root: u64, vpn: u64, value: u64, generation: u64) {
         self.store(root, vpn, value, generation, false);
     }
@@ -241,25 +331,30 @@ impl<const N: usize> Tlb<N> {
             return;
         };
         let current = self.generation();
+        if current != generation {
+            // Flushed or removed from since the walk began: the insertion could only be
+            // cancelled under the lock.
+            return;
+        }
         let mut target = None;
         let mut free = None;
         for (i, slot) in set.iter().enumerate() {
             match slot.read() {
-                Some((r, v, _, _)) if r == root && v == vpn => {
-                    target = Some((i, false));
+                Some((r, v, _)) if r == root && v == vpn => {
+                    target = Some(i);
                     break;
                 }
-                Some((_, v, _, _)) if v == EMPTY => {
-                    free = free.or(Some((i, true)));
+                Some((_, v, _)) if v == EMPTY => {
+                    free = free.or(Some(i));
                 }
-                Some((_, _, _, g)) if g != current => {
-                    free = free.or(Some((i, false)));
+                Some((_, _, g)) if !same_flush(g, current) => {
+                    free = free.or(Some(i));
                 }
                 _ => {}
             }
         }
-        let (index, was_empty, evicts) = match target.or(free) {
-            Some((i, empty)) => (i, empty, false),
+        let (index, evicts) = match target.or(free) {
+            Some(i) => (i, false),
             None => {
                 if filtered && let Some(door) = self.doorkeeper.get(set_index) {
                     // A fingerprint collision only admits a key early: it evicts an
@@ -277,47 +372,61 @@ impl<const N: usize> Tlb<N> {
                     Some(n) => {
                         let v = n.load(Ordering::Relaxed);
                         n.store(v.wrapping_add(1), Ordering::Relaxed);
-                        usize::from(v) % set.len().max(1)
+                        usize::from(v).checked_rem(set.len()).unwrap_or(0)
                     }
                     None => 0,
                 };
-                (victim, false, true)
+                (victim, true)
             }
         };
         let Some(slot) = set.get(index) else {
             return;
         };
-        let written = slot.write(|s| {
+        let landed = slot.write(|s| {
+            // Under the lock: cancelled if a flush or a removal came since `generation`
+            // was read (the concurrency notes of the type say why this suffices).
+            if self.generation.load(Ordering::SeqCst) != generation {
+                return false;
+            }
+            if s.vpn.load(Ordering::Relaxed) == EMPTY {
+                self.len.fetch_add(1, Ordering::Relaxed);
+            }
             s.root.store(root, Ordering::Relaxed);
             s.vpn.store(vpn, Ordering::Relaxed);
             s.value.store(value, Ordering::Relaxed);
             s.generation.store(generation, Ordering::Relaxed);
+            true
         });
-        if written {
-            if was_empty {
-                self.len.fetch_add(1, Ordering::Relaxed);
-            }
-            if evicts {
-                self.counters.eviction();
-            }
+        if landed == Some(true) && evicts {
+            self.counters.eviction();
         }
     }
 
+    /// Cancels every insertion in flight: one whose generation was read before this call
+    /// does not land, unless it had already (then [`Tlb::remove`] finds it). Counts as a
+    /// removal in the generation word. O(1).
+    pub fn cancel_insertions(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Drops the entry of `(root, vpn)` (and any duplicate two racing insertions left),
-    /// whatever its generation. O(WAYS).
+    /// whatever its generation, and cancels insertions in flight
+    /// ([`Tlb::cancel_insertions`]): once it returns, no value inserted for a generation
+    /// read before the call is served. Waits for a writer that holds a slot of the set.
+    /// O(WAYS).
     pub fn remove(&self, root: u64, vpn: u64) {
+        self.cancel_insertions();
+        self.remove_cancelled(root, vpn);
+    }
+
+    /// [`Tlb::remove`] without its cancellation, for a caller that called
+    /// [`Tlb::cancel_insertions`] itself before it chose the keys to remove.
+    pub(crate) fn remove_cancelled(&self, root: u64, vpn: u64) {
         let Some((_, set)) = self.set_of(root, vpn) else {
             return;
         };
         for slot in set {
-            if let Some((r, v, _, _)) = slot.read()
-                && r == root
-                && v == vpn
-            {
-                // Retry until the slot is ours: a removal must not be skipped.
-                while !slot.write(|s| s.vpn.store(EMPTY, Ordering::Relaxed)) {
-                    core::hint::spin_loop();
-                }
+            if slot.write_waiting(|s| s.clear_locked(Some((root, vpn)))) {
                 self.len.fetch_sub(1, Ordering::Relaxed);
             }
         }
@@ -325,18 +434,18 @@ impl<const N: usize> Tlb<N> {
 
     /// Outdates every entry. O(1).
     pub fn flush(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.generation.fetch_add(FLUSH, Ordering::SeqCst);
     }
 
-    /// Empties every slot. O(capacity).
+    /// Empties every slot, after a flush (so insertions in flight do not land).
+    /// Waits for writers that hold a slot. O(capacity).
     pub fn clear(&self) {
         self.flush();
         for slot in &self.slots {
-            while !slot.write(|s| s.vpn.store(EMPTY, Ordering::Relaxed)) {
-                core::hint::spin_loop();
+            if slot.write_waiting(|s| s.clear_locked(None)) {
+                self.len.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        self.len.store(0, Ordering::Relaxed);
     }
 
     /// Sets the effective capacity: `capacity` rounded down to whole sets (at least one
@@ -474,6 +583,66 @@ mod tests {
             (after.hits - before.hits, after.misses - before.misses),
             (1, 1)
         );
+    }
+
+    #[test]
+    fn tlb_insertions_in_flight_do_not_outlive_a_removal() {
+        let tlb: Tlb<4> = Tlb::new();
+        // Read before a removal: the insertion is cancelled, for any key.
+        let g = tlb.generation();
+        tlb.remove(1, 5);
+        tlb.insert(1, 5, 50, g);
+        tlb.insert(2, 6, 60, g);
+        assert_eq!(tlb.probe(1, 5, tlb.generation()), None);
+        assert_eq!(tlb.metrics().len, 0);
+        // Read after it: the insertion lands, and other entries stay current.
+        let g = tlb.generation();
+        tlb.insert(1, 5, 51, g);
+        tlb.insert(2, 6, 61, g);
+        tlb.cancel_insertions();
+        tlb.remove(3, 3);
+        assert_eq!(tlb.probe(1, 5, tlb.generation()), Some(51));
+        assert_eq!(tlb.probe(2, 6, tlb.generation()), Some(61));
+        assert_eq!(tlb.metrics().len, 2);
+        // Removing what is not there changes no count; removing twice counts once.
+        tlb.remove(1, 5);
+        tlb.remove(1, 5);
+        assert_eq!(tlb.metrics().len, 1);
+        // Every 65,536th removal carries into the flush count: a flush.
+        for _ in 0..FLUSH {
+            tlb.cancel_insertions();
+        }
+        assert_eq!(tlb.probe(2, 6, tlb.generation()), None);
+        tlb.clear();
+        assert_eq!(tlb.metrics().len, 0);
+    }
+
+    /// An insertion racing a removal: once `remove` returns, the value it served for the
+    /// key is never older than the version current when it began.
+    #[test]
+    fn tlb_removal_racing_insertions_leaves_nothing_stale() {
+        use core::sync::atomic::AtomicBool;
+        static TLB: Tlb<2> = Tlb::new();
+        static VERSION: AtomicU64 = AtomicU64::new(0);
+        static DONE: AtomicBool = AtomicBool::new(false);
+        let rounds = if cfg!(miri) { 100u64 } else { 50_000 };
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !DONE.load(Ordering::SeqCst) {
+                    let g = TLB.generation();
+                    let v = VERSION.load(Ordering::SeqCst);
+                    TLB.insert(7, 9, v, g);
+                }
+            });
+            for v in 1..=rounds {
+                VERSION.store(v, Ordering::SeqCst);
+                TLB.remove(7, 9);
+                if let Some(seen) = TLB.probe(7, 9, TLB.generation()) {
+                    assert!(seen >= v, "served version {seen} after removing at {v}");
+                }
+            }
+            DONE.store(true, Ordering::SeqCst);
+        });
     }
 
     /// Readers racing writers on the same slots never see a torn entry: every value a hit

@@ -243,7 +243,8 @@ impl<'a, D: VmiDriver, O: VmiOs<D, TLB, PAGES>, const TLB: usize, const PAGES: u
     /// Reads a NUL-terminated byte string into `buf`, with the core's length limit.
     ///
     /// # Errors
-    /// As [`VmiCore::read`].
+    /// As [`VmiCore::read_string_bytes_into`]: [`VmiError::BufferTooSmall`] for a string
+    /// longer than `buf`.
     pub fn read_string_bytes_into<'b>(
         &self,
         va: Va,
@@ -255,7 +256,8 @@ impl<'a, D: VmiDriver, O: VmiOs<D, TLB, PAGES>, const TLB: usize, const PAGES: u
     /// Reads a NUL-terminated UTF-8 string into `buf`, with the core's length limit.
     ///
     /// # Errors
-    /// [`VmiError::InvalidUtf8`]; otherwise as [`VmiCore::read`].
+    /// As [`VmiCore::read_string_into`]: [`VmiError::InvalidUtf8`], and
+    /// [`VmiError::BufferTooSmall`] for a string longer than `buf`.
     pub fn read_string_into<'b>(&self, va: Va, buf: &'b mut [u8]) -> Result<&'b str, VmiError> {
         self.core.read_string_into(self.access(va), buf)
     }
@@ -263,7 +265,8 @@ impl<'a, D: VmiDriver, O: VmiOs<D, TLB, PAGES>, const TLB: usize, const PAGES: u
     /// Reads a NUL-terminated UTF-16LE string into `buf`, with the core's length limit.
     ///
     /// # Errors
-    /// As [`VmiCore::read`].
+    /// As [`VmiCore::read_wstring_bytes_into`]: [`VmiError::BufferTooSmall`] for a string
+    /// longer than `buf`.
     pub fn read_wstring_bytes_into<'b>(
         &self,
         va: Va,

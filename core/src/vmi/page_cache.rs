@@ -4,6 +4,7 @@ use core::sync::atomic::Ordering;
 
 use super::VmiCore;
 use crate::addr::{Gfn, Pa};
+use crate::arch::Architecture;
 use crate::cache::{CacheKey, CacheMetrics};
 use crate::driver::{PageRef, VmiDriver};
 use crate::error::VmiError;
@@ -102,7 +103,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     #[inline(never)]
     fn read_physical_cached(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
         let gfn = Gfn(pa.0 >> Self::PAGE_SHIFT);
-        let offset = pa.0 & (Self::PAGE_SIZE - 1);
+        let offset = <D::Architecture as Architecture>::page_offset(pa.0);
         if let Some(result) = self
             .gfn_cache
             .with(&gfn, |page| page.read(offset, &mut *buf))

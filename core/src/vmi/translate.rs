@@ -118,8 +118,20 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
 
     /// Drops the cached translation of the page that holds `ctx.va` under `ctx.root`,
     /// whatever the page's size.
+    ///
+    /// The root is compared as the walker reads it
+    /// ([`Architecture::root_table`]): on AMD64, a CR3 with PCID, no-flush or LAM bits
+    /// names the same entries as the CR3 without them.
     pub fn flush_v2p_cache_entry(&self, ctx: AddressContext) {
-        self.v2p_cache.flush_entry(ctx.root, ctx.va);
+        self.v2p_cache
+            .flush_entry(self.root_table(ctx.root), ctx.va);
+    }
+
+    /// The key of the translation cache for the root `root`: the top-level table the
+    /// walker reads for it, so that every form of one root is one key.
+    #[inline]
+    fn root_table(&self, root: Pa) -> Pa {
+        <D::Architecture as Architecture>::root_table(&self.paging, root)
     }
 
     /// Drops every cached translation. O(1): the cache's generation moves on, and older
@@ -160,7 +172,8 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     /// Translates `va` under `root`, through the translation cache, with the page size and
-    /// the effective rights.
+    /// the effective rights. Cached translations are keyed by the root as the walker
+    /// reads it ([`Architecture::root_table`]), so every form of one root shares them.
     ///
     /// # Errors
     /// As [`VmiCore::translate_address`].
@@ -169,8 +182,9 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         if !self.v2p_cache_enabled.load(Ordering::Relaxed) {
             return self.translate_uncached(va, root);
         }
-        self.v2p_cache
-            .translate(root, va, || self.translate_uncached(va, root))
+        self.v2p_cache.translate(self.root_table(root), va, || {
+            self.translate_uncached(va, root)
+        })
     }
 
     /// The walker's reader for a core whose page cache is disabled.

@@ -38,10 +38,39 @@ const TLB_LARGE_TAG: u32 = 58;
 ///
 /// Flushes are O(1) (the generation moves on); a walk's result is offered under the
 /// generation read before the walk, so a flush during the walk outdates it.
+///
+/// # Concurrency
+/// The cache is a [`Tlb`], with the guarantees its documentation gives for racing
+/// lookups, insertions, flushes, removals and resizes. What this type adds is the mask of
+/// large-page sizes (`large_shifts`), and one invariant over it: *a large page's entry
+/// can exist only once its size is in the mask*, so [`TranslationCache::flush_entry`],
+/// which visits the sizes in the mask, cannot miss it.
+/// - **A translation** is a lookup of the base-page key, then of the large-page key for
+///   each size in the mask, then a walk whose result is offered under the generation read
+///   before the walk. A large page's size is set in the mask (`SeqCst`) before its entry
+///   is offered.
+/// - **A single-entry flush** removes the base-page key ([`Tlb::remove`], which first
+///   cancels insertions in flight), then reads the mask (`SeqCst`) and removes the
+///   large-page key of each size in it. An insertion of a size the mask read did not show
+///   set that size after the cancellation (the `SeqCst` order of the four operations),
+///   so its lock-time check sees the cancellation and it does not land; one whose size
+///   was shown is handled by the removal ([`Tlb`]'s argument). Once the flush returns, no
+///   translation walked before it began is served.
+/// - **A flush** moves the generation on: lookups after it miss everything before it,
+///   and walks in flight are outdated.
+/// - **A resize** resizes and empties the [`Tlb`] ([`Tlb::set_capacity`]) and leaves the
+///   mask as it is. Before issue 13 it cleared the mask after emptying the cache: a
+///   2 MiB translation inserted in between lost its size from the mask, a later
+///   single-entry flush skipped it, and the old frame came back once another 2 MiB page
+///   put the size back.
+/// - **Enabling and disabling** are [`VmiCore`](crate::VmiCore)'s: a disabled cache is
+///   flushed and not consulted; a translation already past the check finishes through
+///   the cache, with the guarantees above.
 pub(crate) struct TranslationCache<A: Architecture, const N: usize> {
     tlb: Tlb<N>,
-    /// Bit `s` is set once a page of `1 << s` bytes was cached: the sizes a base-page
-    /// miss probes. Never cleared but by a resize (a stale bit costs a probe).
+    /// Bit `s` is set once a page of `1 << s` bytes was offered: the sizes a base-page
+    /// miss probes and a single-entry flush visits. Never cleared (a stale bit costs a
+    /// probe; an architecture has a handful of page sizes).
     large_shifts: AtomicU64,
     arch: PhantomData<fn() -> A>,
 }
@@ -49,6 +78,8 @@ pub(crate) struct TranslationCache<A: Architecture, const N: usize> {
 impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     const PAGE_SIZE: u64 = A::PAGE_SIZE;
     const PAGE_SHIFT: u32 = A::PAGE_SHIFT;
+    /// The offset bits of an address in a base page (`PAGE_SIZE - 1`).
+    const OFFSET_MASK: u64 = !A::PAGE_MASK;
 
     /// An empty cache at full capacity.
     pub(crate) const fn new() -> Self {
@@ -76,7 +107,7 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         match self.tlb.probe(root.0, vpn, generation) {
             Some(entry) => {
                 self.tlb.record(true);
-                Ok(Self::unpack(entry, va, Self::PAGE_SIZE - 1))
+                Ok(Self::unpack(entry, va, Self::OFFSET_MASK))
             }
             None => self.miss(root, va, vpn, generation, walk),
         }
@@ -118,12 +149,14 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         let mut shifts = self.large_shifts.load(Ordering::Relaxed);
         while shifts != 0 {
             let shift = shifts.trailing_zeros();
-            shifts &= shifts - 1;
+            shifts ^= 1 << shift;
             if let Some(entry) = self
                 .tlb
                 .probe(root.0, Self::large_key(va, shift), generation)
             {
-                let offset_mask = 1u64.checked_shl(shift).map_or(u64::MAX, |s| s - 1);
+                let offset_mask = 1u64
+                    .checked_shl(shift)
+                    .map_or(u64::MAX, |size| size.wrapping_sub(1));
                 return Some(Self::unpack(entry, va, offset_mask));
             }
         }
@@ -137,29 +170,38 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         } else if t.page_size.is_power_of_two() && t.page_size > Self::PAGE_SIZE {
             let shift = t.page_size.trailing_zeros();
             if shift < TLB_LARGE_TAG {
+                // The size joins the mask before its entry can exist (the concurrency
+                // notes of the type).
+                let bit = 1u64 << shift;
+                if self.large_shifts.load(Ordering::SeqCst) & bit == 0 {
+                    self.large_shifts.fetch_or(bit, Ordering::SeqCst);
+                }
                 self.tlb.offer(
                     root.0,
                     Self::large_key(va, shift),
                     Self::pack(t),
                     generation,
                 );
-                let bit = 1u64 << shift;
-                if self.large_shifts.load(Ordering::Relaxed) & bit == 0 {
-                    self.large_shifts.fetch_or(bit, Ordering::Relaxed);
-                }
             }
         }
     }
 
     /// Drops the cached translation of the page that holds `va` under `root`, whatever
     /// the page's size.
+    ///
+    /// Once it returns, no translation of the page walked before it began is served
+    /// (the concurrency notes of the type).
     pub(crate) fn flush_entry(&self, root: Pa, va: Va) {
+        // The base page's removal cancels insertions in flight first; the mask is read
+        // after it, so an insertion whose size the mask read here lacks set that size
+        // after the cancellation, and does not land.
         self.tlb.remove(root.0, va.0 >> Self::PAGE_SHIFT);
-        let mut shifts = self.large_shifts.load(Ordering::Relaxed);
+        let mut shifts = self.large_shifts.load(Ordering::SeqCst);
         while shifts != 0 {
             let shift = shifts.trailing_zeros();
-            shifts &= shifts - 1;
-            self.tlb.remove(root.0, Self::large_key(va, shift));
+            shifts ^= 1 << shift;
+            self.tlb
+                .remove_cancelled(root.0, Self::large_key(va, shift));
         }
     }
 
@@ -169,10 +211,10 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     }
 
     /// Sets the effective capacity: `size` rounded down to whole sets, at least one set
-    /// unless `size` is zero, at most `N`. Empties the cache. O(N).
+    /// unless `size` is zero, at most `N`. Empties the cache, but not the mask of
+    /// large-page sizes (the concurrency notes of the type). O(N).
     pub(crate) fn set_capacity(&self, size: usize) {
         self.tlb.set_capacity(size);
-        self.large_shifts.store(0, Ordering::Relaxed);
     }
 
     /// The counters. Each translation counts one hit or one miss, whichever key
@@ -199,7 +241,7 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
             access |= MemoryAccess::X;
         }
         Translation {
-            pa: Pa((entry & !offset_mask & !(Self::PAGE_SIZE - 1)) | (va.0 & offset_mask)),
+            pa: Pa((entry & !offset_mask & A::PAGE_MASK) | (va.0 & offset_mask)),
             page_size: 1 << ((entry & TLB_SHIFT_MASK) >> TLB_SHIFT),
             access,
             user: entry & TLB_U != 0,
@@ -209,7 +251,7 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     /// The TLB word of a translation.
     #[inline]
     fn pack(t: &Translation) -> u64 {
-        let mut entry = (t.pa.0 & !t.page_size.wrapping_sub(1) & !(Self::PAGE_SIZE - 1))
+        let mut entry = (t.pa.0 & !t.page_size.wrapping_sub(1) & A::PAGE_MASK)
             | (u64::from(t.page_size.trailing_zeros()) << TLB_SHIFT);
         if t.access.contains(MemoryAccess::W) {
             entry |= TLB_W;

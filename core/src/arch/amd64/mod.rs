@@ -37,6 +37,12 @@ impl Architecture for Amd64 {
     type EventReason = EventReason;
     type Interrupt = Interrupt;
 
+    /// [`Paging::root_table`], the masking the walker applies.
+    #[inline]
+    fn root_table(paging: &Paging, root: Pa) -> Pa {
+        paging.root_table(root)
+    }
+
     #[inline]
     fn translate_observed(
         mem: &(impl PhysRead + ?Sized),
