@@ -321,10 +321,10 @@ mod tests {
     }
 
     /// A driver whose VM pauses but will not resume.
-    #[cfg(feature = "log")]
+    #[cfg(all(feature = "log", not(feature = "defmt")))]
     struct Stuck;
 
-    #[cfg(feature = "log")]
+    #[cfg(all(feature = "log", not(feature = "defmt")))]
     impl VmiDriver for Stuck {
         type Architecture = Amd64;
         type Page = Page16;
@@ -338,6 +338,9 @@ mod tests {
             Ok(())
         }
     }
+
+    #[cfg(all(feature = "log", feature = "defmt"))]
+    use std::{string::String, vec::Vec};
 
     #[cfg(feature = "log")]
     mod logging {
@@ -375,9 +378,27 @@ mod tests {
         }
     }
 
+    /// With `defmt` on too, defmt wins: the `log` facade hears nothing from the crate.
+    #[test]
+    #[cfg(all(feature = "log", feature = "defmt"))]
+    fn defmt_wins_over_log() {
+        let _ = logging::lines_with("");
+        let core = VmiCore::<Fixed, 16, 4>::sized(Fixed);
+        core.resize_v2p_cache(8);
+        core.flush_gfn_cache();
+        assert_eq!(
+            logging::lines_with("translation cache: resized"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            logging::lines_with("page cache: flushed"),
+            Vec::<String>::new()
+        );
+    }
+
     /// What a user would want to know is logged, at the documented levels.
     #[test]
-    #[cfg(feature = "log")]
+    #[cfg(all(feature = "log", not(feature = "defmt")))]
     fn resizes_evictions_flushes_and_a_failed_resume_are_logged() {
         let _ = logging::lines_with("");
         let core = VmiCore::<Fixed, 16, 4>::sized(Fixed);
