@@ -424,6 +424,18 @@ mod tests {
     }
 
     #[test]
+    fn capacity_zero_holds_nothing() {
+        let mut lru: Lru<u64, u64, 0> = Lru::new();
+        assert_eq!(lru.insert(1, 10), Some((1, 10)));
+        assert_eq!(lru.get(&1), None);
+        assert_eq!((lru.len(), lru.capacity()), (0, 0));
+        assert_eq!(lru.remove(&1), None);
+        lru.set_capacity(5);
+        assert_eq!(lru.insert(2, 20), Some((2, 20)));
+        assert_eq!(lru.metrics().misses, 1);
+    }
+
+    #[test]
     fn model_check_against_naive_lru() {
         // A naive LRU as a vector ordered by recency, driven by a fixed pseudo-random trace.
         let mut lru: Lru<u64, u64, 16> = Lru::new();

@@ -46,6 +46,38 @@ pub(crate) const fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// How a thread waits for another to finish a short critical section (a seqlock write):
+/// spin a little, then, under `std`, yield to the scheduler. On a host the other thread
+/// may be preempted in the middle, and a waiter that only spins would burn its whole time
+/// slice; without `std` (a hypervisor, firmware) the other side is a CPU that runs with
+/// preemption off, so spinning ends within a few stores.
+pub(crate) struct Backoff {
+    spins: u32,
+}
+
+impl Backoff {
+    /// Spins before the first yield.
+    const SPINS: u32 = 64;
+
+    pub(crate) const fn new() -> Self {
+        Self { spins: 0 }
+    }
+
+    /// Waits a little.
+    #[inline]
+    pub(crate) fn relax(&mut self) {
+        if self.spins < Self::SPINS {
+            self.spins = self.spins.saturating_add(1);
+            core::hint::spin_loop();
+            return;
+        }
+        #[cfg(feature = "std")]
+        std::thread::yield_now();
+        #[cfg(not(feature = "std"))]
+        core::hint::spin_loop();
+    }
+}
+
 /// Counter stripes of [`Counters`]: a count goes to the stripe of the calling thread's
 /// stack, so that vCPUs on different CPUs rarely write the same cache line.
 const STRIPES: usize = 8;

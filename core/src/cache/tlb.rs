@@ -2,7 +2,7 @@
 
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
-use super::{CacheMetrics, Counters, mix64};
+use super::{Backoff, CacheMetrics, Counters, mix64};
 
 /// A key word no key can have: the virtual page number of an empty slot.
 const EMPTY: u64 = u64::MAX;
@@ -112,12 +112,14 @@ impl TlbSlot {
     #[inline]
     fn write_waiting<R>(&self, f: impl FnOnce(&Self) -> R) -> R {
         let mut f = Some(f);
+        let mut backoff = Backoff::new();
         loop {
             // `f` runs once: the first time the slot is ours, and then we return.
             if let Some(Some(result)) = self.write(|s| f.take().map(|f| f(s))) {
                 return result;
             }
-            core::hint::spin_loop();
+            // Under `std` the wait yields after a few spins: the writer may be preempted.
+            backoff.relax();
         }
     }
 
