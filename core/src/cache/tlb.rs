@@ -428,9 +428,11 @@ impl<const N: usize> Tlb<N> {
             return;
         };
         for slot in set {
-            if slot.write_waiting(|s| s.clear_locked(Some((root, vpn)))) {
-                self.len.fetch_sub(1, Ordering::Relaxed);
-            }
+            slot.write_waiting(|s| {
+                if s.clear_locked(Some((root, vpn))) {
+                    self.len.fetch_sub(1, Ordering::Relaxed);
+                }
+            });
         }
     }
 
@@ -444,9 +446,11 @@ impl<const N: usize> Tlb<N> {
     pub fn clear(&self) {
         self.flush();
         for slot in &self.slots {
-            if slot.write_waiting(|s| s.clear_locked(None)) {
-                self.len.fetch_sub(1, Ordering::Relaxed);
-            }
+            slot.write_waiting(|s| {
+                if s.clear_locked(None) {
+                    self.len.fetch_sub(1, Ordering::Relaxed);
+                }
+            });
         }
     }
 
