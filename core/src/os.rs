@@ -25,6 +25,9 @@ use crate::core::VmiCore;
 use crate::driver::{RegistersOf, VmiDriver};
 use crate::error::VmiError;
 
+#[cfg(feature = "linux")]
+pub mod linux;
+
 /// A process identifier as the guest kernel numbers processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
