@@ -1,5 +1,5 @@
 //! Development probe: finds the Linux kernel in a dump and prints what it found.
-use std::ops::ControlFlow;
+use core::ops::ControlFlow;
 use std::time::Instant;
 
 use introvisor::os::linux::{FindHint, LinuxOs};

@@ -34,3 +34,4 @@ pub fn seed(default: u64) -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
 }
+pub mod linux_fixture;

@@ -27,6 +27,7 @@ mod mem;
 mod offsets;
 mod tasks;
 mod vmcoreinfo;
+mod vmios;
 
 pub use btf::{BTF_MAGIC, Btf, BtfMember, BtfStruct, MAX_DEPTH};
 pub use error::LinuxError;

@@ -155,10 +155,11 @@ pub(crate) fn walk_list<D: VmiDriver<Architecture = Amd64>>(
             return Err(LinuxError::ListTooLong { list });
         }
         steps += 1;
+        // the node's own link first: a node outside memory is the list's fault
+        let next = mem.ptr(node, list)?;
         if visit(node)?.is_break() {
             return Ok(());
         }
-        let next = mem.ptr(node, list)?;
         if next == saved {
             return Err(LinuxError::ListCycle { list });
         }

@@ -186,7 +186,13 @@ fn parse_hex(s: &[u8]) -> Option<u64> {
     Some(v)
 }
 
+/// A decimal, optionally negative (`NUMBER(x)` is printed with `%ld`): a negative value
+/// as its two's complement.
 fn parse_dec(s: &[u8]) -> Option<u64> {
+    if let Some(rest) = s.strip_prefix(b"-") {
+        let v = parse_dec(rest)?;
+        return (v <= 1 << 63).then(|| v.wrapping_neg());
+    }
     if s.is_empty() || s.len() > 20 {
         return None;
     }
@@ -228,5 +234,7 @@ KERNELOFFSET=0\nNUMBER(phys_base)=0\nNUMBER(pgtable_l5_enabled)=1\nSYMBOL(kallsy
         ));
         assert_eq!(parse_hex(b"fffffffffffffffff"), None);
         assert_eq!(parse_dec(b"99999999999999999999"), None);
+        assert_eq!(parse_dec(b"-29360128"), Some(0u64.wrapping_sub(29_360_128)));
+        assert_eq!(parse_dec(b"--1"), None);
     }
 }
