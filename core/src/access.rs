@@ -141,7 +141,7 @@ pub struct VmiInfo {
     /// log2 of the page size.
     pub page_shift: u32,
     /// The highest guest frame number backed by memory (holes below it are possible).
-    pub max_gfn: crate::Gfn,
+    pub max_gfn: crate::addr::Gfn,
     /// The number of virtual CPUs.
     pub vcpus: u16,
 }

@@ -8,6 +8,26 @@
 //! A backend implements [`VmiDriver`] (two methods are required: [`VmiDriver::info`] and
 //! [`VmiDriver::read_page`]); [`VmiCore`] adds the caches and the whole read surface.
 //!
+//! ## Layers
+//! Each module is one layer, and imports only from itself and the layers listed before
+//! it (`.ci/check-layers` checks this). Everything a user needs is also re-exported at
+//! the crate root.
+//!
+//! - [`addr`], [`access`], [`error`]: address newtypes, rights and access contexts, and
+//!   [`VmiError`]. They import only one another.
+//! - [`cache`]: fixed-capacity containers that know no guest type ([`cache::Lru`],
+//!   [`cache::ShardedLru`], [`cache::Tlb`]). Imports the layer above.
+//! - [`arch`]: the [`Architecture`] trait; [`arch::amd64`] has the paging modes, the
+//!   entries, the walker, the rights check, registers and events. Imports the layers above.
+//! - [`driver`]: all a backend implements or delivers: [`VmiDriver`], [`PageRef`],
+//!   [`VmiEvent`], [`VmiEventResponse`]. Imports the layers above.
+//! - [`vmi`]: [`VmiCore`], with its page and translation caches, translation, memory,
+//!   strings, and vCPU and view control. Imports the layers above.
+//! - [`os`]: [`VmiOs`], the trait an OS layer implements, and [`NoOs`]. Imports the
+//!   layers above.
+//! - [`session`]: [`VmiSession`] and its event loop, [`VmiHandler`], [`VmiContext`],
+//!   [`VmiProber`]. Imports every layer.
+//!
 //! ## Example: a driver over a byte slice
 //! ```
 //! use introvisor::{
@@ -96,15 +116,11 @@ pub mod access;
 pub mod addr;
 pub mod arch;
 pub mod cache;
-pub mod context;
-mod core;
 pub mod driver;
 pub mod error;
-pub mod event;
-pub mod handler;
 pub mod os;
-pub mod page;
 pub mod session;
+pub mod vmi;
 
 pub use self::access::{
     AccessContext, AddressContext, MemoryAccess, TranslationMechanism, VmiInfo,
@@ -112,17 +128,18 @@ pub use self::access::{
 pub use self::addr::{Gfn, Hex, Pa, Va, VcpuId, View};
 pub use self::arch::{Architecture, PhysRead, Translation, WalkStep};
 pub use self::cache::CacheMetrics;
-pub use self::context::{PageFaults, Probed, VmiContext, VmiOsContext, VmiProber};
-pub use self::core::{
+pub use self::driver::{
+    PageRef, VmiDriver, VmiEvent, VmiEventFlags, VmiEventResponse, VmiEventResponseFlags,
+};
+pub use self::error::{FaultReason, PageFault, VmiError};
+pub use self::os::{NoOs, VmiOs};
+pub use self::session::{
+    DEFAULT_EVENT_TIMEOUT, PageFaults, Probed, VmiContext, VmiHandler, VmiOsContext, VmiProber,
+    VmiSession,
+};
+pub use self::vmi::{
     DEFAULT_STRING_LENGTH_LIMIT, GFN_CACHE_CAPACITY, PauseGuard, V2P_CACHE_CAPACITY, VmiCore,
 };
-pub use self::driver::VmiDriver;
-pub use self::error::{FaultReason, PageFault, VmiError};
-pub use self::event::{VmiEvent, VmiEventFlags, VmiEventResponse, VmiEventResponseFlags};
-pub use self::handler::VmiHandler;
-pub use self::os::{NoOs, VmiOs};
-pub use self::page::PageRef;
-pub use self::session::{DEFAULT_EVENT_TIMEOUT, VmiSession};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

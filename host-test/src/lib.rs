@@ -1,4 +1,14 @@
-//! Shared helpers of the cross-crate tests and benchmarks.
+//! Shared helpers of the cross-crate tests and benchmarks, and the test doubles they run
+//! against:
+//!
+//! - [`scripted`]: [`ScriptedDriver`](scripted::ScriptedDriver), an AMD64 guest whose
+//!   events come from a script, for handlers, sessions and probers without a hypervisor;
+//! - [`counting_alloc`]: a global allocator that counts a thread's allocations, for the
+//!   tests that prove a path allocates nothing;
+//! - [`Rng`] and [`seed`]: reproducible random layouts.
+
+pub mod counting_alloc;
+pub mod scripted;
 
 /// A small, seeded pseudo-random generator (splitmix64): reproducible test layouts without
 /// a dependency.

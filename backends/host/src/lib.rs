@@ -3,7 +3,9 @@
 //! introvisor on the host: a [`VmiDriver`](introvisor::VmiDriver) over guest-physical
 //! memory held by this process (a buffer, or a memory-mapped dump file), a
 //! [`GuestBuilder`](builder::GuestBuilder) that lays out page tables and data for tests,
-//! and the `introvisor` command-line tool.
+//! and the dump readers and writer. The `introvisor` command-line tool is this package's
+//! binary (`src/bin/introvisor/`), built on this library's public API; it is not part of
+//! the API itself.
 //!
 //! ```
 //! use introvisor::{AccessContext, VmiCore, Va};
@@ -23,11 +25,9 @@
 //! ```
 
 pub mod builder;
-pub mod cli;
 mod driver;
 pub mod dump;
 pub mod memory;
-pub mod scripted;
 
 pub use driver::{HostDriver, HostPage};
 pub use dump::{DumpError, DumpFormat, DumpInfo};

@@ -247,7 +247,7 @@ pub(crate) const fn fault(
     level: u8,
     entry: Pa,
     value: u64,
-    reason: crate::FaultReason,
+    reason: crate::error::FaultReason,
 ) -> VmiError {
     VmiError::Translation(PageFault {
         va,

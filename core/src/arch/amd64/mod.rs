@@ -10,7 +10,10 @@ pub use events::{
     InterruptEvent, InterruptType, IoDirection, IoEvent, MemoryAccessEvent, MsrEvent, vector,
 };
 pub use gp_registers::GpRegisters;
-pub use paging::{Access, AccessKind, EntryFlags, Paging, PagingMode, PfErrorCode, RightsPolicy};
+pub use paging::{
+    Access, AccessKind, EntryFlags, EntryNames, PageTableEntry, Paging, PagingMode, PfErrorCode,
+    RightsPolicy, TableIndex, level_name,
+};
 pub use registers::{DescriptorTable, Registers, Segment};
 
 use crate::addr::{Pa, Va};

@@ -8,8 +8,8 @@ use introvisor::{Pa, VmiCore};
 
 use super::Failure;
 use super::args::{Opt, Parsed, count_arg, hex_arg};
-use crate::HostDriver;
-use crate::dump::DumpInfo;
+use introvisor_host::HostDriver;
+use introvisor_host::dump::DumpInfo;
 
 /// The options of `translate` and `read` that say how to walk.
 pub(crate) const WALK_OPTIONS: [Opt; 7] = [

@@ -1,4 +1,9 @@
-//! The driver trait: everything the core asks of a backend.
+//! All a backend implements or delivers: the driver trait [`VmiDriver`] (everything the
+//! core asks of a backend), the page handles it lends ([`PageRef`], `page.rs`), and the
+//! event and response records it passes to and from a handler ([`VmiEvent`],
+//! [`VmiEventResponse`], `event.rs`).
+//!
+//! Layer: may import `addr`, `access`, `error`, `cache` and `arch`.
 //!
 //! Only [`VmiDriver::info`] and [`VmiDriver::read_page`] are required. Every other
 //! capability has a default that returns [`VmiError::NotSupported`], so a read-only dump
@@ -11,8 +16,12 @@ use crate::access::{MemoryAccess, VmiInfo};
 use crate::addr::{Gfn, Pa, VcpuId, View};
 use crate::arch::Architecture;
 use crate::error::VmiError;
-use crate::event::{VmiEvent, VmiEventResponse};
-use crate::page::PageRef;
+
+mod event;
+mod page;
+
+pub use self::event::{VmiEvent, VmiEventFlags, VmiEventResponse, VmiEventResponseFlags};
+pub use self::page::PageRef;
 
 /// The registers type of a driver's architecture.
 pub type RegistersOf<D> = <<D as VmiDriver>::Architecture as Architecture>::Registers;

@@ -10,15 +10,30 @@
 //!
 //! The loop allocates nothing and uses no `Box`: the handler is borrowed, the context
 //! lives on the stack, and the driver receives the callback as `&mut dyn FnMut`.
+//!
+//! # Files
+//! - `mod.rs`: [`VmiSession`] and [`VmiHandler`] (one module: the loop and what it drives);
+//! - `context.rs`: [`VmiContext`] and [`VmiOsContext`], what a handler holds for one event;
+//! - `prober.rs`: [`VmiProber`] and [`PageFaults`], reads that record their page faults;
+//! - `amd64.rs`: what only an AMD64 session offers
+//!   ([`VmiContext::inject_page_fault`]). Impls for one architecture on the generic
+//!   session types live in a file named after it, not in `Architecture` items.
+//!
+//! Layer: the top one; may import every other module.
 
 use core::time::Duration;
 
-use crate::context::VmiContext;
-use crate::core::VmiCore;
-use crate::driver::VmiDriver;
+use crate::driver::{VmiDriver, VmiEventResponse};
 use crate::error::VmiError;
-use crate::handler::VmiHandler;
 use crate::os::VmiOs;
+use crate::vmi::VmiCore;
+
+mod amd64;
+mod context;
+mod prober;
+
+pub use self::context::{VmiContext, VmiOsContext};
+pub use self::prober::{PageFaults, Probed, VmiProber};
 
 /// How long [`VmiSession::handle`] waits for each event before calling
 /// [`VmiHandler::handle_timeout`]: 5 seconds.
@@ -162,5 +177,45 @@ fn supported(result: Result<(), VmiError>) -> Result<(), VmiError> {
     match result {
         Err(VmiError::NotSupported(_)) => Ok(()),
         other => other,
+    }
+}
+
+/// Answers events, and says when it has seen enough.
+///
+/// [`VmiSession::handle`] runs the loop: while [`VmiHandler::finished`] is false it waits
+/// for an event and calls [`VmiHandler::handle_event`] with a [`VmiContext`], or
+/// [`VmiHandler::handle_timeout`] when none came in time. A handler is plain state: it
+/// may hold fixed-capacity sets of page faults, counters, the views it created; nothing
+/// in the loop needs it to allocate.
+///
+/// ```
+/// use introvisor::{VmiContext, VmiDriver, VmiEventResponse, VmiHandler, VmiOs};
+///
+/// /// Counts events and stops after `limit`.
+/// struct Counter { seen: u32, limit: u32 }
+///
+/// impl<D: VmiDriver, O: VmiOs<D>> VmiHandler<D, O> for Counter {
+///     fn handle_event(&mut self, _ctx: VmiContext<'_, D, O>) -> VmiEventResponse<D::Architecture> {
+///         self.seen += 1;
+///         VmiEventResponse::continue_()
+///     }
+///
+///     fn finished(&self) -> bool {
+///         self.seen >= self.limit
+///     }
+/// }
+/// ```
+pub trait VmiHandler<D: VmiDriver, O: VmiOs<D>> {
+    /// Answers one event. Reads through `ctx` go through the event's address space.
+    fn handle_event(&mut self, ctx: VmiContext<'_, D, O>) -> VmiEventResponse<D::Architecture>;
+
+    /// Called when no event came within the session's timeout. Does nothing by default.
+    fn handle_timeout(&mut self, session: &VmiSession<'_, D, O>) {
+        let _ = session;
+    }
+
+    /// Whether the session should stop. Asked before each wait; `false` by default.
+    fn finished(&self) -> bool {
+        false
     }
 }

@@ -1,9 +1,11 @@
 //! The `introvisor` command-line tool: `demo`, `info`, `translate` and `read`.
 //!
-//! `main.rs` only calls [`run`]; everything else lives here so that it can be tested.
-//! The output formats and exit codes are a contract other tools script against: they are
-//! written out in each subcommand's `--help` (see [`help`]) and tested in
-//! `tests/cli.rs`.
+//! The tool is this package's binary, not library API: its modules are private to it and
+//! use the library (`introvisor_host`) as any other user would. [`main`] only hands the
+//! process's arguments and streams to [`run`], which takes them as parameters so that the
+//! commands' own unit tests need no process. The output formats and exit codes are a
+//! contract other tools script against: they are written out in each subcommand's
+//! `--help` (see [`help`]) and tested, on the binary run as a process, in `tests/cli.rs`.
 //!
 //! Exit codes: 0 success; 1 a read that met unmapped memory (or a walk that failed for a
 //! reason other than a page fault); 2 a usage error, a malformed number, or a dump that
@@ -18,30 +20,30 @@ mod target;
 mod translate;
 
 use std::ffi::OsString;
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 
 /// Success.
-pub const EXIT_OK: i32 = 0;
+const EXIT_OK: i32 = 0;
 /// A read met memory that is not mapped or not in the dump.
-pub const EXIT_FAULT: i32 = 1;
+const EXIT_FAULT: i32 = 1;
 /// A usage error, a malformed number, or an unreadable dump.
-pub const EXIT_USAGE: i32 = 2;
+const EXIT_USAGE: i32 = 2;
 
 /// The streams a command works on.
-pub struct Io<'a> {
+struct Io<'a> {
     /// Standard input (addresses for `translate`).
-    pub stdin: &'a mut dyn Read,
+    stdin: &'a mut dyn Read,
     /// Standard output.
-    pub stdout: &'a mut dyn Write,
+    stdout: &'a mut dyn Write,
     /// Standard error: messages and the progress line.
-    pub stderr: &'a mut dyn Write,
+    stderr: &'a mut dyn Write,
     /// Whether stderr is a terminal (progress is shown only then, unless forced).
-    pub stderr_is_terminal: bool,
+    stderr_is_terminal: bool,
 }
 
 /// Why a command stopped.
 #[derive(Debug)]
-pub(crate) enum Failure {
+enum Failure {
     /// Bad usage: the message, then a hint to `--help`; exit 2.
     Usage(String),
     /// Bad input (a malformed number, an unreadable dump); exit 2.
@@ -69,9 +71,9 @@ impl From<io::Error> for Failure {
 }
 
 /// Help texts.
-pub mod help {
+mod help {
     /// `introvisor --help`.
-    pub const TOP: &str = "\
+    pub(crate) const TOP: &str = "\
 introvisor: look inside a virtual machine's memory dump
 
 Usage: introvisor <COMMAND> [ARGS...]
@@ -96,7 +98,7 @@ Run 'introvisor <COMMAND> --help' for the details of a command.
 ";
 
     /// `introvisor demo --help`.
-    pub const DEMO: &str = "\
+    pub(crate) const DEMO: &str = "\
 introvisor demo: build a guest in memory and look inside it (no input needed)
 
 Usage: introvisor demo
@@ -108,7 +110,7 @@ size, rights), the strings, and the counters of the page and translation caches.
 ";
 
     /// `introvisor info --help`.
-    pub const INFO: &str = "\
+    pub(crate) const INFO: &str = "\
 introvisor info: describe a dump
 
 Usage: introvisor info DUMP
@@ -119,7 +121,7 @@ CR0/CR3/CR4, the derived EFER, the paging mode, RIP and CPL.
 ";
 
     /// `introvisor translate --help`.
-    pub const TRANSLATE: &str = "\
+    pub(crate) const TRANSLATE: &str = "\
 introvisor translate: translate virtual addresses to guest-physical addresses
 
 Usage: introvisor translate DUMP [--cr3 HEX] [OPTIONS] [VA ...]
@@ -162,7 +164,7 @@ a page fault.
 ";
 
     /// `introvisor read --help`.
-    pub const READ: &str = "\
+    pub(crate) const READ: &str = "\
 introvisor read: read virtual memory
 
 Usage: introvisor read DUMP [--cr3 HEX] [OPTIONS] VA LEN
@@ -186,8 +188,24 @@ malformed number, or a dump that cannot be opened.
 ";
 }
 
+/// Runs the tool on the process's arguments and standard streams, and exits with its code.
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let stderr = io::stderr();
+    let code = run(
+        &args,
+        Io {
+            stdin: &mut io::stdin().lock(),
+            stdout: &mut io::stdout().lock(),
+            stderr_is_terminal: stderr.is_terminal(),
+            stderr: &mut stderr.lock(),
+        },
+    );
+    std::process::exit(code);
+}
+
 /// Runs the tool with `args` (without the program name); returns the exit code.
-pub fn run(args: &[OsString], io: Io<'_>) -> i32 {
+fn run(args: &[OsString], io: Io<'_>) -> i32 {
     let Io {
         stdin,
         stdout,

@@ -7,7 +7,7 @@ use std::io::Write;
 use super::args;
 use super::target::{self, mode_name};
 use super::{EXIT_OK, Failure, help};
-use crate::dump::{DumpInfo, RegisterSource};
+use introvisor_host::dump::{DumpInfo, RegisterSource};
 
 /// A size in bytes, with a binary unit when it is large.
 pub(crate) fn human(bytes: u64) -> String {

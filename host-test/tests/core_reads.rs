@@ -1,6 +1,6 @@
-//! The foundation, end to end: the walker against `GuestBuilder`'s own record over random
-//! layouts, every read surface across page boundaries, and the defects of the reference
-//! design that must not come back.
+//! Reads through the core, end to end: the walker against `GuestBuilder`'s own record over
+//! random layouts, every read surface across page boundaries, and the defects of the
+//! reference design that must not come back.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

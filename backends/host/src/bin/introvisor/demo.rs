@@ -9,8 +9,8 @@ use introvisor::{AccessContext, Pa, Va, VmiCore, VmiDriver, VmiError};
 use super::args;
 use super::translate::fault_text;
 use super::{EXIT_OK, Failure, help};
-use crate::HostDriver;
-use crate::builder::{BuildError, GuestBuilder, MapFlags, PageSize};
+use introvisor_host::HostDriver;
+use introvisor_host::builder::{BuildError, GuestBuilder, MapFlags, PageSize};
 
 const USER: u64 = 0x40_0000;
 const USER_STRING: u64 = USER + 0xff8;
@@ -21,7 +21,7 @@ const TEXT: &str = "introvisor reads across page boundaries";
 const WIDE: &str = "Grüße from the kernel, in UTF-16 ✓";
 
 /// The demo guest, and the physical address of the user string.
-fn build() -> Result<(crate::builder::Guest, Pa), BuildError> {
+fn build() -> Result<(introvisor_host::builder::Guest, Pa), BuildError> {
     let mut g = GuestBuilder::new(8 << 20);
     let user0 = g.map_new(Va(USER), PageSize::Size4K, MapFlags::USER_DATA)?;
     g.map_new(Va(USER + 0x1000), PageSize::Size4K, MapFlags::USER_DATA)?;

@@ -1,4 +1,7 @@
 //! The trait an operating-system layer implements, and [`NoOs`] for guests without one.
+//! OS layers (`os/linux/`, ...) go in folders beside this file.
+//!
+//! Layer: may import `addr`, `access`, `error`, `cache`, `arch`, `driver` and `vmi`.
 //!
 //! An OS layer knows a guest kernel's structures: where the kernel image is, how to walk
 //! its process and module lists, which thread runs on a vCPU, where a function's
@@ -21,9 +24,9 @@ use core::ops::ControlFlow;
 
 use crate::access::MemoryAccess;
 use crate::addr::{Pa, Va};
-use crate::core::VmiCore;
 use crate::driver::{RegistersOf, VmiDriver};
 use crate::error::VmiError;
+use crate::vmi::VmiCore;
 
 #[cfg(feature = "linux")]
 pub mod linux;

@@ -4,7 +4,7 @@ use core::fmt::Write as _;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 
-use introvisor::arch::amd64::{Paging, PagingMode};
+use introvisor::arch::amd64::{PageTableEntry, Paging, PagingMode, level_name};
 use introvisor::{FaultReason, PageFault, Translation, Va, VmiError, WalkStep};
 
 use super::args::{self, Opt, parse_hex};
@@ -33,55 +33,6 @@ pub(crate) fn fault_text(pf: &PageFault) -> String {
         pf.entry.0,
         pf.value
     )
-}
-
-/// The name of the entry at `level` in `mode`.
-fn entry_name(mode: PagingMode, level: u8) -> &'static str {
-    match (mode, level) {
-        (_, 1) => "PTE",
-        (_, 2) => "PDE",
-        (PagingMode::Pae, 3) | (PagingMode::Level4 | PagingMode::Level5, 3) => "PDPTE",
-        (_, 4) => "PML4E",
-        (_, 5) => "PML5E",
-        _ => "entry",
-    }
-}
-
-/// The index of `va`'s entry at `level` (SDM Vol. 3A Figures 4-2, 4-5, 4-8, 4-9).
-fn entry_index(mode: PagingMode, level: u8, va: u64) -> u64 {
-    let below = u32::from(level.saturating_sub(1)).min(5);
-    let shifted = |shift: u32| va.checked_shr(shift).unwrap_or(0);
-    match mode {
-        PagingMode::Bits32 => shifted(12 + 10 * below) & 0x3ff,
-        PagingMode::Pae if level == 3 => shifted(30) & 0x3,
-        _ => shifted(12 + 9 * below) & 0x1ff,
-    }
-}
-
-/// The flags of an entry, by the SDM's names (Tables 4-4 to 4-20).
-fn flag_names(mode: PagingMode, level: u8, value: u64) -> String {
-    let wide = mode != PagingMode::Bits32;
-    let mut names = Vec::new();
-    let bits: [(u32, &str); 9] = [
-        (0, "P"),
-        (1, "RW"),
-        (2, "US"),
-        (3, "PWT"),
-        (4, "PCD"),
-        (5, "A"),
-        (6, "D"),
-        (7, if level == 1 { "PAT" } else { "PS" }),
-        (8, "G"),
-    ];
-    for (bit, name) in bits {
-        if value & (1 << bit) != 0 {
-            names.push(name);
-        }
-    }
-    if wide && value & (1 << 63) != 0 {
-        names.push("XD");
-    }
-    names.join(" ")
 }
 
 fn size_name(size: u64) -> String {
@@ -118,15 +69,15 @@ fn verbose(t: &Target, va: u64, out: &mut dyn Write) -> Result<Option<VmiError>,
     for s in &steps {
         let label = format!(
             "{}[{}]",
-            entry_name(paging.mode, s.level),
-            entry_index(paging.mode, s.level, va)
+            level_name(paging.mode, s.level),
+            paging.mode.table_index(s.level, Va(va))
         );
         let _ = writeln!(
             text,
             "#   {label:<11} at {:#x} = 0x{:0hexw$x}  {}",
             s.entry.0,
             s.value,
-            flag_names(paging.mode, s.level, s.value)
+            PageTableEntry::new(s.value).names(paging.mode, s.level)
         );
     }
     let line = match result {

@@ -30,7 +30,7 @@
 //! ```
 //! use introvisor::{NoOs, VmiContext, VmiCore, VmiEventResponse, VmiHandler, VmiSession, View};
 //! use introvisor::arch::amd64::Amd64;
-//! use introvisor_host::scripted::{Action, ScriptedDriver};
+//! use introvisor_host_test::scripted::{Action, ScriptedDriver};
 //!
 //! let driver = ScriptedDriver::new(vec![0; 0x10000], 1);
 //! driver.create_views(1);
@@ -70,12 +70,11 @@ use introvisor::arch::amd64::{
     Amd64, ControlRegister, EventMonitor, EventReason, GpRegisters, Interrupt, Registers, vector,
 };
 use introvisor::driver::EventHandler;
-
-use crate::{HostDriver, HostPage};
 use introvisor::{
     Gfn, MemoryAccess, Pa, VcpuId, View, VmiDriver, VmiError, VmiEvent, VmiEventResponse,
     VmiEventResponseFlags, VmiInfo,
 };
+use introvisor_host::{HostDriver, HostPage};
 
 pub use script::{ScriptError, ScriptedEvent, Step, parse_script};
 
