@@ -19,8 +19,8 @@
 //! belongs to (checked against the header's lengths and the span given), every loop is
 //! bounded by the section's length or by [`MAX_DEPTH`].
 
-use crate::core::VmiCore;
 use crate::driver::VmiDriver;
+use crate::vmi::VmiCore;
 
 use super::LinuxError;
 use super::cursor::Cursor;

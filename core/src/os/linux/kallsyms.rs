@@ -41,8 +41,8 @@
 
 use core::ops::ControlFlow;
 
-use crate::core::VmiCore;
 use crate::driver::VmiDriver;
+use crate::vmi::VmiCore;
 
 use super::LinuxError;
 use super::cursor::Cursor;

@@ -7,8 +7,8 @@
 use crate::access::AccessContext;
 use crate::addr::{Pa, Va};
 use crate::arch::amd64::{Amd64, Paging, PagingMode};
-use crate::core::VmiCore;
 use crate::driver::VmiDriver;
+use crate::vmi::VmiCore;
 
 use super::LinuxError;
 

@@ -1,7 +1,7 @@
 //! The struct layouts the layer needs, read from BTF once.
 
-use crate::core::VmiCore;
 use crate::driver::VmiDriver;
+use crate::vmi::VmiCore;
 
 use super::LinuxError;
 use super::btf::{Btf, BtfStruct};

@@ -5,8 +5,8 @@ use core::ops::ControlFlow;
 use crate::access::MemoryAccess;
 use crate::addr::{Pa, Va};
 use crate::arch::amd64::{Amd64, Registers};
-use crate::core::VmiCore;
 use crate::driver::VmiDriver;
+use crate::vmi::VmiCore;
 
 use super::LinuxError;
 use super::find::LinuxOs;

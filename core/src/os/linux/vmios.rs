@@ -5,13 +5,13 @@ use core::ops::ControlFlow;
 use crate::access::AccessContext;
 use crate::addr::{Pa, Va};
 use crate::arch::amd64::{Amd64, Registers};
-use crate::core::VmiCore;
 use crate::driver::VmiDriver;
 use crate::error::VmiError;
 use crate::os::{
     Module, Process, ProcessId, ProcessObject, Region, RegionKind, Thread, ThreadId, ThreadObject,
     VmiOs,
 };
+use crate::vmi::VmiCore;
 
 use super::LinuxError;
 use super::find::LinuxOs;
