@@ -129,6 +129,8 @@ pub struct Fixture {
     pub ks_offsets: u64,
     /// The BTF blob (physical) and length.
     pub btf: (u64, u64),
+    /// The record of task_struct's unnamed `{ pid; tgid; }` member (physical) and its id.
+    pub btf_pid_struct: (u64, u32),
     /// The processes, in list order (init_task not included).
     pub tasks: Vec<ExpectedTask>,
     /// Threads of the process at `tasks[threads.0]`: their pids.
@@ -464,7 +466,8 @@ impl BtfW {
     }
 }
 
-fn btf_blob(spec: &Spec) -> Vec<u8> {
+/// The BTF blob, and the offset and id of the unnamed `{ pid; tgid; }` struct's record.
+fn btf_blob(spec: &Spec) -> (Vec<u8>, u64, u32) {
     let mut w = BtfW::new();
     let int = w.int("int", 4);
     let uint = w.int("unsigned int", 4);
@@ -521,6 +524,8 @@ fn btf_blob(spec: &Spec) -> Vec<u8> {
             ("signal", signal + 1, TL.signal),
         ],
     );
+    let anon_off = 24 + w.types.pos();
+    let anon_id = w.next;
     w.compound(4, "", 8, &[("pid", pidt, 0), ("tgid", pidt, 4)]);
     let _ = const_task_p;
     // padding ids so mm == task + 5
@@ -688,7 +693,7 @@ fn btf_blob(spec: &Spec) -> Vec<u8> {
             &[("current_task", task_p, 0), ("preempt_count", int, 8)],
         );
     }
-    w.finish()
+    (w.finish(), anon_off, anon_id)
 }
 
 // ----- the guest -----------------------------------------------------------------------------
@@ -787,7 +792,7 @@ pub fn build(spec: Spec) -> Fixture {
     syms.push((text + 0x1f_0000, 'T', "_etext".into()));
     syms.push((rodata, 'R', "__start_rodata".into()));
     let btf_at = rodata + 0x10_0000;
-    let btf = btf_blob(&spec);
+    let (btf, anon_off, anon_id) = btf_blob(&spec);
     syms.push((btf_at, 'R', "__start_BTF".into()));
     syms.push((btf_at + btf.len() as u64, 'R', "__stop_BTF".into()));
     syms.push((init_top_pgt, 'D', "init_top_pgt".into()));
@@ -1149,6 +1154,7 @@ NUMBER(pgtable_l5_enabled)={}\nKERNELOFFSET={:x}\nNUMBER(phys_base)={}\nSYMBOL(k
         ks_token_index: pa_of(ks_at + ks.token_index),
         ks_offsets: pa_of(ks_at + ks.offsets),
         btf: (pa_of(btf_at), btf.len() as u64),
+        btf_pid_struct: (pa_of(btf_at) + anon_off, anon_id),
         tasks: expected,
         threads: (pos_of_pid[&88] - 1, vec![88, 89, 90]),
         modules: expected_mods,

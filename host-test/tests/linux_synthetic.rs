@@ -489,6 +489,20 @@ fn corrupt_btf_is_a_named_error() {
 }
 
 #[test]
+fn an_unnamed_member_that_contains_itself_is_a_named_error_not_a_hang() {
+    let mut f = build(Spec::v612());
+    // `tgid` becomes an unnamed member whose type is its own struct: a cycle
+    let (at, id) = f.btf_pid_struct;
+    let tgid = at as usize + 12 + 12;
+    f.memory[tgid..tgid + 4].copy_from_slice(&0u32.to_le_bytes());
+    f.memory[tgid + 4..tgid + 8].copy_from_slice(&id.to_le_bytes());
+    match find(&f) {
+        Err(LinuxError::BtfCorrupt(why)) => assert!(why.contains("too deep"), "{why}"),
+        other => panic!("{:?}", other.map(|o| o.space)),
+    }
+}
+
+#[test]
 fn a_corrupt_maple_tree_is_a_named_error() {
     let mut f = build(Spec::v612());
     let os = find(&f).unwrap();

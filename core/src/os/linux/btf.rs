@@ -30,6 +30,9 @@ use super::mem::Phys;
 pub const BTF_MAGIC: u16 = 0xeb9f;
 /// How deep the lookups follow unnamed members and type modifiers.
 pub const MAX_DEPTH: u32 = 16;
+/// The most members one member lookup visits, through every unnamed member it enters
+/// (the kernel's largest search, `task_struct`'s, visits a few hundred).
+pub const MEMBER_BUDGET: u32 = 1 << 16;
 const INDEX_SLOTS: usize = 256;
 
 const KIND_INT: u32 = 1;
@@ -56,6 +59,13 @@ fn extra_len(kind: u32, vlen: u64) -> Option<u64> {
         6 | 13 => 8 * vlen,                          // ENUM, FUNC_PROTO
         _ => return None,
     })
+}
+
+/// The state of one member lookup: the readers and the members it may still visit.
+struct Search<'c, 'p, 'a, D: VmiDriver> {
+    cur: &'c mut Cursor<'p, 'a, D>,
+    names: &'c mut Cursor<'p, 'a, D>,
+    budget: u32,
 }
 
 /// One type record's head.
@@ -384,14 +394,18 @@ impl Btf {
                 "a member asked of a BTF type that is not a struct",
             ));
         }
-        self.member_in(&mut cur, &mut names_cur, r, name.as_bytes(), 0, 0)?
+        let mut search = Search {
+            cur: &mut cur,
+            names: &mut names_cur,
+            budget: MEMBER_BUDGET,
+        };
+        self.member_in(&mut search, r, name.as_bytes(), 0, 0)?
             .ok_or(LinuxError::BtfMemberNotFound)
     }
 
     fn member_in<D: VmiDriver>(
         &self,
-        cur: &mut Cursor<'_, '_, D>,
-        names_cur: &mut Cursor<'_, '_, D>,
+        search: &mut Search<'_, '_, '_, D>,
         r: Record,
         name: &[u8],
         base: u64,
@@ -402,7 +416,11 @@ impl Btf {
         }
         let members = self.types.wrapping_add(r.at).wrapping_add(12);
         for i in 0..r.vlen() {
+            search.budget = search.budget.checked_sub(1).ok_or(LinuxError::BtfCorrupt(
+                "a BTF member search visits more than MEMBER_BUDGET members",
+            ))?;
             let m = members.wrapping_add(12 * i);
+            let cur = &mut *search.cur;
             let (m_name, m_type, m_off) = (
                 cur.u32(m)?,
                 cur.u32(m.wrapping_add(4))?,
@@ -415,7 +433,7 @@ impl Btf {
             };
             let offset = base.wrapping_add(u64::from(bits) / 8);
             if m_name != 0 {
-                if self.name_is(names_cur, m_name, name)? {
+                if self.name_is(search.names, m_name, name)? {
                     return Ok(Some(BtfMember {
                         offset,
                         type_id: m_type,
@@ -423,10 +441,9 @@ impl Btf {
                 }
                 continue;
             }
-            let inner = self.resolve(cur, m_type)?;
+            let inner = self.resolve(search.cur, m_type)?;
             if matches!(inner.kind(), KIND_STRUCT | KIND_UNION)
-                && let Some(found) =
-                    self.member_in(cur, names_cur, inner, name, offset, depth + 1)?
+                && let Some(found) = self.member_in(search, inner, name, offset, depth + 1)?
             {
                 return Ok(Some(found));
             }

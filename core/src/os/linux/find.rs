@@ -370,7 +370,11 @@ impl LinuxOs {
         // BTF
         let (btf, btf_found_by) = match (symbols.start_btf, symbols.stop_btf) {
             (Some(start), Some(stop)) if stop > start => (
-                Btf::at_phys(phys, start.wrapping_sub(image_delta), stop - start)?,
+                Btf::at_phys(
+                    phys,
+                    start.wrapping_sub(image_delta),
+                    (stop - start).min(BTF_MAX),
+                )?,
                 BtfFoundBy::Symbols,
             ),
             _ => (

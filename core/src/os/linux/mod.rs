@@ -29,7 +29,7 @@ mod tasks;
 mod vmcoreinfo;
 mod vmios;
 
-pub use btf::{BTF_MAGIC, Btf, BtfMember, BtfStruct, MAX_DEPTH};
+pub use btf::{BTF_MAGIC, Btf, BtfMember, BtfStruct, MAX_DEPTH, MEMBER_BUDGET};
 pub use error::LinuxError;
 pub use find::{
     BANNER_MAX, BTF_MAX, BtfFoundBy, FindHint, IMAGE_MAX, ImageFoundBy, KernelSymbols, LinuxOs,
