@@ -572,3 +572,48 @@ fn every_symbol_of_both_orders_decodes_the_same() {
         "{names:?}"
     );
 }
+
+#[test]
+fn random_damage_anywhere_gives_ok_or_err_never_a_panic_or_a_hang() {
+    use introvisor_host_test::{Rng, seed};
+    let s = seed(0x11_4e55);
+    println!("seed {s}");
+    let mut rng = Rng::new(s);
+    let clean = build(Spec::v612());
+    let sh = clean.tasks[clean.vmas.0].task;
+    // the places the layer reads: kallsyms, BTF, task structs, the maple tree area
+    let regions = [
+        (clean.ks_names, 0x4000u64),
+        (clean.ks_token_table, 0x800),
+        (clean.ks_offsets, 0x1000),
+        (clean.btf.0, clean.btf.1),
+        (pa_of_direct(&clean, clean.tasks[0].task), 0x40000),
+        (pa_of_direct(&clean, sh), 0x8000),
+    ];
+    for round in 0..12 {
+        let mut f = build(Spec::v612());
+        let (start, len) = regions[round % regions.len()];
+        for _ in 0..1 + rng.below(24) {
+            let at = (start + rng.below(len)) as usize;
+            f.memory[at] = rng.next_u64() as u8;
+        }
+        let core = core_of(&f);
+        let mut scratch = vec![0u8; 64 << 10];
+        let Ok(os) = LinuxOs::find(&core, FindHint::default(), &mut scratch) else {
+            continue;
+        };
+        let mut n = 0u32;
+        let _ = os.tasks(&core, |t| {
+            n += 1;
+            let _ = os.threads_of(&core, t.task, |_| ControlFlow::Continue(()));
+            let _ = os.vmas(&core, t.task, |_| ControlFlow::Continue(()));
+            ControlFlow::Continue(())
+        });
+        let _ = os.modules_list(&core, |_| ControlFlow::Continue(()));
+        let _ = os.current_task(&core, &Registers::default());
+        let mut buf = [0u8; NAME_MAX];
+        let _ = os.kallsyms.symbolize(&core, f.text + 0x1234, &mut buf);
+        let _ = os.kallsyms.for_each(&core, |_| ControlFlow::Continue(()));
+        assert!(n < 1 << 20);
+    }
+}

@@ -11,6 +11,26 @@
 //!   paging, KASLR slide, `page_offset_base`) and the [`VmiOs`](crate::os::VmiOs) layer:
 //!   processes, threads, modules, the current task, a process's VMAs.
 //!
+//! # What it needs of the kernel
+//! x86-64; `CONFIG_KALLSYMS_ALL` (`init_task`, `init_top_pgt`, `modules`, `linux_banner`
+//! are data symbols) with the base-relative offsets of every kernel since 4.6 (the
+//! layouts [`Kallsyms`] lists; others are refused by name); `CONFIG_DEBUG_INFO_BTF`;
+//! `init_top_pgt` mapping `_text` (every x86-64 kernel). Checked on Debian 12's 6.1.192
+//! and bookworm-backports' 6.12.95, KASLR on and off, `pti=on`, 4- and 5-level paging
+//! (`host-test/tests/linux_guest.rs`), and on synthetic guests of each layout
+//! (`host-test/tests/linux_synthetic.rs`).
+//!
+//! # Known limits
+//! - Names are `task_struct.comm` (15 bytes): `/proc` shows a kernel thread's full name
+//!   and a workqueue worker's queue, which `comm` does not hold.
+//! - Without a kernel-mode GS base in the registers (a dump stopped in user mode keeps
+//!   the kernel's in `KERNEL_GS_BASE`, which QEMU's ELF notes do not carry), the current
+//!   task is CPU 0's (`__per_cpu_offset[0]`): right for one vCPU only.
+//! - Only core-kernel symbols: module symbols (`[module]` lines of `/proc/kallsyms`) are
+//!   not read.
+//! - VMAs before 6.1 (`mm->mmap`, `vm_next`) are read by the same code but were not
+//!   checked on a real guest.
+//!
 //! # Contract
 //! No allocation, bounded memory (the largest fixed buffer is the 4 KiB copy of the
 //! kallsyms token table; scans take a caller-supplied scratch buffer). For any guest
