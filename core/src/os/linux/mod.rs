@@ -24,7 +24,7 @@
 //! - Names are `task_struct.comm` (15 bytes): `/proc` shows a kernel thread's full name
 //!   and a workqueue worker's queue, which `comm` does not hold.
 //! - Without a kernel-mode GS base in the registers (a dump stopped in user mode keeps
-//!   the kernel's in `KERNEL_GS_BASE`, which QEMU's ELF notes do not carry), the current
+//!   the kernel's in `KERNEL_GS_BASE`, which older QEMUs' ELF notes lack), the current
 //!   task is CPU 0's (`__per_cpu_offset[0]`): right for one vCPU only.
 //! - Only core-kernel symbols: module symbols (`[module]` lines of `/proc/kallsyms`) are
 //!   not read.
