@@ -130,7 +130,7 @@ T0=$(date +%s)
 
 # 1. Fast path: complete captures for this script version and kernel.
 if resolve_kernel && resolve_kernel_612 && captures_complete; then
-    say "captures in $OUTDIR are up to date ($KPKG $KVER); nothing to do"
+    say "captures in $OUTDIR are up to date ($KPKG $KVER, $K612PKG $K612VER); nothing to do"
     exit 0
 fi
 
