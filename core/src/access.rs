@@ -25,6 +25,7 @@ bitflags::bitflags! {
 }
 
 #[cfg(feature = "defmt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "defmt")))]
 impl defmt::Format for MemoryAccess {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(f, "MemoryAccess({=u8:#x})", self.bits())

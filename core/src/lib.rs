@@ -95,6 +95,7 @@
 
 #![no_std]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     not(test),
     deny(
@@ -141,7 +142,9 @@ pub use self::vmi::{
     DEFAULT_STRING_LENGTH_LIMIT, GFN_CACHE_CAPACITY, PauseGuard, V2P_CACHE_CAPACITY, VmiCore,
 };
 
-/// The README's examples, compiled and run as doctests.
+/// The crate's README (`core/README.md`, packaged with the crate), its example compiled
+/// and run as a doctest both in the workspace and in the published package. The
+/// repository's README is tested by `introvisor-host-test`.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

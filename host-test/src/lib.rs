@@ -45,3 +45,9 @@ pub fn seed(default: u64) -> u64 {
         .unwrap_or(default)
 }
 pub mod linux_fixture;
+
+/// The repository's README (`README.md` at the root, which no package ships), its
+/// examples compiled and run as doctests here.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct RootReadmeDoctests;

@@ -5,5 +5,11 @@
 //! into events) is planned in a later issue.
 
 #![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use introvisor;
+
+/// The crate's README, its example compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -152,3 +152,34 @@ fn a_broken_guest_is_exit_1_with_the_named_error() {
     let (code, _, _) = run(&["ps", "/nonexistent/dump"]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn guest_names_are_escaped_and_the_json_parses() {
+    let (mut f, _) = fixture("esc");
+    let sh = f.tasks.iter().find(|t| t.comm == "sh").unwrap().task;
+    let comm = (sh + f.off.comm - f.spec.page_offset_base) as usize;
+    f.memory[comm..comm + 4].copy_from_slice(b"s\x1b]h");
+    let d = Dump::new("esc", &f.memory);
+    let (code, out, _) = run(&["ps", d.path()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("88 1 s\\x1b]h 0x"), "{out}");
+    assert!(!out.contains('\x1b'));
+    for cmd in ["ps", "modules", "linux"] {
+        let (code, out, _) = run(&[cmd, d.path(), "--json"]);
+        assert_eq!(code, 0);
+        for line in out.lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{cmd}: {e}: {line}"));
+            assert!(v.is_object());
+        }
+    }
+    let (_, out, _) = run(&["ps", d.path(), "--json"]);
+    let sh: serde_json::Value =
+        serde_json::from_str(out.lines().find(|l| l.contains("\"pid\":88")).unwrap()).unwrap();
+    assert_eq!(sh["comm"], "s\u{1b}]h");
+    assert_eq!(sh["ppid"], 1);
+    let (_, out, _) = run(&["symbols", d.path(), "init_task", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["type"], "D");
+    assert!(v["address"].as_str().unwrap().starts_with("0xffffffff8"));
+}

@@ -17,6 +17,7 @@ bitflags::bitflags! {
 }
 
 #[cfg(feature = "defmt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "defmt")))]
 impl defmt::Format for VmiEventFlags {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(f, "VmiEventFlags({=u8:#x})", self.bits())
@@ -77,6 +78,7 @@ bitflags::bitflags! {
 }
 
 #[cfg(feature = "defmt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "defmt")))]
 impl defmt::Format for VmiEventResponseFlags {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(f, "VmiEventResponseFlags({=u8:#x})", self.bits())

@@ -13,11 +13,14 @@ use introvisor::{Pa, VmiCore};
 use introvisor_host::HostDriver;
 
 use super::args::{self, Opt};
+use super::escape::escape;
+use super::json;
 use super::target;
 use super::{EXIT_FAULT, EXIT_OK, Failure, help};
 
 /// The options every Linux command takes.
-const OPTS: [Opt; 4] = [
+const OPTS: [Opt; 5] = [
+    target::FORMAT_OPTION,
     Opt {
         name: "json",
         short: None,
@@ -40,23 +43,22 @@ const OPTS: [Opt; 4] = [
     },
 ];
 
-/// A JSON string literal.
-fn js(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+/// A JSON string literal of guest bytes (decoded lossily; see `json`).
+fn js(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 2);
+    json::string(&mut out, &String::from_utf8_lossy(bytes));
     out
+}
+
+/// Guest bytes up to their first NUL.
+fn until_nul(bytes: &[u8]) -> &[u8] {
+    let n = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    bytes.get(..n).unwrap_or(bytes)
+}
+
+/// Guest bytes for a terminal (see `escape`).
+fn text(bytes: &[u8]) -> String {
+    escape(until_nul(bytes))
 }
 
 struct Found {
@@ -78,7 +80,7 @@ fn find(path: &OsString, opts: &args::Parsed) -> Result<Found, Failure> {
         .map(|v| args::count_arg(v, "vCPU number"))
         .transpose()?
         .unwrap_or(0);
-    let (driver, info) = target::open(path)?;
+    let (driver, info) = target::open(path, target::format_choice(opts)?)?;
     let registers = usize::try_from(vcpu)
         .ok()
         .and_then(|i| info.vcpus.get(i))
@@ -141,12 +143,12 @@ pub(crate) fn ps(argv: &[OsString], stdout: &mut dyn Write) -> Result<i32, Failu
             let _ = writeln!(
                 out,
                 "{{\"pid\":{},\"ppid\":{},\"comm\":{},\"pgd\":\"{:#x}\",\"user_pgd\":{},\"tgid\":{},\"state\":{},\"task\":\"{:#x}\",\"kernel_thread\":{}}}",
-                t.pid, t.ppid, js(t.comm_str()), t.pgd.0,
+                t.pid, t.ppid, js(until_nul(&t.comm)), t.pgd.0,
                 t.user_pgd.map_or("null".to_owned(), |p| format!("\"{:#x}\"", p.0)),
                 t.tgid, t.state, t.task.0, t.is_kernel_thread()
             );
         } else {
-            let _ = writeln!(out, "{} {} {} {:#x}", t.pid, t.ppid, t.comm_str(), t.pgd.0);
+            let _ = writeln!(out, "{} {} {} {:#x}", t.pid, t.ppid, text(&t.comm), t.pgd.0);
         }
         ControlFlow::Continue(())
     })
@@ -171,13 +173,13 @@ pub(crate) fn modules(argv: &[OsString], stdout: &mut dyn Write) -> Result<i32, 
             let _ = writeln!(
                 out,
                 "{{\"name\":{},\"base\":\"{:#x}\",\"size\":{},\"object\":\"{:#x}\"}}",
-                js(m.name_str()),
+                js(until_nul(&m.name)),
                 m.base.0,
                 m.size,
                 m.object.0
             );
         } else {
-            let _ = writeln!(out, "{} {:#x} {}", m.name_str(), m.base.0, m.size);
+            let _ = writeln!(out, "{} {:#x} {}", text(&m.name), m.base.0, m.size);
         }
         ControlFlow::Continue(())
     })
@@ -206,9 +208,9 @@ pub(crate) fn symbols(
     let mut write_err = None;
     f.os.kallsyms
         .for_each(&f.core, |s| {
-            let name = s.name_str();
+            let name = s.name;
             if !names.is_empty() {
-                match names.iter().position(|n| n == name) {
+                match names.iter().position(|n| n.as_bytes() == name) {
                     Some(i) => seen[i] = true,
                     None => return ControlFlow::Continue(()),
                 }
@@ -216,13 +218,13 @@ pub(crate) fn symbols(
             let r = if json {
                 writeln!(
                     out,
-                    "{{\"address\":\"{:#x}\",\"type\":\"{}\",\"name\":{}}}",
+                    "{{\"address\":\"{:#x}\",\"type\":{},\"name\":{}}}",
                     s.address,
-                    s.kind as char,
+                    js(&[s.kind]),
                     js(name)
                 )
             } else {
-                writeln!(out, "{:016x} {} {}", s.address, s.kind as char, name)
+                writeln!(out, "{:016x} {} {}", s.address, text(&[s.kind]), text(name))
             };
             if let Err(e) = r {
                 write_err = Some(e);
@@ -279,10 +281,10 @@ pub(crate) fn maps(argv: &[OsString], stdout: &mut dyn Write) -> Result<i32, Fai
                 out,
                 "{{\"start\":\"{:#x}\",\"end\":\"{:#x}\",\"rights\":\"{rights}\",\"flags\":\"{:#x}\",\"file\":{}}}",
                 v.start.0, v.end.0, v.flags,
-                if v.file == 0 { "null".to_owned() } else { js(v.file_name_str()) }
+                if v.file == 0 { "null".to_owned() } else { js(until_nul(&v.file_name)) }
             );
         } else {
-            let _ = writeln!(out, "{:08x}-{:08x} {rights} {}", v.start.0, v.end.0, v.file_name_str());
+            let _ = writeln!(out, "{:08x}-{:08x} {rights} {}", v.start.0, v.end.0, text(&v.file_name));
         }
         ControlFlow::Continue(())
     })
@@ -317,7 +319,12 @@ pub(crate) fn linux(argv: &[OsString], stdout: &mut dyn Write) -> Result<i32, Fa
     let current = f
         .registers
         .and_then(|r| os.current_task(&f.core, &r).ok())
-        .map(|t| (t.pid, t.comm_str().to_owned()));
+        .map(|t| {
+            (
+                t.pid,
+                String::from_utf8_lossy(until_nul(&t.comm)).into_owned(),
+            )
+        });
     let rows: Vec<(&str, String)> = vec![
         ("banner", os.banner().to_owned()),
         ("release", os.release().to_owned()),
@@ -366,14 +373,14 @@ pub(crate) fn linux(argv: &[OsString], stdout: &mut dyn Write) -> Result<i32, Fa
                 out,
                 "{}{}:{}",
                 if i > 0 { "," } else { "" },
-                js(key),
-                js(value)
+                js(key.as_bytes()),
+                js(value.as_bytes())
             );
         }
         out.push_str("}\n");
     } else {
         for (key, value) in rows.iter().filter(|(_, v)| !v.is_empty()) {
-            let _ = writeln!(out, "{key}: {value}");
+            let _ = writeln!(out, "{key}: {}", escape(value.as_bytes()));
         }
     }
     stdout.write_all(out.as_bytes())?;

@@ -10,11 +10,16 @@
 //!
 //! Exit codes: 0 success; 1 a read that met unmapped memory (or a walk that failed for a
 //! reason other than a page fault); 2 a usage error, a malformed number, or a dump that
-//! cannot be opened.
+//! cannot be opened; 3 the output could not be written (a closed pipe, a full disk).
+//!
+//! Every byte that came from a dump or standard input is escaped before it is printed
+//! (see [`escape`]), and so is every message on stderr.
 
 mod args;
 mod demo;
+mod escape;
 mod info;
+mod json;
 mod linux;
 mod progress;
 mod read;
@@ -30,6 +35,9 @@ const EXIT_OK: i32 = 0;
 const EXIT_FAULT: i32 = 1;
 /// A usage error, a malformed number, or an unreadable dump.
 const EXIT_USAGE: i32 = 2;
+/// Writing the output failed: a closed pipe, a full disk. Not a usage error: the command
+/// was right, its output did not arrive whole.
+const EXIT_OUTPUT: i32 = 3;
 
 /// The streams a command works on.
 struct Io<'a> {
@@ -86,22 +94,33 @@ Commands:
   demo        build a small guest in memory and show translations, strings, caches
   info        describe a dump: format, size, memory ranges, vCPUs
   translate   translate virtual addresses to guest-physical ones
-  read        read virtual memory (hex dump, or raw bytes)
+  read        read virtual or physical memory (hex dump, raw bytes, or JSON)
   ps          Linux: the processes (pid ppid comm pgd)
   modules     Linux: the loaded kernel modules
   symbols     Linux: the kernel's symbols (kallsyms), all or by name
   maps        Linux: the memory regions of one process
   linux       Linux: what was found in the dump and how
 
-A DUMP is a raw image of guest-physical memory (byte n = address n) or an ELF core
-file as written by QEMU's dump-guest-memory or `virsh dump --memory-only`; the format
-is recognised by content.
+A DUMP is an ELF core file as written by QEMU's dump-guest-memory or `virsh dump
+--memory-only`, a LiME image (lime.ko's format=lime), or a raw image of
+guest-physical memory (byte n = address n). The format is recognised by content: a
+file is raw only when no known header matched, and zstd, gzip, xz and LZ4 files are
+refused (decompress them first). --format raw|elf|lime reads a file as that format
+whatever it starts with.
 
 Numbers: addresses, CR3 and LEN are hexadecimal, with or without 0x; '_' may
 separate digits. Only --vcpu and --maxphyaddr take decimal numbers.
 
+--json (info, translate, read) writes JSON for scripts instead of text: addresses and
+entry values as \"0x...\" strings (JSON numbers lose precision above 2^53), counts and
+sizes as numbers, every control character escaped.
+
 Exit status: 0 success; 1 a read met unmapped memory; 2 a usage error, a malformed
-number, or a dump that cannot be opened.
+number, or a dump that cannot be opened; 3 the output could not be written (a
+closed pipe, a full disk).
+
+Bytes from a dump or from standard input are escaped before they are printed:
+control characters, '\\' and bytes that are not UTF-8 appear as \\xNN.
 
 Run 'introvisor <COMMAND> --help' for the details of a command.
 ";
@@ -122,11 +141,34 @@ size, rights), the strings, and the counters of the page and translation caches.
     pub(crate) const INFO: &str = "\
 introvisor info: describe a dump
 
-Usage: introvisor info DUMP
+Usage: introvisor info DUMP [--format raw|elf|lime] [--json]
 
-Prints the format, the file size, the guest-physical memory ranges (with their
-file offsets) and, for an ELF core, each vCPU: where its registers come from,
+Prints the format (as detected: 'raw (no known header)' when no known header
+matched), the file size, the guest-physical memory ranges (with their file
+offsets) and, for an ELF core, each vCPU: where its registers come from,
 CR0/CR3/CR4, the derived EFER, the paging mode, RIP and CPL.
+
+Options:
+  --format FORMAT    read the dump as raw, elf or lime, whatever its content
+  --json             print one JSON object instead:
+                       {\"file\", \"format\": \"raw\"|\"elf\"|\"lime\", \"description\",
+                        \"forced\", \"elf\": {\"class\", \"machine\"} or null,
+                        \"file_size\", \"memory_size\",
+                        \"ranges\": [{\"start\", \"end\" (inclusive), \"len\", \"file_offset\"}],
+                        \"vcpus\": [{\"index\", \"source\": \"qemu-cpu-state\"|\"prstatus\",
+                                   \"control_registers\", \"cr0\", \"cr3\", \"cr4\", \"efer\",
+                                   \"efer_derived\", \"paging\": \"off\"|\"32\"|\"pae\"|\"4\"|\"5\",
+                                   \"rip\", \"rsp\", \"cpl\", ...}],
+                        \"notes\": [{\"name\" (UTF-8, U+FFFD for bad bytes),
+                                   \"name_hex\" (the bytes held), \"name_len\" (the
+                                   name's full length), \"type\", \"size\"}],
+                        \"warnings\": [...]}
+
+Only regular files are read: a FIFO, a pipe, a device or a directory is refused.
+Note names are escaped (control characters and bytes that are not UTF-8 as \\xNN)
+and cut to 64 bytes.
+Exit status: 0 success; 2 the dump cannot be opened; 3 the output could not be
+written (a closed pipe, a full disk).
 ";
 
     /// `introvisor translate --help`.
@@ -136,7 +178,9 @@ introvisor translate: translate virtual addresses to guest-physical addresses
 Usage: introvisor translate DUMP [--cr3 HEX] [OPTIONS] [VA ...]
 
 With no VA arguments, reads one VA per line from standard input (blank lines and
-lines starting with '#' are skipped). Prints one line per VA, in input order:
+lines starting with '#' are skipped; a line longer than 4096 bytes is an error,
+reported by its number and length, and skipped). Prints one line per VA, in input
+order:
 
   0x<va> 0x<pa>
   0x<va> unmapped <reason> level=<n> entry=0x<entry-pa> value=0x<entry>
@@ -150,12 +194,20 @@ Hex is lowercase without leading zeros. <reason> is one of:
   fault                 any other page fault
 level is where the walk stopped: 1 = PTE, 2 = PDE, 3 = PDPTE, 4 = PML4E, 5 = PML5E.
 
+With --json, one JSON object per line (JSON Lines) instead, in input order:
+  {\"va\": \"0x..\", \"mapped\": true, \"pa\": \"0x..\", \"page_size\": N, \"access\": \"rwx\",
+   \"user\": BOOL}
+  {\"va\": \"0x..\", \"mapped\": false, \"error\": \"page-fault\", \"reason\": <reason>,
+   \"level\": N, \"entry\": \"0x..\", \"value\": \"0x..\"}
+  {\"va\": \"0x..\", \"mapped\": false, \"error\": \"walk-failed\", \"message\": \"...\"}
+and with --verbose, \"walk\": [{\"level\", \"name\", \"index\", \"entry\", \"value\", \"flags\"}].
+
 Options:
-  --cr3 HEX          the page-table root (CR3). Required for a raw dump; with an
-                     ELF dump it defaults to the vCPU's CR3
+  --cr3 HEX          the page-table root (CR3). Required for a raw or LiME dump;
+                     with an ELF dump it defaults to the vCPU's CR3
   --vcpu N           take CR3 and the paging mode from vCPU N (decimal; default 0)
   --paging MODE      32, pae, 4, 5 (or off): override the paging mode. Default: the
-                     vCPU's mode, or 4 for a raw dump
+                     vCPU's mode, or 4 for a raw dump (said on stderr)
   --maxphyaddr N     physical-address width, decimal 32..52 (default 52)
   --nxe 0|1          EFER.NXE (default 1: every 64-bit OS runs with it; an ELF
                      dump's EFER is derived, since QEMU does not record it)
@@ -165,23 +217,31 @@ Options:
                      with '#', so `grep -v '^#'` leaves the plain output
   --progress         show progress on stderr (default: only on a terminal, after
                      two seconds)
+  --format FORMAT    read the dump as raw, elf or lime, whatever its content
+  --json             JSON Lines on stdout (see above); messages stay on stderr
 
 Exit status: 0 when every VA was well formed (unmapped ones included); 2 if a VA
 was malformed (reported on stderr, skipped on stdin, fatal in arguments), the dump
 cannot be opened or an option is wrong; 1 if a walk failed for a reason other than
-a page fault.
+a page fault; 3 the output could not be written (a closed pipe, a full disk).
 ";
 
     /// `introvisor read --help`.
     pub(crate) const READ: &str = "\
-introvisor read: read virtual memory
+introvisor read: read virtual or guest-physical memory
 
 Usage: introvisor read DUMP [--cr3 HEX] [OPTIONS] VA LEN
+       introvisor read DUMP --physical [--format F] [--raw|--json] PA LEN
 
-VA and LEN are hexadecimal, with or without 0x (LEN 100 is 256 bytes).
+VA, PA and LEN are hexadecimal, with or without 0x (LEN 100 is 256 bytes).
 
-Reads LEN bytes at VA through the page tables and prints a hex dump (address, 16
-bytes in groups of two, ASCII), or with --raw writes exactly LEN bytes to stdout.
+Reads LEN bytes at VA through the page tables (or, with --physical, at the
+guest-physical address PA, without translation) and prints a hex dump (address,
+16 bytes in groups of two, ASCII), or with --raw writes exactly LEN bytes to
+stdout, or with --json prints one JSON object:
+  {\"va\": \"0x..\", \"len\": N, \"encoding\": \"hex\", \"data\": \"<2*LEN hex digits>\"}
+(\"pa\" instead of \"va\" with --physical; with --base64, \"encoding\": \"base64\" and
+the data in base64, RFC 4648, padded).
 The whole range is checked before anything is written: if any byte is unmapped,
 or mapped to memory the dump does not hold, nothing goes to stdout, stderr names
 the first faulting address, and the exit status is 1. Memory is read in chunks,
@@ -189,11 +249,16 @@ so LEN may be large.
 
 Options:
   --raw              write the bytes, not a hex dump
-  --cr3, --vcpu, --paging, --maxphyaddr, --nxe, --pse, --progress
+  --json             print a JSON object (see above)
+  --base64           with --json: the data in base64, not hex
+  --physical         PA is guest-physical: no page tables, no --cr3 (the paging
+                     options are refused)
+  --cr3, --vcpu, --paging, --maxphyaddr, --nxe, --pse, --progress, --format
                      as for 'introvisor translate --help'
 
 Exit status: 0 success; 1 the range is not wholly mapped; 2 usage error,
-malformed number, or a dump that cannot be opened.
+malformed number, or a dump that cannot be opened;
+3 the output could not be written (a closed pipe, a full disk).
 ";
 }
 
@@ -213,6 +278,11 @@ Options:
                      vCPU's, else none: the image is found by scanning)
   --vcpu N           the vCPU whose registers to use (decimal; default 0)
   --no-vmcoreinfo    ignore the guest's VMCOREINFO (find everything by scanning)
+  --format FMT       raw, elf or lime: read the dump as that format
+
+Names from the guest (comm, module, symbol and file names, the banner) are escaped
+as everywhere in the tool; in JSON they are strings decoded lossily. Addresses are
+\"0x...\" strings in JSON, counts and sizes numbers.
 
 Exit status: 0 success; 1 no Linux kernel found, or a kernel list is broken (the
 error names how); 2 usage error or a dump that cannot be opened.
@@ -353,9 +423,11 @@ fn report(failure: Failure, args: &[OsString], stderr: &mut dyn Write) -> i32 {
         Some(c) => format!("introvisor {c}"),
         None => "introvisor".to_owned(),
     };
-    // Messages to stderr are best effort: there is nowhere else to report.
+    // Messages to stderr are best effort: there is nowhere else to report. They may quote
+    // a path, an argument or bytes of the dump: escaped, every one.
     match failure {
         Failure::Usage(msg) => {
+            let msg = escape::escape(msg.as_bytes());
             let hint = match command {
                 Some(c) => format!("introvisor {c} --help"),
                 None => "introvisor --help".to_owned(),
@@ -364,18 +436,19 @@ fn report(failure: Failure, args: &[OsString], stderr: &mut dyn Write) -> i32 {
             EXIT_USAGE
         }
         Failure::Input(msg) => {
-            let _ = writeln!(stderr, "{prefix}: {msg}");
+            let _ = writeln!(stderr, "{prefix}: {}", escape::escape(msg.as_bytes()));
             EXIT_USAGE
         }
         Failure::Fault(msg) => {
-            let _ = writeln!(stderr, "{prefix}: {msg}");
+            let _ = writeln!(stderr, "{prefix}: {}", escape::escape(msg.as_bytes()));
             EXIT_FAULT
         }
-        // A closed pipe (`| head`) is how a reader says it has seen enough.
-        Failure::Output(e) if e.kind() == io::ErrorKind::BrokenPipe => EXIT_OK,
+        // A closed pipe (`| head`) is how a reader says it has seen enough: no message,
+        // but the status says the output did not arrive whole (as SIGPIPE would).
+        Failure::Output(e) if e.kind() == io::ErrorKind::BrokenPipe => EXIT_OUTPUT,
         Failure::Output(e) => {
             let _ = writeln!(stderr, "{prefix}: cannot write the output: {e}");
-            EXIT_USAGE
+            EXIT_OUTPUT
         }
     }
 }

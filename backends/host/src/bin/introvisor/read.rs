@@ -1,11 +1,13 @@
-//! `introvisor read`: a hex dump, or raw bytes, of virtual memory.
+//! `introvisor read`: a hex dump, raw bytes or a JSON object, of virtual memory or (with
+//! `--physical`) of guest-physical memory.
 
 use std::ffi::OsString;
 use std::io::Write;
 
-use introvisor::{AccessContext, VmiError};
+use introvisor::{AccessContext, Pa, Va, VmiError};
 
 use super::args::{self, Opt};
+use super::json::{self, Base64, Object};
 use super::progress::Progress;
 use super::target::{self, Target, WALK_OPTIONS};
 use super::translate::fault_text;
@@ -15,8 +17,33 @@ use super::{EXIT_OK, Failure, help};
 const CHUNK: usize = 1 << 16;
 const PAGE: u64 = 4096;
 
+/// Where a read starts: a virtual address, translated through the target's root, or a
+/// guest-physical one.
+#[derive(Clone, Copy)]
+enum Space {
+    Virtual,
+    Physical,
+}
+
+impl Space {
+    fn context(self, t: &Target, at: u64) -> AccessContext {
+        match self {
+            Self::Virtual => AccessContext::paging(Va(at), t.root),
+            Self::Physical => AccessContext::direct(Pa(at)),
+        }
+    }
+}
+
 /// Why the byte at `va` cannot be read, in words.
-fn explain(va: u64, error: &VmiError) -> String {
+fn explain(space: Space, va: u64, error: &VmiError) -> String {
+    if let Space::Physical = space {
+        return match error {
+            VmiError::OutOfBounds(_) | VmiError::GfnNotPresent(_) => {
+                format!("physical {va:#x} is not in the dump")
+            }
+            other => format!("physical {va:#x} cannot be read: {other}"),
+        };
+    }
     match error {
         VmiError::Translation(pf) => format!("{va:#x} is not mapped ({})", fault_text(pf)),
         VmiError::OutOfBounds(pa) => {
@@ -34,6 +61,7 @@ fn explain(va: u64, error: &VmiError) -> String {
 /// fails, and why.
 fn check(
     t: &Target,
+    space: Space,
     va: u64,
     len: u64,
     progress: &mut Progress,
@@ -46,7 +74,7 @@ fn check(
         let n = (PAGE - (at & (PAGE - 1))).min(len - done);
         let buf = scratch.get_mut(..n as usize).unwrap_or_default();
         t.core
-            .read(AccessContext::paging(introvisor::Va(at), t.root), buf)
+            .read(space.context(t, at), buf)
             .map_err(|e| (at, e))?;
         done += n;
         progress.add(n, err);
@@ -88,36 +116,59 @@ pub(crate) fn run(
     stderr_is_terminal: bool,
 ) -> Result<i32, Failure> {
     let mut spec: Vec<Opt> = WALK_OPTIONS.into_iter().collect();
-    spec.push(Opt {
-        name: "raw",
-        short: None,
-        takes_value: false,
-    });
+    for name in ["raw", "json", "base64", "physical"] {
+        spec.push(Opt {
+            name,
+            short: None,
+            takes_value: false,
+        });
+    }
     let opts = args::parse(argv, &spec)?;
     if opts.flag("help") {
         stdout.write_all(help::READ.as_bytes())?;
         return Ok(EXIT_OK);
     }
+    let (raw, json, base64) = (opts.flag("raw"), opts.flag("json"), opts.flag("base64"));
+    let space = if opts.flag("physical") {
+        Space::Physical
+    } else {
+        Space::Virtual
+    };
+    let what = match space {
+        Space::Virtual => "VA",
+        Space::Physical => "PA",
+    };
     let [dump, va, len] = opts.positionals.as_slice() else {
         return Err(Failure::usage(format!(
-            "expected DUMP VA LEN, got {} argument(s)",
+            "expected DUMP {what} LEN, got {} argument(s)",
             opts.positionals.len()
         )));
     };
+    if raw && json {
+        return Err(Failure::usage("--raw and --json exclude each other"));
+    }
+    if base64 && !json {
+        return Err(Failure::usage("--base64 chooses the encoding of --json"));
+    }
     let text = |s: &OsString, what: &str| {
         s.to_str()
             .map(str::to_owned)
             .ok_or_else(|| Failure::input(format!("malformed {what} '{}'", args::show(s))))
     };
-    let va = args::hex_arg(&text(va, "VA")?, "VA")?;
+    let va = args::hex_arg(&text(va, what)?, what)?;
     let len = args::hex_arg(&text(len, "LEN")?, "LEN")?;
     if len > 0 && va.checked_add(len - 1).is_none() {
         return Err(Failure::input(format!(
             "the range {va:#x} + {len:#x} runs past the end of the address space"
         )));
     }
-    let target = target::resolve(dump, &opts)?;
-    let raw = opts.flag("raw");
+    let target = match space {
+        Space::Virtual => target::resolve(dump, &opts)?,
+        Space::Physical => target::open_physical(dump, &opts)?,
+    };
+    if let Some(note) = &target.note {
+        let _ = writeln!(stderr, "introvisor read: note: {note}");
+    }
     let mut progress = Progress::new(
         "read",
         "bytes",
@@ -127,11 +178,15 @@ pub(crate) fn run(
     );
 
     // First pass: every byte must be readable before anything is written.
-    if let Err((at, e)) = check(&target, va, len, &mut progress, stderr) {
+    if let Err((at, e)) = check(&target, space, va, len, &mut progress, stderr) {
         progress.finish(stderr);
+        let place = match space {
+            Space::Virtual => "",
+            Space::Physical => "physical ",
+        };
         return Err(Failure::Fault(format!(
-            "cannot read {len} bytes at {va:#x}: {}",
-            explain(at, &e)
+            "cannot read {len:#x} bytes at {place}{va:#x}: {}",
+            explain(space, at, &e)
         )));
     }
 
@@ -139,6 +194,24 @@ pub(crate) fn run(
     let mut buf = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK))];
     let mut line = String::with_capacity(80);
     let mut text_out = Vec::with_capacity(CHUNK / 16 * 76);
+    let mut encoded = String::new();
+    let mut encoder = Base64::default();
+    if json {
+        let head = Object::new()
+            .hex(
+                match space {
+                    Space::Virtual => "va",
+                    Space::Physical => "pa",
+                },
+                va,
+            )
+            .num("len", len)
+            .str("encoding", if base64 { "base64" } else { "hex" })
+            .finish();
+        // The object without its `}`, then the data string, streamed.
+        let head = head.strip_suffix('}').unwrap_or(&head);
+        write!(stdout, "{head},\"data\":\"")?;
+    }
     let mut done = 0u64;
     while done < len {
         let n = (len - done).min(buf.len() as u64) as usize;
@@ -146,13 +219,18 @@ pub(crate) fn run(
         let chunk = buf.get_mut(..n).unwrap_or_default();
         target
             .core
-            .read(
-                AccessContext::paging(introvisor::Va(at), target.root),
-                chunk,
-            )
-            .map_err(|e| Failure::Fault(explain(at, &e)))?;
+            .read(space.context(&target, at), chunk)
+            .map_err(|e| Failure::Fault(explain(space, at, &e)))?;
         if raw {
             stdout.write_all(chunk)?;
+        } else if json {
+            encoded.clear();
+            if base64 {
+                encoder.push(&mut encoded, chunk);
+            } else {
+                json::hex_bytes(&mut encoded, chunk);
+            }
+            stdout.write_all(encoded.as_bytes())?;
         } else {
             text_out.clear();
             for (i, row) in chunk.chunks(16).enumerate() {
@@ -163,6 +241,11 @@ pub(crate) fn run(
         }
         done += n as u64;
         progress.add(n as u64, stderr);
+    }
+    if json {
+        encoded.clear();
+        encoder.finish(&mut encoded);
+        writeln!(stdout, "{encoded}\"}}")?;
     }
     progress.finish(stderr);
     Ok(EXIT_OK)

@@ -9,10 +9,18 @@ use introvisor::{Pa, VmiCore};
 use super::Failure;
 use super::args::{Opt, Parsed, count_arg, hex_arg};
 use introvisor_host::HostDriver;
-use introvisor_host::dump::DumpInfo;
+use introvisor_host::dump::{DumpInfo, DumpKind};
 
-/// The options of `translate` and `read` that say how to walk.
-pub(crate) const WALK_OPTIONS: [Opt; 7] = [
+/// `--format raw|elf|lime`: read the dump as that format, whatever its content.
+pub(crate) const FORMAT_OPTION: Opt = Opt {
+    name: "format",
+    short: None,
+    takes_value: true,
+};
+
+/// The options of `translate` and `read` that say how to open the dump and walk.
+pub(crate) const WALK_OPTIONS: [Opt; 8] = [
+    FORMAT_OPTION,
     Opt {
         name: "cr3",
         short: None,
@@ -55,6 +63,8 @@ pub(crate) struct Target {
     pub(crate) core: VmiCore<HostDriver>,
     pub(crate) root: Pa,
     pub(crate) paging: Paging,
+    /// What was assumed rather than known, for a note on stderr.
+    pub(crate) note: Option<&'static str>,
 }
 
 /// The name of a paging mode as the options spell it.
@@ -65,6 +75,17 @@ pub(crate) fn mode_name(mode: PagingMode) -> &'static str {
         PagingMode::Pae => "PAE paging",
         PagingMode::Level4 => "4-level paging",
         PagingMode::Level5 => "5-level paging",
+    }
+}
+
+/// The name of a paging mode as `--paging` spells it (and `--json` writes it).
+pub(crate) fn mode_option(mode: PagingMode) -> &'static str {
+    match mode {
+        PagingMode::Disabled => "off",
+        PagingMode::Bits32 => "32",
+        PagingMode::Pae => "pae",
+        PagingMode::Level4 => "4",
+        PagingMode::Level5 => "5",
     }
 }
 
@@ -93,14 +114,55 @@ fn parse_bool(text: &str, name: &str) -> Result<bool, Failure> {
     }
 }
 
-/// Opens the dump at `path`.
-pub(crate) fn open(path: &OsString) -> Result<(HostDriver, DumpInfo), Failure> {
-    HostDriver::open_dump(path).map_err(|e| Failure::input(format!("cannot open the dump {e}")))
+/// The format `--format` names, if given.
+pub(crate) fn format_choice(opts: &Parsed) -> Result<Option<DumpKind>, Failure> {
+    opts.value("format")
+        .map(|text| match text.to_ascii_lowercase().as_str() {
+            "raw" => Ok(DumpKind::Raw),
+            "elf" => Ok(DumpKind::Elf),
+            "lime" => Ok(DumpKind::Lime),
+            _ => Err(Failure::usage(format!(
+                "unknown format '{text}' (expected raw, elf or lime)"
+            ))),
+        })
+        .transpose()
+}
+
+/// Opens the dump at `path`, as `kind` if given, else by content.
+pub(crate) fn open(
+    path: &OsString,
+    kind: Option<DumpKind>,
+) -> Result<(HostDriver, DumpInfo), Failure> {
+    match kind {
+        Some(kind) => HostDriver::open_dump_as(path, kind),
+        None => HostDriver::open_dump(path),
+    }
+    .map_err(|e| Failure::input(format!("cannot open the dump {e}")))
+}
+
+/// The options that say how to walk, which a physical read (`read --physical`) refuses.
+pub(crate) const PAGING_OPTIONS: [&str; 6] = ["cr3", "vcpu", "paging", "maxphyaddr", "nxe", "pse"];
+
+/// Opens the dump for reads of guest-physical memory, which need no root or paging.
+pub(crate) fn open_physical(path: &OsString, opts: &Parsed) -> Result<Target, Failure> {
+    if let Some(name) = PAGING_OPTIONS.iter().find(|n| opts.flag(n)) {
+        return Err(Failure::usage(format!(
+            "--{name} does not apply to --physical, which reads without translation"
+        )));
+    }
+    let (driver, _) = open(path, format_choice(opts)?)?;
+    Ok(Target {
+        core: VmiCore::new(driver),
+        root: Pa(0),
+        paging: Paging::new(PagingMode::Disabled),
+        note: None,
+    })
 }
 
 /// Opens the dump and resolves root and paging from the vCPU and the options.
 pub(crate) fn resolve(path: &OsString, opts: &Parsed) -> Result<Target, Failure> {
     // Check every option before the (possibly slow) open, so usage errors come first.
+    let kind = format_choice(opts)?;
     let cr3 = opts.value("cr3").map(|v| hex_arg(v, "CR3")).transpose()?;
     let vcpu = opts
         .value("vcpu")
@@ -127,7 +189,7 @@ pub(crate) fn resolve(path: &OsString, opts: &Parsed) -> Result<Target, Failure>
         .map(|v| parse_bool(v, "pse"))
         .transpose()?;
 
-    let (driver, info) = open(path)?;
+    let (driver, info) = open(path, kind)?;
     let vcpu_regs = match vcpu {
         Some(n) => {
             let v = usize::try_from(n)
@@ -150,6 +212,11 @@ pub(crate) fn resolve(path: &OsString, opts: &Parsed) -> Result<Target, Failure>
         Some(r) => r.paging(),
         None => Paging::new(PagingMode::Level4),
     };
+    // A raw dump (or one without control registers) does not say how its tables are
+    // laid out: a 5-level guest walked as 4-level gives wrong answers, not errors.
+    let note = (vcpu_regs.is_none() && mode.is_none()).then_some(
+        "the dump does not record the paging mode; assuming 4-level paging (give --paging 5 for a 5-level guest, --paging pae or 32 for a 32-bit one)",
+    );
     if let Some(m) = mode {
         paging.mode = m;
     }
@@ -177,5 +244,10 @@ pub(crate) fn resolve(path: &OsString, opts: &Parsed) -> Result<Target, Failure>
         }
     };
     let core = VmiCore::new(driver).with_paging(paging);
-    Ok(Target { core, root, paging })
+    Ok(Target {
+        core,
+        root,
+        paging,
+        note,
+    })
 }

@@ -8,9 +8,45 @@ use introvisor::arch::amd64::{PageTableEntry, Paging, PagingMode, level_name};
 use introvisor::{FaultReason, PageFault, Translation, Va, VmiError, WalkStep};
 
 use super::args::{self, Opt, parse_hex};
+use super::escape;
+use super::json::{self, Object};
 use super::progress::Progress;
 use super::target::{self, Target, WALK_OPTIONS, mode_name};
 use super::{EXIT_OK, EXIT_USAGE, Failure, help};
+
+/// The longest line read from standard input, in bytes, without its newline. A longer
+/// line is an error; it is read past, never held whole.
+pub(crate) const MAX_LINE: usize = 4096;
+
+/// Reads one line (up to and without its `\n`) into `line`, keeping at most
+/// [`MAX_LINE`] + 1 bytes of it and discarding the rest as it goes; returns the line's
+/// full length, or `None` at the end of the input.
+fn read_line(input: &mut dyn BufRead, line: &mut Vec<u8>) -> std::io::Result<Option<u64>> {
+    line.clear();
+    let mut len = 0u64;
+    let mut any = false;
+    loop {
+        let buf = match input.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(any.then_some(len));
+        }
+        any = true;
+        let newline = buf.iter().position(|&b| b == b'\n');
+        let text = buf.get(..newline.unwrap_or(buf.len())).unwrap_or_default();
+        let room = (MAX_LINE + 1).saturating_sub(line.len());
+        line.extend_from_slice(text.get(..room).unwrap_or(text));
+        len = len.saturating_add(text.len() as u64);
+        let used = newline.map_or(buf.len(), |at| at + 1);
+        input.consume(used);
+        if newline.is_some() {
+            return Ok(Some(len));
+        }
+    }
+}
 
 /// The stable, greppable name of a fault reason (see `translate --help`).
 pub(crate) fn reason_name(reason: FaultReason) -> &'static str {
@@ -114,14 +150,86 @@ fn verbose(t: &Target, va: u64, out: &mut dyn Write) -> Result<Option<VmiError>,
     Ok(None)
 }
 
-/// Translates one address and prints its line; `Some(error)` for a failure that is not
-/// a page fault.
+/// The JSON Lines object of `va` (see `translate --help`), with the walk's entries if
+/// `walk`; `Some(error)` for a failure that is not a page fault (its object says so too).
+fn one_json(
+    t: &Target,
+    va: u64,
+    walk: bool,
+    out: &mut dyn Write,
+) -> Result<Option<VmiError>, Failure> {
+    let mut steps: Vec<WalkStep> = Vec::new();
+    let result = if walk {
+        t.core
+            .translate_with(&t.paging, Va(va), t.root, |s| steps.push(s))
+    } else {
+        t.core.translate(Va(va), t.root)
+    };
+    let o = Object::new().hex("va", va);
+    let (o, other) = match result {
+        Ok(tr) => (
+            o.bool("mapped", true)
+                .hex("pa", tr.pa.0)
+                .num("page_size", tr.page_size)
+                .str("access", &tr.access.to_string())
+                .bool("user", tr.user),
+            None,
+        ),
+        Err(VmiError::Translation(pf)) => (
+            o.bool("mapped", false)
+                .str("error", "page-fault")
+                .str("reason", reason_name(pf.reason))
+                .num("level", u64::from(pf.level))
+                .hex("entry", pf.entry.0)
+                .hex("value", pf.value),
+            None,
+        ),
+        Err(e) => (
+            o.bool("mapped", false)
+                .str("error", "walk-failed")
+                .str("message", &e.to_string()),
+            Some(e),
+        ),
+    };
+    let o = if walk {
+        let mode = t.paging.mode;
+        o.raw(
+            "walk",
+            &json::array(steps.iter().map(|s| {
+                Object::new()
+                    .num("level", u64::from(s.level))
+                    .str("name", level_name(mode, s.level))
+                    .num("index", u64::from(mode.table_index(s.level, Va(va))))
+                    .hex("entry", s.entry.0)
+                    .hex("value", s.value)
+                    .str(
+                        "flags",
+                        &PageTableEntry::new(s.value)
+                            .names(mode, s.level)
+                            .to_string(),
+                    )
+                    .finish()
+            })),
+        )
+    } else {
+        o
+    };
+    writeln!(out, "{}", o.finish())?;
+    Ok(other)
+}
+
+/// Translates one address and prints its line (or, with `json`, its object); `Some(error)`
+/// for a failure that is not a page fault.
 fn one(
     t: &Target,
     va: u64,
     verbose_walk: bool,
+    json: bool,
     out: &mut dyn Write,
 ) -> Result<Option<VmiError>, Failure> {
+    if json {
+        return one_json(t, va, verbose_walk, out);
+    }
     if verbose_walk {
         return verbose(t, va, out);
     }
@@ -146,6 +254,11 @@ pub(crate) fn run(
         short: Some('v'),
         takes_value: false,
     });
+    spec.push(Opt {
+        name: "json",
+        short: None,
+        takes_value: false,
+    });
     let opts = args::parse(argv, &spec)?;
     if opts.flag("help") {
         stdout.write_all(help::TRANSLATE.as_bytes())?;
@@ -163,7 +276,11 @@ pub(crate) fn run(
         addresses.push(args::hex_arg(text, "VA")?);
     }
     let target = target::resolve(dump, &opts)?;
+    if let Some(note) = &target.note {
+        let _ = writeln!(stderr, "introvisor translate: note: {note}");
+    }
     let verbose_walk = opts.flag("verbose");
+    let json = opts.flag("json");
     let forced = opts.flag("progress");
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout);
     let mut other_error = None;
@@ -177,7 +294,7 @@ pub(crate) fn run(
             forced,
         );
         for &va in &addresses {
-            if let Some(e) = one(&target, va, verbose_walk, &mut out)? {
+            if let Some(e) = one(&target, va, verbose_walk, json, &mut out)? {
                 other_error.get_or_insert((va, e));
             }
             progress.add(1, stderr);
@@ -195,29 +312,35 @@ pub(crate) fn run(
             if input.buffer().is_empty() {
                 out.flush()?;
             }
-            line.clear();
-            let n = input
-                .read_until(b'\n', &mut line)
-                .map_err(|e| Failure::input(format!("cannot read standard input: {e}")))?;
-            if n == 0 {
+            let Some(len) = read_line(&mut input, &mut line)
+                .map_err(|e| Failure::input(format!("cannot read standard input: {e}")))?
+            else {
                 break;
-            }
+            };
             number += 1;
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim();
-            if text.is_empty() || text.starts_with('#') {
-                continue;
-            }
-            let Some(va) = parse_hex(text) else {
+            if len > MAX_LINE as u64 {
                 malformed += 1;
-                // Best effort, as all messages.
+                // Best effort, as all messages. The line itself is not echoed.
                 let _ = writeln!(
                     stderr,
-                    "introvisor translate: line {number}: malformed VA '{text}' (skipped)"
+                    "introvisor translate: line {number}: {len} bytes, longer than the limit of {MAX_LINE} (skipped)"
+                );
+                continue;
+            }
+            let text = line.trim_ascii();
+            if text.is_empty() || text.starts_with(b"#") {
+                continue;
+            }
+            let Some(va) = core::str::from_utf8(text).ok().and_then(parse_hex) else {
+                malformed += 1;
+                let _ = writeln!(
+                    stderr,
+                    "introvisor translate: line {number}: malformed VA '{}' (skipped)",
+                    escape::show(text, text.len())
                 );
                 continue;
             };
-            if let Some(e) = one(&target, va, verbose_walk, &mut out)? {
+            if let Some(e) = one(&target, va, verbose_walk, json, &mut out)? {
                 other_error.get_or_insert((va, e));
             }
             progress.add(1, stderr);

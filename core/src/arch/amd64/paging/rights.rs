@@ -148,6 +148,7 @@ bitflags::bitflags! {
 }
 
 #[cfg(feature = "defmt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "defmt")))]
 impl defmt::Format for PfErrorCode {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(f, "PfErrorCode({=u32:#x})", self.bits())
