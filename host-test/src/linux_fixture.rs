@@ -47,6 +47,9 @@ pub struct Spec {
     pub pti: bool,
     /// Guest memory size.
     pub memory: usize,
+    /// `__start_BTF`/`__stop_BTF` in kallsyms; without them the layer must scan, past a
+    /// decoy BTF (valid, but without `task_struct`) placed before the real one.
+    pub btf_symbols: bool,
 }
 
 impl Spec {
@@ -63,6 +66,7 @@ impl Spec {
             vmcoreinfo: false,
             pti: true,
             memory: 40 << 20,
+            btf_symbols: true,
         }
     }
 
@@ -80,6 +84,7 @@ impl Spec {
             vmcoreinfo: true,
             pti: false,
             memory: 40 << 20,
+            btf_symbols: true,
         }
     }
 }
@@ -793,8 +798,10 @@ pub fn build(spec: Spec) -> Fixture {
     syms.push((rodata, 'R', "__start_rodata".into()));
     let btf_at = rodata + 0x10_0000;
     let (btf, anon_off, anon_id) = btf_blob(&spec);
-    syms.push((btf_at, 'R', "__start_BTF".into()));
-    syms.push((btf_at + btf.len() as u64, 'R', "__stop_BTF".into()));
+    if spec.btf_symbols {
+        syms.push((btf_at, 'R', "__start_BTF".into()));
+        syms.push((btf_at + btf.len() as u64, 'R', "__stop_BTF".into()));
+    }
     syms.push((init_top_pgt, 'D', "init_top_pgt".into()));
     syms.push((init_task, 'D', "init_task".into()));
     syms.push((linux_banner, 'D', "linux_banner".into()));
@@ -809,6 +816,13 @@ pub fn build(spec: Spec) -> Fixture {
     let ks_at = rodata + 0x1000;
     b.write_virtual(Va(ks_at), &ks.blob).unwrap();
     b.write_virtual(Va(btf_at), &btf).unwrap();
+    {
+        // a decoy: valid BTF (a module's, say) with no task_struct, before the real one
+        let mut w = BtfW::new();
+        let int = w.int("int", 4);
+        w.compound(4, "dummy_priv", 8, &[("refs", int, 0), ("flags", int, 4)]);
+        b.write_virtual(Va(btf_at - 0x8000), &w.finish()).unwrap();
+    }
     // decoys: a digits run with no index, a "Linux version" string, a BTF-looking header
     b.write_physical(
         Pa(0x30_0000),

@@ -221,6 +221,24 @@ fn the_pre_seqs_order_and_other_combinations_are_read_too() {
 }
 
 #[test]
+fn without_the_btf_symbols_the_btf_is_found_by_scanning_past_a_decoy() {
+    let f = build(Spec {
+        btf_symbols: false,
+        ..Spec::v612()
+    });
+    let os = find(&f).unwrap();
+    assert_eq!(os.btf_found_by, BtfFoundBy::Scan);
+    assert_eq!((os.btf.start, os.btf.len), f.btf);
+    let mut n = 0;
+    os.tasks(&core_of(&f), |_| {
+        n += 1;
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(n, f.tasks.len());
+}
+
+#[test]
 fn a_cr3_hint_places_the_image_without_the_scan() {
     let f = build(Spec::v612());
     let core = core_of(&f);
