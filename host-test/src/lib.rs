@@ -44,6 +44,7 @@ pub fn seed(default: u64) -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
 }
+pub mod linux_fixture;
 
 /// The repository's README (`README.md` at the root, which no package ships), its
 /// examples compiled and run as doctests here.
