@@ -196,9 +196,9 @@ pub(crate) fn write_entry<P: Platform + ?Sized>(
 /// words at a fixed host-physical base; every platform call is logged.
 #[cfg(test)]
 pub(crate) mod testing {
+    use core::sync::atomic::{AtomicU64, Ordering};
     use std::boxed::Box;
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::vec::Vec;
 
     use introvisor::VcpuId;

@@ -51,6 +51,9 @@ mod pool;
 pub mod table;
 mod views;
 
+#[cfg(test)]
+mod tests;
+
 pub use backend::{
     Config, EptBackend, EptTranslation, ExitAction, FramePool, GuestRegion, InlineHandler,
     MAX_REGIONS, QueueFull, ShootdownSite,
