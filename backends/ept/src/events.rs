@@ -497,7 +497,11 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
     ) -> Result<(), EptError> {
         let eptp = self.eptp(target)?;
         let holding = rflags & RFLAGS_IF != 0;
-        let home = self.lock(slot, Some(vcpu)).view;
+        // A step started from inside another keeps the first one's home.
+        let home = {
+            let s = self.lock(slot, Some(vcpu));
+            s.step.map_or(s.view, |st| st.home)
+        };
         self.platform.set_eptp(vcpu, eptp)?;
         self.platform
             .set_control(vcpu, Control::MonitorTrap, true)?;
