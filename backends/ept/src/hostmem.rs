@@ -140,12 +140,7 @@ impl FramePtr {
             let last = (end - (at - first)).min(8);
             let mut bytes = [0u8; 8];
             let mut mask = [0u8; 8];
-            for (b, m) in bytes
-                .iter_mut()
-                .zip(mask.iter_mut())
-                .take(last)
-                .skip(first)
-            {
+            for (b, m) in bytes.iter_mut().zip(mask.iter_mut()).take(last).skip(first) {
                 *b = input.next().copied().unwrap_or(0);
                 *m = 0xff;
             }
@@ -214,7 +209,6 @@ pub(crate) fn write_entry<P: Platform + ?Sized>(
 #[cfg(test)]
 pub(crate) mod testing {
     use core::sync::atomic::{AtomicU64, Ordering};
-    use std::boxed::Box;
     use std::sync::Mutex;
     use std::vec::Vec;
 
@@ -239,7 +233,13 @@ pub(crate) mod testing {
 
     pub(crate) struct TestPlatform {
         pub(crate) base: u64,
-        pub(crate) mem: Box<[AtomicU64]>,
+        /// The number of words of host memory.
+        words: usize,
+        /// Host memory: `words` zeroed `AtomicU64`s from the global allocator, held by raw
+        /// pointer (no `Box` or slice whose retagging would cost a pass over every word
+        /// on each access under Miri, or whose uniqueness a move would assert).
+        mem: core::ptr::NonNull<AtomicU64>,
+        layout: std::alloc::Layout,
         pub(crate) regs: Mutex<Vec<Registers>>,
         pub(crate) log: Mutex<Vec<Call>>,
         pub(crate) clock: AtomicU64,
@@ -259,9 +259,17 @@ pub(crate) mod testing {
                 rip: 0xffff_8000_0000_1000,
                 ..Registers::default()
             };
+            let words = frames * 512;
+            let layout = std::alloc::Layout::array::<AtomicU64>(words).unwrap();
+            assert!(layout.size() > 0);
+            // SAFETY: the layout has a non-zero size; zeroed bytes are valid `AtomicU64`s.
+            let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+            let mem = core::ptr::NonNull::new(raw.cast::<AtomicU64>()).unwrap();
             Self {
                 base,
-                mem: (0..frames * 512).map(|_| AtomicU64::new(0)).collect(),
+                words,
+                mem,
+                layout,
                 regs: Mutex::new(std::vec![regs; usize::from(vcpus)]),
                 log: Mutex::new(Vec::new()),
                 clock: AtomicU64::new(0),
@@ -269,9 +277,19 @@ pub(crate) mod testing {
             }
         }
 
+        /// Word `index` of host memory.
+        pub(crate) fn word(&self, index: usize) -> &AtomicU64 {
+            assert!(index < self.words);
+            // SAFETY: `index` is inside the allocation, which lives as long as `self` and
+            // holds initialised `AtomicU64`s; a shared reference to an atomic allows
+            // every other atomic access.
+            unsafe { &*self.mem.as_ptr().add(index) }
+        }
+
         /// The host word at `hpa` (8-aligned).
         pub(crate) fn peek(&self, hpa: u64) -> u64 {
-            self.mem[((hpa - self.base) / 8) as usize].load(Ordering::Relaxed)
+            self.word(((hpa - self.base) / 8) as usize)
+                .load(Ordering::Relaxed)
         }
 
         /// Takes the log.
@@ -290,6 +308,21 @@ pub(crate) mod testing {
         }
     }
 
+    impl Drop for TestPlatform {
+        fn drop(&mut self) {
+            // SAFETY: `mem` came from `alloc_zeroed` with `layout` and is freed once, here;
+            // the backend owning this platform is being dropped, so no pointer is used
+            // after this.
+            unsafe { std::alloc::dealloc(self.mem.as_ptr().cast::<u8>(), self.layout) }
+        }
+    }
+
+    // SAFETY: the raw pointer is to memory only ever accessed atomically; sharing it
+    // between threads shares atomic accesses only. Every other field is `Sync`.
+    unsafe impl Sync for TestPlatform {}
+    // SAFETY: as for `Sync`; the allocation is not tied to a thread.
+    unsafe impl Send for TestPlatform {}
+
     // SAFETY: `host_frame` returns pointers into `mem` only, to the first byte of a whole
     // frame inside it (bounds checked), 8-aligned (an `AtomicU64` buffer); the buffer
     // lives as long as the platform, and the backend that owns the platform is the only
@@ -301,8 +334,10 @@ pub(crate) mod testing {
         fn host_frame(&self, hpa: Hpa) -> Option<core::ptr::NonNull<u8>> {
             let offset = hpa.frame().0.checked_sub(self.base)?;
             let word = usize::try_from(offset / 8).ok()?;
-            let frame = self.mem.get(word..word + 512)?;
-            core::ptr::NonNull::new(frame.as_ptr().cast::<u8>().cast_mut())
+            if word.checked_add(512)? > self.words {
+                return None;
+            }
+            core::ptr::NonNull::new(self.mem.as_ptr().wrapping_add(word).cast::<u8>())
         }
         fn invept(&self, scope: Invept) {
             self.push(Call::Invept(scope));
@@ -419,8 +454,8 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| {
                 for i in 0..50u64 {
-                    p.mem[0].fetch_and(!0xff, Ordering::Relaxed);
-                    p.mem[0].fetch_or(i & 0x7f, Ordering::Relaxed);
+                    p.word(0).fetch_and(!0xff, Ordering::Relaxed);
+                    p.word(0).fetch_or(i & 0x7f, Ordering::Relaxed);
                 }
             });
             for i in 0..50u8 {
