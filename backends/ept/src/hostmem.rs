@@ -239,7 +239,7 @@ pub(crate) mod testing {
         /// pointer (no `Box` or slice whose retagging would cost a pass over every word
         /// on each access under Miri, or whose uniqueness a move would assert).
         mem: core::ptr::NonNull<AtomicU64>,
-        layout: std::alloc::Layout,
+        layout: core::alloc::Layout,
         pub(crate) regs: Mutex<Vec<Registers>>,
         pub(crate) log: Mutex<Vec<Call>>,
         pub(crate) clock: AtomicU64,
@@ -260,7 +260,7 @@ pub(crate) mod testing {
                 ..Registers::default()
             };
             let words = frames * 512;
-            let layout = std::alloc::Layout::array::<AtomicU64>(words).unwrap();
+            let layout = core::alloc::Layout::array::<AtomicU64>(words).unwrap();
             assert!(layout.size() > 0);
             // SAFETY: the layout has a non-zero size; zeroed bytes are valid `AtomicU64`s.
             let raw = unsafe { std::alloc::alloc_zeroed(layout) };
