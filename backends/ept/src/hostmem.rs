@@ -8,14 +8,17 @@
 //!   guest (and, in a simulator, other threads) may change it at any moment, and a Rust
 //!   reference would promise it does not (vm-memory's rule, its `volatile_memory.rs`).
 //!   Bytes are copied in and out one atomic access at a time.
-//! - Every access is a relaxed atomic on an aligned 8-byte word (`AtomicU64::from_ptr`):
-//!   each EPT entry is one, so a CPU's page walker never sees a torn entry, and the
-//!   unaligned edges of a copy are read from their word, or merged into it with a
-//!   compare-exchange that keeps the word's other bytes. One access size only: Rust's
-//!   memory model gives no meaning to concurrent atomic accesses of different sizes to
-//!   the same bytes, and Miri rejects them (its weak-memory store buffers cannot hold a
-//!   byte store over a word store), so `AtomicU8` edges would not be Miri-clean. With one
-//!   size, concurrent accesses by other atomics or by hardware are well-defined.
+//! - Every access is an atomic on an aligned 8-byte word (`AtomicU64::from_ptr`). Each
+//!   EPT entry is one such word, loaded with acquire and stored with release ordering, so
+//!   a CPU's page walker never sees a torn entry and a new table is complete before the
+//!   store that links it (for the compiler as for the CPU: on x86 both are plain `mov`s).
+//!   Guest bytes are copied with relaxed word loads; the unaligned edges of a write are
+//!   merged into their word with a compare-exchange that keeps its other bytes.
+//! - One access size only. Rust's memory model gives no meaning to concurrent atomic
+//!   accesses of different sizes to the same bytes, and Miri rejects them (its
+//!   weak-memory store buffers cannot hold a byte store over a word store), so
+//!   `AtomicU8` edges would not be Miri-clean. With one size, concurrent accesses by
+//!   other atomics or by hardware are well-defined.
 //! - Every offset is checked against the 4 KiB frame before a pointer is formed; an
 //!   offset outside the frame is an error, never an access.
 //!
@@ -79,17 +82,22 @@ impl FramePtr {
         Some(unsafe { AtomicU64::from_ptr(self.0.as_ptr().add(index * 8).cast::<u64>()) })
     }
 
-    /// Reads the 8-byte word at `index` (an EPT entry when the frame is a table).
+    /// Reads the 8-byte word at `index` (an EPT entry when the frame is a table), with
+    /// acquire ordering: a table reached through an entry is read after the stores that
+    /// filled it.
     pub(crate) fn load(self, index: usize) -> Result<u64, EptError> {
         self.word(index)
-            .map(|w| w.load(Ordering::Relaxed))
+            .map(|w| w.load(Ordering::Acquire))
             .ok_or(EptError::OutsideFrame)
     }
 
-    /// Writes the 8-byte word at `index`.
+    /// Writes the 8-byte word at `index`, with release ordering: an entry that links a
+    /// new table is stored after every entry of that table (the compiler may not reorder
+    /// them; on x86 a release store is a plain `mov`, and TSO keeps the order for the
+    /// CPU's page walker).
     pub(crate) fn store(self, index: usize, value: u64) -> Result<(), EptError> {
         self.word(index)
-            .map(|w| w.store(value, Ordering::Relaxed))
+            .map(|w| w.store(value, Ordering::Release))
             .ok_or(EptError::OutsideFrame)
     }
 
