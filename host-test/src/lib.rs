@@ -1,5 +1,7 @@
 //! Shared helpers of the cross-crate tests and benchmarks.
 
+pub mod vmx_sim;
+
 /// A small, seeded pseudo-random generator (splitmix64): reproducible test layouts without
 /// a dependency.
 #[derive(Clone, Debug)]
