@@ -194,15 +194,15 @@ impl EptWalker {
             }
             3 | 2 => {
                 if e & LARGE != 0 {
-                    let supported = if level == 3 { cap::PAGE_1G } else { cap::PAGE_2M };
+                    let supported = if level == 3 {
+                        cap::PAGE_1G
+                    } else {
+                        cap::PAGE_2M
+                    };
                     if self.caps & supported == 0 {
                         return Err(());
                     }
-                    let low = if level == 3 {
-                        0x3fff_f000
-                    } else {
-                        0x001f_f000
-                    };
+                    let low = if level == 3 { 0x3fff_f000 } else { 0x001f_f000 };
                     if e & low != 0 {
                         return Err(());
                     }

@@ -131,8 +131,13 @@ impl Sim {
         b.map_range(Va(DATA), DATA_PAGES * FRAME, MapFlags::KERNEL_DATA)
             .expect("data");
         let alias_target = b.lookup(Va(DATA + 3 * FRAME)).expect("data page 3");
-        b.map(Va(ALIAS), alias_target, PageSize::Size4K, MapFlags::KERNEL_DATA)
-            .expect("alias");
+        b.map(
+            Va(ALIAS),
+            alias_target,
+            PageSize::Size4K,
+            MapFlags::KERNEL_DATA,
+        )
+        .expect("alias");
         b.map_range(Va(USER_TEXT), 2 * FRAME, user_text())
             .expect("user text");
         b.map_range(Va(USER_DATA), 4 * FRAME, MapFlags::USER_DATA)
@@ -158,12 +163,14 @@ impl Sim {
             .expect("1 GiB page");
         }
         // Code that looks like code (prologues, NOPs, RET), with no 0xCC in it.
-        let code: Vec<u8> = [0x55u8, 0x48, 0x89, 0xe5, 0x0f, 0x1f, 0x44, 0x00, 0x00, 0x5d, 0xc3, 0x90]
-            .iter()
-            .copied()
-            .cycle()
-            .take(4 * FRAME as usize)
-            .collect();
+        let code: Vec<u8> = [
+            0x55u8, 0x48, 0x89, 0xe5, 0x0f, 0x1f, 0x44, 0x00, 0x00, 0x5d, 0xc3, 0x90,
+        ]
+        .iter()
+        .copied()
+        .cycle()
+        .take(4 * FRAME as usize)
+        .collect();
         b.write_virtual(Va(TEXT), &code).expect("code");
         b.write_virtual(Va(USER_TEXT), &code[..2 * FRAME as usize])
             .expect("user code");
@@ -171,7 +178,8 @@ impl Sim {
             let words: Vec<u8> = (0..512u64)
                 .flat_map(|i| (0xdada_0000_0000_0000 | (p << 16) | i).to_le_bytes())
                 .collect();
-            b.write_virtual(Va(DATA + p * FRAME), &words).expect("data fill");
+            b.write_virtual(Va(DATA + p * FRAME), &words)
+                .expect("data fill");
         }
         let top_of_region0 = b.memory_size().min(6 << 20);
         let guest = b.finish();

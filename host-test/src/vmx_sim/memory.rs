@@ -8,7 +8,7 @@
 //! Host-physical addresses start at [`HostMemory::base`], not at zero, so that a test
 //! mixing up a guest-physical and a host-physical address fails.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// The size of a host frame.
 pub const FRAME: u64 = 4096;
@@ -33,7 +33,7 @@ impl HostMemory {
         // documentation guarantees the in-memory representation), so the allocation of
         // `len` u64s is one of `len` AtomicU64s with the same layout, and ownership passes
         // from the one box to the other.
-        let words = unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) };
+        let words = unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(ptr, len)) };
         Self { base, words }
     }
 
@@ -151,7 +151,7 @@ impl HostMemory {
 
     /// The 512 entries of the table frame at `hpa` (frame aligned), or `None` outside.
     pub fn frame_words(&self, hpa: u64) -> Option<[u64; 512]> {
-        if hpa % FRAME != 0 || !self.contains(hpa, FRAME) {
+        if !hpa.is_multiple_of(FRAME) || !self.contains(hpa, FRAME) {
             return None;
         }
         let mut out = [0u64; 512];

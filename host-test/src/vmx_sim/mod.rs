@@ -30,8 +30,8 @@ pub mod platform;
 pub mod tlb;
 pub mod vcpu;
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::cell::Cell;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
 pub use self::ept::{EptWalker, Eptp};
@@ -39,7 +39,7 @@ pub use self::exit::RawExit;
 pub use self::guest::{Sim, SimConfig};
 pub use self::memory::{FRAME, HostMemory};
 pub use self::platform::{SimPlatform, handle_exit};
-pub use self::vcpu::{Controls, Gpr, Insn, Injection, Observed, RunError, Step, Vcpu, Vmcs};
+pub use self::vcpu::{Controls, Gpr, Injection, Insn, Observed, RunError, Step, Vcpu, Vmcs};
 
 /// Invalidations the machine performed, by kind.
 #[derive(Debug, Default)]
@@ -157,7 +157,10 @@ impl Machine {
     /// (`Some`) or every context, before this returns (each at its instruction boundary).
     pub fn shootdown(&self, eptp: Option<u64>) {
         match eptp {
-            Some(_) => self.counters.shootdown_single.fetch_add(1, Ordering::SeqCst),
+            Some(_) => self
+                .counters
+                .shootdown_single
+                .fetch_add(1, Ordering::SeqCst),
             None => self.counters.shootdown_all.fetch_add(1, Ordering::SeqCst),
         };
         let me = self.current_vcpu();
@@ -216,7 +219,12 @@ impl Machine {
 
     /// The guest-physical address of `va` under `regs` (4-level or 5-level tables whose
     /// entries are read through `eptp`), ignoring rights; `None` if unmapped.
-    pub fn guest_walk(&self, eptp: &Eptp, regs: &introvisor::arch::amd64::Registers, va: u64) -> Option<u64> {
+    pub fn guest_walk(
+        &self,
+        eptp: &Eptp,
+        regs: &introvisor::arch::amd64::Registers,
+        va: u64,
+    ) -> Option<u64> {
         let levels: u32 = if regs.cr4 & (1 << 12) != 0 { 5 } else { 4 };
         let mut table = regs.cr3 & 0x000f_ffff_ffff_f000;
         let mut level = levels;

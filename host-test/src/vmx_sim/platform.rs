@@ -1,11 +1,12 @@
 //! [`SimPlatform`]: the simulated machine as an `introvisor_ept::Platform`, the way a
-//! hypervisor would offer it, plus the hypervisor's exit handler ([`SimPlatform::exit`])
+//! hypervisor would offer it, plus the hypervisor's exit handler ([`handle_exit`])
 //! that hands each VM exit to the backend and carries out the [`ExitAction`] it returns.
 
-use std::ptr::NonNull;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+use core::time::Duration;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use introvisor::VcpuId;
 use introvisor::arch::amd64::{ControlRegister, Interrupt, Registers};
@@ -125,7 +126,11 @@ unsafe impl Platform for SimPlatform {
         Ok(())
     }
 
-    fn set_eptp_list_entry(&self, index: u16, eptp: Option<EptPointer>) -> Result<(), PlatformError> {
+    fn set_eptp_list_entry(
+        &self,
+        index: u16,
+        eptp: Option<EptPointer>,
+    ) -> Result<(), PlatformError> {
         let i = usize::from(index);
         if i >= 512 {
             return Err(PlatformError::Unsupported("EPTP-list index above 511"));
@@ -275,7 +280,6 @@ pub fn handle_exit<const V: usize, const F: usize, const C: usize, const Q: usiz
                 _ => {}
             }
         }
-        _ => {}
     }
     Ok(())
 }

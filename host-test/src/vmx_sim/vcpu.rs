@@ -30,7 +30,7 @@
 //!   instruction is skipped (its handler is assumed to fix things up and return after it).
 //! - A delivered interrupt's handler is one record: it runs no instructions.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use introvisor::arch::amd64::Registers;
@@ -448,15 +448,17 @@ impl Mmu<'_> {
         } else {
             0
         };
-        let code_base = (if access == Access::Write { 2 } else { 0 })
-            | (if user { 4 } else { 0 })
-            | fetch_bit;
+        let code_base =
+            (if access == Access::Write { 2 } else { 0 }) | (if user { 4 } else { 0 }) | fetch_bit;
         // Canonical check: a non-canonical address is #GP, not modelled: report as #PF-less
         // fatal error would hide bugs, so treat it as a not-present #PF.
         let bits = 12 + 9 * levels;
         let sign = ((va as i64) << (64 - bits)) >> (64 - bits);
         if sign as u64 != va {
-            return Err(Fault::GuestPf { va, code: code_base });
+            return Err(Fault::GuestPf {
+                va,
+                code: code_base,
+            });
         }
         let mut table = regs.cr3 & PTE_ADDR;
         let (mut rw, mut us, mut xd) = (true, true, false);
@@ -471,7 +473,10 @@ impl Mmu<'_> {
                 .load_u64(hpa)
                 .ok_or(Fault::Fatal(RunError::OutsideHostMemory(hpa)))?;
             if e & PTE_P == 0 {
-                return Err(Fault::GuestPf { va, code: code_base });
+                return Err(Fault::GuestPf {
+                    va,
+                    code: code_base,
+                });
             }
             let large = e & PTE_PS != 0 && (level == 2 || level == 3);
             let reserved = e & reserved_high != 0
@@ -553,7 +558,12 @@ fn io_exit(step: &Step, port: u16, size: u8, input: bool) -> RawExit {
 }
 
 impl Machine {
-    fn mmu<'a>(&'a self, st: &'a mut CpuState, step: Step, ignore_rights: bool) -> Result<Mmu<'a>, Fault> {
+    fn mmu<'a>(
+        &'a self,
+        st: &'a mut CpuState,
+        step: Step,
+        ignore_rights: bool,
+    ) -> Result<Mmu<'a>, Fault> {
         let raw = st.vmcs.eptp;
         let eptp = Eptp::decode(raw, self.walker.caps, self.walker.maxphyaddr)
             .ok_or(Fault::Fatal(RunError::BadEptp(raw)))?;
