@@ -236,11 +236,34 @@ impl EptWalker {
         gpa: u64,
         need: Rights,
     ) -> Result<EptLeaf, EptFault> {
-        let mut table = eptp.root;
-        let mut rights: Rights = R | W | X;
+        let start = WalkStart {
+            table: eptp.root,
+            level: eptp.levels,
+            rights: R | W | X,
+        };
+        self.walk_from(mem, eptp, gpa, need, start, &mut |_| {})
+    }
+
+    /// [`EptWalker::walk`] from a table a paging-structure cache supplied, calling
+    /// `on_table` for each table the walk enters below `start` (for the caches to keep).
+    ///
+    /// # Errors
+    /// As [`EptWalker::walk`].
+    pub fn walk_from(
+        &self,
+        mem: &HostMemory,
+        eptp: &Eptp,
+        gpa: u64,
+        need: Rights,
+        start: WalkStart,
+        on_table: &mut dyn FnMut(WalkStart),
+    ) -> Result<EptLeaf, EptFault> {
+        let mut table = start.table;
+        let mut rights = start.rights;
         let mut used = [0u64; 5];
         let mut n = 0;
-        let mut level = eptp.levels;
+        let mut level = start.level;
+        let mut entered = [None; 5];
         loop {
             let shift = 12 + 9 * u32::from(level - 1);
             let slot = table + ((gpa >> shift) & 0x1ff) * 8;
@@ -256,7 +279,6 @@ impl EptWalker {
             })?;
             rights &= (e & 7) as u8;
             used[n] = slot;
-            n += 1;
             if leaf {
                 if need & !rights != 0 {
                     return Err(EptFault::Violation { rights });
@@ -264,12 +286,15 @@ impl EptWalker {
                 let page_mask = (1u64 << shift) - 1;
                 let hpa = (e & ADDR_4K & !page_mask) | (gpa & page_mask & !0xfff);
                 if eptp.ad {
-                    for &s in &used[..n] {
+                    for &s in &used[..=n] {
                         let _ = mem.fetch_or_u64(s, ACCESSED);
                     }
                     if need & W != 0 {
                         let _ = mem.fetch_or_u64(slot, DIRTY);
                     }
+                }
+                for t in entered.iter().flatten() {
+                    on_table(*t);
                 }
                 return Ok(EptLeaf {
                     hpa_page: hpa,
@@ -278,8 +303,26 @@ impl EptWalker {
                     memory_type: ((e >> 3) & 7) as u8,
                 });
             }
+            n += 1;
             table = e & ADDR_4K;
             level -= 1;
+            entered[n - 1] = Some(WalkStart {
+                table,
+                level,
+                rights,
+            });
         }
     }
+}
+
+/// Where a walk starts: a table, its level (5 PML5 .. 1 PT), and the AND of the rights of
+/// the entries above it. Also what a paging-structure cache holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkStart {
+    /// The table's host-physical address.
+    pub table: u64,
+    /// Its level.
+    pub level: u8,
+    /// The AND of the rights above it.
+    pub rights: Rights,
 }

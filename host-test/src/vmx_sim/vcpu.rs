@@ -36,9 +36,9 @@ use std::sync::{Mutex, MutexGuard};
 use introvisor::arch::amd64::Registers;
 
 use super::Machine;
-use super::ept::{EptFault, Eptp, R, Rights, W, X};
+use super::ept::{EptFault, Eptp, R, Rights, W, WalkStart, X};
 use super::exit::{self, RawExit, reason};
-use super::tlb::{Cached, EptTlb};
+use super::tlb::EptTlb;
 
 /// A general-purpose register an instruction names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -404,20 +404,30 @@ impl Mmu<'_> {
             }
             return Err(self.violation(gpa, gla, need, c.rights, fin));
         }
-        match self
-            .machine
-            .walker
-            .walk(&self.machine.mem, &self.eptp, gpa, need_check)
-        {
+        let root = self.eptp.root;
+        let start = self
+            .st
+            .tlb
+            .lookup_table(root, gpa, self.eptp.levels)
+            .unwrap_or(WalkStart {
+                table: root,
+                level: self.eptp.levels,
+                rights: R | W | X,
+            });
+        let tlb = &mut self.st.tlb;
+        let walked = self.machine.walker.walk_from(
+            &self.machine.mem,
+            &self.eptp,
+            gpa,
+            need_check,
+            start,
+            &mut |t| tlb.fill_table(root, gpa, t),
+        );
+        match walked {
             Ok(leaf) => {
-                self.st.tlb.fill(
-                    self.eptp.root,
-                    gpa,
-                    Cached {
-                        hpa_page: leaf.hpa_page,
-                        rights: leaf.rights,
-                    },
-                );
+                self.st
+                    .tlb
+                    .fill(root, gpa, leaf.size_shift, leaf.hpa_page, leaf.rights);
                 Ok(leaf.hpa_page | (gpa & 0xfff))
             }
             Err(EptFault::Violation { rights }) => Err(self.violation(gpa, gla, need, rights, fin)),
