@@ -38,6 +38,12 @@ pub const HIGH: u64 = 0xffff_8880_0200_0000;
 /// A 1 GiB guest page over the 1 GiB region (large configuration only), RW, NX.
 pub const BIG_1G: u64 = 0xffff_8881_0000_0000;
 
+/// Four pages mapped (by the guest) to [`SHADOW_GFN`] on: guest-physical frames above
+/// guest memory, backed only once the backend's `allocate_gfn` gives them a frame.
+pub const SHADOW_VA: u64 = 0xffff_8880_0300_0000;
+/// The first guest frame above guest memory that the tests hand to `allocate_gfn`.
+pub const SHADOW_GFN: u64 = 0x1_0000;
+
 /// Guest-physical start of the second region.
 pub const REGION1_GPA: u64 = 16 << 20;
 /// Guest-physical start of the 1 GiB region.
@@ -152,6 +158,15 @@ impl Sim {
                 MapFlags::KERNEL_DATA,
             )
             .expect("high");
+        }
+        for i in 0..4 {
+            b.map(
+                Va(SHADOW_VA + i * FRAME),
+                Pa((SHADOW_GFN + i) << 12),
+                PageSize::Size4K,
+                MapFlags::KERNEL_DATA,
+            )
+            .expect("shadow");
         }
         if cfg.large {
             b.map(
