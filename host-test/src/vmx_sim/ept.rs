@@ -315,6 +315,27 @@ impl EptWalker {
     }
 }
 
+impl EptWalker {
+    /// The entries a walk of `gpa` reads, top down: (level, the entry's host-physical
+    /// address, its value), up to the leaf or the first entry that is not present. For
+    /// tests that need to know which frame holds which table.
+    pub fn path(&self, mem: &HostMemory, eptp: &Eptp, gpa: u64) -> Vec<(u8, u64, u64)> {
+        let mut out = Vec::new();
+        let mut table = eptp.root;
+        for level in (1..=eptp.levels).rev() {
+            let shift = 12 + 9 * u32::from(level - 1);
+            let slot = table + ((gpa >> shift) & 0x1ff) * 8;
+            let Some(e) = mem.load_u64(slot) else { break };
+            out.push((level, slot, e));
+            if e & 7 == 0 || level == 1 || (e & LARGE != 0 && level <= 3) {
+                break;
+            }
+            table = e & ADDR_4K;
+        }
+        out
+    }
+}
+
 /// Where a walk starts: a table, its level (5 PML5 .. 1 PT), and the AND of the rights of
 /// the entries above it. Also what a paging-structure cache holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

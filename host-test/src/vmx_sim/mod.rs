@@ -100,6 +100,11 @@ pub struct Machine {
     pub vcpus: Box<[Vcpu]>,
     /// Invalidation counts.
     pub counters: Counters,
+    /// Stop a vCPU that uses a cached translation of another page size than the current
+    /// EPT leaf ([`RunError::PageSizeConflict`]). Off by default: while the backend is
+    /// between a split and its shootdown a running vCPU legitimately holds one; tests
+    /// turn it on when every access they make follows a completed change.
+    pub strict_page_size: AtomicBool,
     paused: Mutex<bool>,
     paused_flag: AtomicBool,
     resumed: Condvar,
@@ -118,6 +123,7 @@ impl Machine {
             },
             vcpus: (0..vcpus).map(|i| Vcpu::new(i, vmcs.clone())).collect(),
             counters: Counters::default(),
+            strict_page_size: AtomicBool::new(false),
             paused: Mutex::new(false),
             paused_flag: AtomicBool::new(false),
             resumed: Condvar::new(),

@@ -28,6 +28,8 @@ pub struct Cached {
     pub hpa_page: u64,
     /// The AND of the walk's rights.
     pub rights: Rights,
+    /// The size of the leaf it was made from: 12, 21 or 30.
+    pub shift: u8,
 }
 
 /// The EPT caches of one vCPU.
@@ -53,6 +55,7 @@ impl EptTlb {
                 return Some(Cached {
                     hpa_page: base | within,
                     rights,
+                    shift,
                 });
             }
         }

@@ -254,6 +254,15 @@ pub enum RunError {
     LostRip(u64),
     /// The exit handler asked to stop.
     Stopped,
+    /// With [`Machine::strict_page_size`] on: the vCPU used a cached translation whose
+    /// page size is not the current leaf's for that address. After a page-size change
+    /// without invalidation the TLBs may hold translations of both sizes and which one is
+    /// used is unpredictable (SDM Vol. 3A §4.10.2.3, which §29.4 applies to EPT; on some
+    /// processors a machine check, per their errata); the simulator stops instead.
+    PageSizeConflict {
+        /// The guest-physical address.
+        gpa: u64,
+    },
     /// The backend's exit entry point failed.
     Backend(introvisor_ept::EptError),
 }
@@ -399,6 +408,13 @@ impl Mmu<'_> {
     fn gpa(&mut self, gpa: u64, need: Rights, gla: u64, fin: bool) -> Result<u64, Fault> {
         let need_check = if self.ignore_rights { 0 } else { need };
         if let Some(c) = self.st.tlb.lookup(self.eptp.root, gpa) {
+            if self.machine.strict_page_size.load(Ordering::Relaxed) {
+                let path = self.machine.walker.path(&self.machine.mem, &self.eptp, gpa);
+                let leaf_shift = path.last().map(|&(level, _, _)| 12 + 9 * (level - 1));
+                if path.last().is_some_and(|&(_, _, e)| e & 7 != 0) && leaf_shift != Some(c.shift) {
+                    return Err(Fault::Fatal(RunError::PageSizeConflict { gpa }));
+                }
+            }
             if need_check & !c.rights == 0 {
                 return Ok(c.hpa_page | (gpa & 0xfff));
             }
