@@ -1289,3 +1289,48 @@ fn the_backend_is_shared_between_threads() {
     fn assert_sync<T: Sync + Send>() {}
     assert_sync::<Backend>();
 }
+
+/// A write that faults in view `v` while `v` is being destroyed: the backend has decided
+/// the violation is real (the write is not allowed in `v`), then the destroy moves the
+/// vCPU to view 0 before the event is built. The event must name the view the exit
+/// happened in (or be dropped as spurious, since view 0 allows the write); it must not
+/// report a violation "in view 0" of a write that view 0 allows.
+#[test]
+fn destroyed_view_event_names_the_exit_view() {
+    let w = small();
+    let v = w.backend.create_view(MemoryAccess::RWX).unwrap();
+    let watched = DATA + 2 * FRAME;
+    w.backend
+        .set_memory_access(w.gfn(watched), v, MemoryAccess::R)
+        .unwrap();
+    w.backend.switch_to_view(v).unwrap();
+    let (go, gone) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+    let (go_tx, go_rx) = go;
+    let (gone_tx, gone_rx) = gone;
+    // The backend reads the vCPU's registers between its rights check and the event.
+    *w.backend.platform().registers_hook.lock().unwrap() = Some(Box::new(move |_| {
+        go_tx.send(()).unwrap();
+        gone_rx.recv().unwrap();
+    }));
+    let mut c = Code::new(TEXT);
+    c.store(watched + 8, 1);
+    let mut views = Vec::new();
+    std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            w.run(0, &c.steps, &mut |e| {
+                views.push(e.view);
+                Response::continue_().emulate()
+            })
+            .0
+        });
+        go_rx.recv().unwrap();
+        w.backend.destroy_view(v).unwrap();
+        gone_tx.send(()).unwrap();
+        run.join().unwrap().unwrap();
+    });
+    assert_eq!(w.host_u64(watched + 8), 1);
+    assert!(
+        views.iter().all(|&view| view == Some(v)),
+        "events of an exit in {v} were reported in {views:?}"
+    );
+}

@@ -140,12 +140,7 @@ impl FramePtr {
             let last = (end - (at - first)).min(8);
             let mut bytes = [0u8; 8];
             let mut mask = [0u8; 8];
-            for (b, m) in bytes
-                .iter_mut()
-                .zip(mask.iter_mut())
-                .take(last)
-                .skip(first)
-            {
+            for (b, m) in bytes.iter_mut().zip(mask.iter_mut()).take(last).skip(first) {
                 *b = input.next().copied().unwrap_or(0);
                 *m = 0xff;
             }

@@ -37,12 +37,19 @@ pub struct PlatformStats {
     pub not_mine: AtomicU64,
 }
 
+/// A test's one-shot hook into [`Platform::registers`]: it runs on the calling thread
+/// (for an exit, the vCPU's, inside the backend's exit path) before the registers are
+/// read, so a test can make another thread act at exactly that point.
+pub type RegistersHook = Box<dyn FnOnce(VcpuId) + Send>;
+
 /// The simulated machine as the backend's platform.
 pub struct SimPlatform {
     /// The machine.
     pub machine: Arc<Machine>,
     /// Calls the backend made.
     pub stats: PlatformStats,
+    /// Runs once, at the next `registers` call (see [`RegistersHook`]).
+    pub registers_hook: std::sync::Mutex<Option<RegistersHook>>,
     start: Instant,
 }
 
@@ -52,6 +59,7 @@ impl SimPlatform {
         Self {
             machine,
             stats: PlatformStats::default(),
+            registers_hook: std::sync::Mutex::new(None),
             start: Instant::now(),
         }
     }
@@ -196,6 +204,14 @@ unsafe impl Platform for SimPlatform {
     }
 
     fn registers(&self, vcpu: VcpuId) -> Result<Registers, PlatformError> {
+        let hook = self
+            .registers_hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(hook) = hook {
+            hook(vcpu);
+        }
         Ok(self.vcpu(vcpu)?.lock().vmcs.regs)
     }
 
