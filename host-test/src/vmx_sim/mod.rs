@@ -38,7 +38,7 @@ pub use self::ept::{EptWalker, Eptp};
 pub use self::exit::RawExit;
 pub use self::guest::{Sim, SimConfig};
 pub use self::memory::{FRAME, HostMemory};
-pub use self::platform::{SimPlatform, handle_exit};
+pub use self::platform::{SimPlatform, carry_out, exit_info, handle_exit};
 pub use self::vcpu::{Controls, Gpr, Injection, Insn, Observed, RunError, Step, Vcpu, Vmcs};
 
 /// Invalidations the machine performed, by kind.

@@ -254,9 +254,7 @@ unsafe impl Platform for SimPlatform {
 
 /// The hypervisor's exit handler: hands `raw` (an exit of vCPU `index`) to `backend` on
 /// the calling thread, inline with `handler` or queued with `None`, and carries out the
-/// returned [`ExitAction`]. For exits the backend does not claim it does what a
-/// hypervisor without introspection does: completes intercepted instructions, reflects
-/// intercepted exceptions to the guest, and otherwise resumes.
+/// returned [`ExitAction`] ([`carry_out`]).
 ///
 /// # Errors
 /// [`RunError::Backend`] with the backend's error.
@@ -266,11 +264,19 @@ pub fn handle_exit<const V: usize, const F: usize, const C: usize, const Q: usiz
     raw: &RawExit,
     handler: Option<&mut InlineHandler<'_>>,
 ) -> Result<(), RunError> {
-    let platform = backend.platform();
     let info = exit_info(raw);
     let action = backend
         .on_exit(VcpuId(index as u16), &info, handler)
         .map_err(RunError::Backend)?;
+    carry_out(backend.platform(), index, raw, action);
+    Ok(())
+}
+
+/// What the hypervisor does after the backend answered `action` for `raw`. For exits the
+/// backend does not claim it does what a hypervisor without introspection does:
+/// completes intercepted instructions, reflects intercepted exceptions to the guest, and
+/// otherwise resumes.
+pub fn carry_out(platform: &SimPlatform, index: usize, raw: &RawExit, action: ExitAction) {
     let machine = &platform.machine;
     match action {
         ExitAction::Resume => {}
@@ -297,5 +303,4 @@ pub fn handle_exit<const V: usize, const F: usize, const C: usize, const Q: usiz
             }
         }
     }
-    Ok(())
 }
