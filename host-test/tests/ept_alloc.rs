@@ -23,7 +23,7 @@ use introvisor::{
     AccessContext, Gfn, MemoryAccess, Pa, Va, VcpuId, View, VmiCore, VmiDriver, VmiEvent,
     VmiEventResponse,
 };
-use introvisor_ept::{Config, EptBackend, EptCapabilities, ExitAction};
+use introvisor_ept::{Config, EptBackend, EptCapabilities, ExitAction, InlineHandler};
 use introvisor_host_test::vmx_sim::guest::{self, BIG_2M, DATA, HIGH, SHADOW_GFN, TEXT};
 use introvisor_host_test::vmx_sim::{
     FRAME, Gpr, Insn, RunError, Sim, SimConfig, SimPlatform, Step, carry_out, exit_info,
@@ -56,7 +56,7 @@ fn run_counted(
     sim: &Sim,
     backend: &Backend,
     script: &[Step],
-    mut handler: Option<&mut dyn FnMut(&VmiEvent<Amd64>) -> Response>,
+    mut handler: Option<&mut InlineHandler<'_>>,
 ) -> (u64, u64) {
     let (mut exits, mut allocations) = (0u64, 0u64);
     let r = sim.machine.run(0, script, 1000, &mut |raw| {
