@@ -742,11 +742,7 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
             EventMonitor::Register(cr) => Some(Control::CrWrite(cr)),
             EventMonitor::Msr(i) => Some(Control::MsrWrite(i)),
             EventMonitor::Exception(v) if v < 32 => Some(Control::Exception(v)),
-            EventMonitor::Exception(_) => {
-                return Err(EptError::InvalidExitInformation(
-                    "exception vector above 31",
-                ));
-            }
+            EventMonitor::Exception(v) => return Err(EptError::InvalidVector(v)),
             EventMonitor::Singlestep => None,
             EventMonitor::Cpuid => Some(Control::Cpuid),
             EventMonitor::Io(p) => Some(Control::Io(p)),
