@@ -623,9 +623,17 @@ fn destroy_view_while_running() {
     let free0 = w.backend.free_frames();
     let v = w.backend.create_view(MemoryAccess::RWX).unwrap();
     let watched = DATA + 2 * FRAME;
-    w.backend
-        .set_memory_access(w.gfn(watched), v, MemoryAccess::R)
-        .unwrap();
+    // The gate: a page read-only in `v` that each vCPU writes once, two thirds through its
+    // script. A vCPU that reaches it while `v` lives waits in its handler until the view
+    // is gone, so that no vCPU can finish its script before the destroy (whatever the
+    // scheduler does) and each runs on in view 0 after it.
+    let gate = DATA + 7 * FRAME;
+    let writer_gate = DATA + 11 * FRAME;
+    for va in [watched, gate, writer_gate] {
+        w.backend
+            .set_memory_access(w.gfn(va), v, MemoryAccess::R)
+            .unwrap();
+    }
     w.backend.switch_to_view(v).unwrap();
     let eptp_v = w.eptp(v);
     let eptp_0 = w.eptp(View(0));
@@ -633,45 +641,80 @@ fn destroy_view_while_running() {
     // exits in `v` (and is emulated), and not in view 0.
     let mut reader = Code::new(TEXT);
     let mut expect = Vec::new();
-    for k in 0..6000u64 {
+    for k in 0..3000u64 {
+        if k == 2000 {
+            reader.store(gate, 0x6a7e);
+        }
         let p = [0, 1, 3, 4, 5, 6, 7][(k % 7) as usize];
         let i = (k * 13) % 512;
         let va = DATA + p * FRAME + i * 8;
         reader.load(va, 8);
-        expect.push((va, 0xdada_0000_0000_0000 | (p << 16) | i));
+        let value = if p == 7 && i == 0 && k > 2000 {
+            0x6a7e
+        } else {
+            0xdada_0000_0000_0000 | (p << 16) | i
+        };
+        expect.push((va, value));
         if reader.at > TEXT + 3 * FRAME {
             reader.at = TEXT;
         }
     }
     let mut writer = Code::new(TEXT + 0x800);
     for k in 0..1500u64 {
+        if k == 1000 {
+            writer.store(writer_gate, 0x6a7e);
+        }
         writer.store(watched + (k % 512) * 8, k);
         if writer.at > TEXT + 3 * FRAME {
             writer.at = TEXT + 0x800;
         }
     }
-    let started = AtomicBool::new(false);
+    let destroyed = AtomicBool::new(false);
+    let gate_gfn = w.gfn(gate);
+    let gates = [gate_gfn, w.gfn(writer_gate)];
+    let wait_at_gate = |e: &Event| {
+        if e.reason
+            .as_memory_access()
+            .is_some_and(|m| gates.contains(&m.gfn()))
+        {
+            let start = std::time::Instant::now();
+            while !destroyed.load(Ordering::SeqCst) {
+                assert!(
+                    start.elapsed().as_secs() < 20,
+                    "the view was never destroyed"
+                );
+                std::thread::yield_now();
+            }
+        }
+    };
     std::thread::scope(|s| {
         let r0 = s.spawn(|| {
             w.run(0, &reader.steps, &mut |e| {
-                panic!("no event expected on vCPU 0: {e:?}")
+                wait_at_gate(e);
+                assert_eq!(
+                    e.reason.as_memory_access().map(|m| m.gfn()),
+                    Some(gate_gfn),
+                    "vCPU 0 only exits at the gate"
+                );
+                Response::continue_().emulate()
             })
             .0
         });
         let r1 = s.spawn(|| {
-            started.store(true, Ordering::SeqCst);
             // (The event's view may say view 0 when the exit raced with the destroy:
             // `destroyed_view_event_names_the_exit_view` pins that down.)
             w.run(1, &writer.steps, &mut |e| {
+                wait_at_gate(e);
                 assert!(e.reason.as_memory_access().is_some());
                 Response::continue_().emulate()
             })
             .0
         });
-        while !started.load(Ordering::SeqCst) || log_len(&w, 0) < 50 || log_len(&w, 1) < 10 {
+        while log_len(&w, 0) < 50 || log_len(&w, 1) < 10 {
             std::thread::yield_now();
         }
         w.backend.destroy_view(v).unwrap();
+        destroyed.store(true, Ordering::SeqCst);
         r0.join().unwrap().unwrap();
         r1.join().unwrap().unwrap();
     });
@@ -690,10 +733,13 @@ fn destroy_view_while_running() {
             })
             .collect();
         assert!(eptps.iter().all(|&e| e == eptp_v || e == eptp_0));
-        let first0 = eptps
-            .iter()
-            .position(|&e| e == eptp_0)
-            .expect("moved to view 0");
+        let first0 = eptps.iter().position(|&e| e == eptp_0).unwrap_or_else(|| {
+            panic!(
+                "vCPU {vcpu} never ran in view 0 ({} instructions, eptp now {:#x})",
+                eptps.len(),
+                w.vcpu_eptp(vcpu)
+            )
+        });
         assert!(
             first0 > 0,
             "vCPU {vcpu} ran in the view before it was destroyed"
@@ -705,6 +751,8 @@ fn destroy_view_while_running() {
     }
     assert_eq!(loads(&w.log(0)), expect, "every read saw guest memory");
     assert_eq!(w.host_u64(watched + (1499 % 512) * 8), 1499);
+    assert_eq!(w.host_u64(gate), 0x6a7e);
+    assert_eq!(w.host_u64(writer_gate), 0x6a7e);
     assert!(w.backend.eptp(v).is_err(), "the view is gone");
     assert_eq!(
         w.backend.free_frames(),
