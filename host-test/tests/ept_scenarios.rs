@@ -1067,7 +1067,7 @@ fn stale_translation() {
 #[test]
 fn concurrent_exits() {
     const VCPUS: usize = 4;
-    const STORES: u64 = 150;
+    const STORES: u64 = 160;
     const OPS: usize = 300;
     let w = world(SimConfig {
         vcpus: VCPUS,
@@ -1080,13 +1080,22 @@ fn concurrent_exits() {
     let views = [View(0), a, b];
     // Watched pages: read-only in every view, never changed again.
     let watched: Vec<u64> = (0..4).map(|p| DATA + p * FRAME).collect();
-    for &va in &watched {
+    // Gates: at each quarter of its script a vCPU writes a read-only gate page, and its
+    // handler holds it until the introspection thread has done that quarter of its
+    // operations, so that the two sides overlap whatever the scheduler does.
+    let gate = DATA + 7 * FRAME;
+    let gate_gfn = w.gfn(gate);
+    for &va in watched.iter().chain([&gate]) {
         for &v in &views {
             w.backend
                 .set_memory_access(w.gfn(va), v, MemoryAccess::RX)
                 .unwrap();
         }
     }
+    let ops_done = core::sync::atomic::AtomicUsize::new(0);
+    // How many vCPUs have passed gate q (gate 0: started).
+    let passed: [core::sync::atomic::AtomicUsize; 4] = Default::default();
+    let gate_events = Mutex::new(Vec::new());
     // Churned frames: the introspection thread changes them; the vCPUs only read them.
     let churn: Vec<u64> = (8..16)
         .map(|p| DATA + p * FRAME)
@@ -1105,9 +1114,14 @@ fn concurrent_exits() {
         let mut runs = Vec::new();
         for vcpu in 0..VCPUS {
             let (events, churn, watched, w) = (&events, &churn, &watched, &w);
+            let (ops_done, gate_events, passed) = (&ops_done, &gate_events, &passed);
             runs.push(s.spawn(move || {
+                passed[0].fetch_add(1, Ordering::SeqCst);
                 let mut c = Code::new(TEXT + vcpu as u64 * 0x300);
                 for k in 0..STORES {
+                    if k > 0 && k % (STORES / 4) == 0 {
+                        c.store(gate + vcpu as u64 * 8, 0x6a7e_0000 | k / (STORES / 4));
+                    }
                     let page = watched[((k * 7 + vcpu as u64) % 4) as usize];
                     c.store(
                         page + vcpu as u64 * 64 + (k % 8) * 8,
@@ -1123,6 +1137,17 @@ fn concurrent_exits() {
                         raw,
                         Some(&mut |e: &Event| {
                             let m = e.reason.as_memory_access().expect("memory events only");
+                            if m.gfn() == gate_gfn {
+                                let quarter = (e.registers.rax & 0xff) as usize;
+                                let start = std::time::Instant::now();
+                                while ops_done.load(Ordering::SeqCst) < quarter * OPS / 4 {
+                                    assert!(start.elapsed().as_secs() < 30, "stuck at a gate");
+                                    std::thread::yield_now();
+                                }
+                                gate_events.lock().unwrap().push((vcpu, quarter));
+                                passed[quarter].fetch_add(1, Ordering::SeqCst);
+                                return Response::continue_().emulate();
+                            }
                             assert_eq!(
                                 m.access,
                                 MemoryAccess::W,
@@ -1138,7 +1163,18 @@ fn concurrent_exits() {
             }));
         }
         let mut rng = introvisor_host_test::Rng::new(introvisor_host_test::seed(0xe97));
-        for _ in 0..OPS {
+        for op in 0..OPS {
+            // Quarter q of the operations starts once every vCPU has passed gate q.
+            if op % (OPS / 4) == 0 {
+                let start = std::time::Instant::now();
+                while passed[op / (OPS / 4)].load(Ordering::SeqCst) < VCPUS {
+                    assert!(
+                        start.elapsed().as_secs() < 30,
+                        "a vCPU never reached a gate"
+                    );
+                    std::thread::yield_now();
+                }
+            }
             match rng.below(10) {
                 0 => {
                     last_view = views[rng.below(3) as usize];
@@ -1154,6 +1190,7 @@ fn concurrent_exits() {
                     model.lock().unwrap().insert((va, view), access);
                 }
             }
+            ops_done.fetch_add(1, Ordering::SeqCst);
         }
         for r in runs {
             r.join().unwrap().unwrap();
@@ -1173,6 +1210,12 @@ fn concurrent_exits() {
         }
     }
     let got_set: BTreeSet<_> = got.iter().copied().collect();
+    let mut gates = gate_events.into_inner().unwrap();
+    gates.sort_unstable();
+    let want_gates: Vec<_> = (0..VCPUS)
+        .flat_map(|v| (1..4).map(move |q| (v, q)))
+        .collect();
+    assert_eq!(gates, want_gates, "each gate once per vCPU");
     assert_eq!(got.len(), got_set.len(), "duplicated events");
     assert_eq!(got_set, want, "lost or unexpected events");
     // The emulated writes landed: the last value of each slot.
@@ -1222,10 +1265,52 @@ fn concurrent_exits() {
             );
         }
     }
+    // The same, read by the simulator's own walker over every frame of guest memory in
+    // every view: rights as the model says (RWX where it says nothing), the frame behind
+    // each the region's, every table a pool frame.
+    let model = model.into_inner().unwrap();
+    let expected: BTreeMap<(u64, View), MemoryAccess> = model
+        .iter()
+        .map(|(&(va, view), &a)| ((w.gpa(va) >> 12, view), a))
+        .chain(
+            watched
+                .iter()
+                .chain([&gate])
+                .flat_map(|&va| views.map(|v| ((w.gpa(va) >> 12, v), MemoryAccess::RX))),
+        )
+        .collect();
+    let walker = w.sim.machine.walker;
+    for &view in &views {
+        let eptp = introvisor_host_test::vmx_sim::Eptp::decode(
+            w.eptp(view),
+            walker.caps,
+            walker.maxphyaddr,
+        )
+        .unwrap();
+        for r in &w.sim.regions {
+            for gpa in (r.gpa.0..r.gpa.0 + r.size).step_by(FRAME as usize) {
+                let leaf = walker.walk(&w.sim.machine.mem, &eptp, gpa, 0).unwrap();
+                let want = expected
+                    .get(&(gpa >> 12, view))
+                    .copied()
+                    .unwrap_or(MemoryAccess::RWX);
+                assert_eq!(leaf.rights, want.bits(), "{gpa:#x} in {view}");
+                assert_eq!(
+                    leaf.hpa_page,
+                    r.hpa.0 + (gpa - r.gpa.0),
+                    "{gpa:#x} in {view}"
+                );
+                let path = walker.path(&w.sim.machine.mem, &eptp, gpa);
+                for &(_, slot, _) in &path {
+                    assert!(w.sim.in_pool(slot), "a table outside the pool");
+                }
+            }
+        }
+    }
     assert_eq!(w.if_changes(), 0);
     // No frame leaked: undo everything and the pool is whole again.
     w.backend.switch_to_view(View(0)).unwrap();
-    for &va in churn.iter().chain(&watched) {
+    for &va in churn.iter().chain(&watched).chain([&gate]) {
         w.backend
             .set_memory_access(w.gfn(va), View(0), MemoryAccess::RWX)
             .unwrap();
