@@ -1120,7 +1120,7 @@ fn concurrent_exits() {
                 let mut c = Code::new(TEXT + vcpu as u64 * 0x300);
                 for k in 0..STORES {
                     if k > 0 && k % (STORES / 4) == 0 {
-                        c.store(gate + vcpu as u64 * 8, 0x6a7e_0000 | k / (STORES / 4));
+                        c.store(gate + vcpu as u64 * 8, 0x6a7e_0000 | (k / (STORES / 4)));
                     }
                     let page = watched[((k * 7 + vcpu as u64) % 4) as usize];
                     c.store(
