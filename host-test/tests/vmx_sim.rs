@@ -401,3 +401,64 @@ fn int3_and_intercepted_instructions_exit_with_their_information() {
     let log = sim.machine.vcpus[0].lock().log.clone();
     assert!(log.contains(&Observed::Cr3Loaded(cr3)));
 }
+
+#[test]
+fn paging_structure_caches_keep_a_replaced_table_until_invept() {
+    let (sim, mut m) = setup(None);
+    let mem = &sim.machine.mem;
+    // DATA pages 0 and 1 share a PT. vCPU 0 reads page 0 (caching the PDE -> PT).
+    let p0 = guest::gpa_of(&sim.guest, DATA);
+    let p1 = guest::gpa_of(&sim.guest, DATA + FRAME);
+    assert_eq!(p0 >> 21, p1 >> 21);
+    let (r, _) = run(&sim, &[load(TEXT, DATA)], |_| {});
+    r.unwrap();
+    // A new PT, identical but for page 1, which now maps page 2's frame; swap the PDE.
+    let pte1 = m.slot(&sim, p1);
+    let old_pt = pte1 & !0xfff;
+    let new_pt = m.next;
+    m.next += FRAME;
+    for i in 0..512 {
+        let e = mem.load_u64(old_pt + i * 8).unwrap();
+        mem.store_u64(new_pt + i * 8, e);
+    }
+    let p2_hpa = sim
+        .hpa_of(guest::gpa_of(&sim.guest, DATA + 2 * FRAME))
+        .unwrap();
+    mem.store_u64(new_pt + (pte1 & 0xfff), p2_hpa | WB | R | W | X);
+    let walker = sim.machine.walker;
+    let eptp = introvisor_host_test::vmx_sim::Eptp::decode(m.eptp(), walker.caps, 46).unwrap();
+    let pde = walker
+        .path(mem, &eptp, p1)
+        .into_iter()
+        .find(|p| p.0 == 2)
+        .unwrap()
+        .1;
+    mem.store_u64(pde, new_pt | R | W | X);
+    // Page 1 was never cached as a leaf, but the cached PDE still leads to the old PT.
+    let (r, _) = run(&sim, &[load(TEXT, DATA + FRAME)], |_| {});
+    r.unwrap();
+    let l = loads(&sim.machine.vcpus[0].lock().log);
+    assert_eq!(
+        l.last().unwrap().1,
+        0xdada_0000_0001_0000,
+        "through the cached table"
+    );
+    // After INVEPT on vCPU 0's own thread, the new table is walked.
+    let machine = sim.machine.clone();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _me = machine.enter_vcpu_thread(0);
+            machine.invept(None);
+        });
+    });
+    let (r, _) = run(&sim, &[load(TEXT, DATA + FRAME)], |_| {});
+    r.unwrap();
+    let l = loads(&sim.machine.vcpus[0].lock().log);
+    assert_eq!(
+        l.last().unwrap().1,
+        0xdada_0000_0002_0000,
+        "through the new table"
+    );
+    let (single, all, _, _) = sim.machine.counters.snapshot();
+    assert_eq!((single, all), (0, 1));
+}
