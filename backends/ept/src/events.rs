@@ -267,6 +267,13 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
                         return Ok(ExitAction::Resume);
                     }
                     Ok(_) => {}
+                    // The view was destroyed while the vCPU ran in it: the vCPU is in the
+                    // default view now; let it retry there.
+                    Err(EptError::NoSuchView(_)) => {
+                        self.platform.invept(self.scope(None));
+                        self.reinject_vectoring(vcpu, exit)?;
+                        return Ok(ExitAction::Resume);
+                    }
                     Err(_) => return Ok(ExitAction::NotMine),
                 }
                 let regs = self.platform.registers(vcpu)?;

@@ -674,6 +674,15 @@ fn write_watch_reports_gpa_gva_and_access() {
         exit_with(&b, 7, &exit, VmiEventResponse::continue_(), &mut seen),
         Err(EptError::NoSuchVcpu(VcpuId(7)))
     );
+    // A vCPU whose view is being destroyed under it retries (in the default view the
+    // destruction moves it to) without an event.
+    log(&b);
+    b.vcpus[1].lock().view = View(3);
+    assert_eq!(
+        exit_with(&b, 1, &exit, VmiEventResponse::continue_(), &mut seen),
+        Ok(ExitAction::Resume)
+    );
+    assert_eq!(log(&b), [Call::Invept(Invept::AllContext)]);
     assert_eq!(seen.len(), 1);
 }
 
