@@ -10,6 +10,8 @@
 pub mod counting_alloc;
 pub mod scripted;
 
+pub mod vmx_sim;
+
 /// A small, seeded pseudo-random generator (splitmix64): reproducible test layouts without
 /// a dependency.
 #[derive(Clone, Debug)]
