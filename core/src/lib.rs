@@ -16,7 +16,7 @@
 //! - [`addr`], [`access`], [`error`]: address newtypes, rights and access contexts, and
 //!   [`VmiError`]. They import only one another.
 //! - [`cache`]: fixed-capacity containers that know no guest type ([`cache::Lru`],
-//!   [`cache::ShardedLru`], [`cache::Tlb`]). Imports the layer above.
+//!   [`cache::ClockCache`], [`cache::Tlb`]). Imports the layer above.
 //! - [`arch`]: the [`Architecture`] trait; [`arch::amd64`] has the paging modes, the
 //!   entries, the walker, the rights check, registers and events. Imports the layers above.
 //! - [`driver`]: all a backend implements or delivers: [`VmiDriver`], [`PageRef`],
@@ -88,10 +88,29 @@
 //! offers, or allocates without bound.
 //!
 //! ## Features
-//! - `alloc`: reads that return `Vec`/`String`.
-//! - `std`: implies `alloc`; for host builds.
+//! All are additive; `--all-features` builds (on a host target: `std` needs one).
+//! - `alloc`: reads that return `Vec`/`String`, and [`VmiDriver`] for `Arc<D>`.
+//! - `std`: implies `alloc`; for host builds. The page cache's locks then yield to the
+//!   operating system's scheduler while they wait, instead of spinning through a
+//!   preempted holder's time slice (without `std`, where the holder is another CPU in an
+//!   exit handler, they spin: see [`cache::ClockCache`]).
 //! - `defmt`: `defmt::Format` on the public types, logging through defmt.
-//! - `log`: logging through the `log` facade. `defmt` and `log` exclude each other.
+//! - `log`: logging through the `log` facade. With both `defmt` and `log` on, defmt wins:
+//!   the crate logs through defmt only.
+//!
+//! The crate logs what a user would want to know, never on a hot path (a translation, a
+//! read that hits): a failed resume when a [`PauseGuard`] drops (`warn`); a cache enabled,
+//! disabled, resized or (the page cache) flushed (`debug`); an evicted page-cache entry
+//! and a translation-cache flush (`trace`).
+//!
+//! ## A core in a static
+//! [`VmiCore::new`] is a `const fn`, so a hypervisor or firmware declares its core as
+//! static data, built by the compiler, on no stack:
+//! `static CORE: VmiCore<MyDriver> = VmiCore::new(MyDriver::new());` when the driver's
+//! constructor is `const`. The caches are sized by the type:
+//! `static SMALL: VmiCore<MyDriver, 64, 0> = VmiCore::sized(MyDriver::new());` holds 64
+//! translations and no page cache. See [`VmiCore`] for the sizes, and for drivers that
+//! learn their memory at boot.
 
 #![no_std]
 #![forbid(unsafe_code)]
@@ -102,7 +121,8 @@
         clippy::unwrap_used,
         clippy::expect_used,
         clippy::panic,
-        clippy::indexing_slicing
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
     )
 )]
 

@@ -499,6 +499,7 @@ impl Architecture for Arch16K {
     type Registers = ();
     type GpRegisters = ();
     type Paging = ();
+    const DEFAULT_PAGING: () = ();
     type EventMonitor = ();
     type EventReason = ();
     type Interrupt = ();

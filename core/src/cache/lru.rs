@@ -27,8 +27,9 @@ struct Slot<K, V> {
 
 /// A fixed-capacity least-recently-used map of `N` entries at most.
 ///
-/// Capacity is the last const generic, as in `heapless`. The effective capacity can be
-/// lowered (and raised again, up to `N`) at run time with [`Lru::set_capacity`].
+/// Capacity is the last const generic, as in `heapless`; `N = 0` is a cache that holds
+/// nothing. The effective capacity can be lowered (and raised again, up to `N`) at run
+/// time with [`Lru::set_capacity`].
 ///
 /// ```
 /// use introvisor::cache::Lru;
@@ -65,10 +66,7 @@ impl<K: CacheKey, V, const N: usize> Lru<K, V, N> {
     /// The compile-time capacity.
     pub const CAPACITY: usize = N;
 
-    const CHECK: () = assert!(
-        N > 0 && N < u32::MAX as usize,
-        "capacity must be 1..u32::MAX"
-    );
+    const CHECK: () = assert!(N < u32::MAX as usize, "capacity must be below u32::MAX");
 
     /// An empty cache with effective capacity `N`. O(N), and `const`: it can initialise
     /// a `static`.
@@ -83,8 +81,9 @@ impl<K: CacheKey, V, const N: usize> Lru<K, V, N> {
         let mut i = 0;
         while i < N {
             // The stack pops from the top: slot 0 comes out first.
-            free[i] = (N - 1 - i) as u32;
-            i += 1;
+            // `i < N`: neither the difference nor the increment wraps.
+            free[i] = N.wrapping_sub(1).wrapping_sub(i) as u32;
+            i = i.wrapping_add(1);
         }
         Self {
             slots: [const { None }; N],
@@ -149,7 +148,8 @@ impl<K: CacheKey, V, const N: usize> Lru<K, V, N> {
     #[inline]
     fn bucket_of(key: &K) -> usize {
         // Lemire's multiply-shift range reduction of a well-mixed hash: always < N.
-        ((u128::from(mix64(key.hash64())) * N as u128) >> 64) as usize
+        // A 64-bit hash times a count below 2^64 fits in 128 bits.
+        (u128::from(mix64(key.hash64())).wrapping_mul(N as u128) >> 64) as usize
     }
 
     #[inline]
@@ -235,9 +235,11 @@ impl<K: CacheKey, V, const N: usize> Lru<K, V, N> {
         let slot = self.slots.get_mut(index as usize)?.take()?;
         if let Some(f) = self.free.get_mut(self.free_top as usize) {
             *f = index;
-            self.free_top += 1;
+            // Below N: the slot at `free_top` exists.
+            self.free_top = self.free_top.saturating_add(1);
         }
-        self.len -= 1;
+        // The slot was taken: `len` counts it.
+        self.len = self.len.saturating_sub(1);
         Some((slot.key, slot.value))
     }
 
@@ -327,7 +329,8 @@ impl<K: CacheKey, V, const N: usize> Lru<K, V, N> {
             // Unreachable while len <= capacity <= N; hand the entry back rather than panic.
             return Some((key, value));
         }
-        self.free_top -= 1;
+        // Not zero: checked above.
+        self.free_top = self.free_top.saturating_sub(1);
         let Some(&index) = self.free.get(self.free_top as usize) else {
             return Some((key, value));
         };
@@ -346,7 +349,8 @@ impl<K: CacheKey, V, const N: usize> Lru<K, V, N> {
             *b = index;
         }
         self.push_front(index);
-        self.len += 1;
+        // At most N entries: a free slot was found.
+        self.len = self.len.saturating_add(1);
         evicted
     }
 
@@ -417,6 +421,18 @@ mod tests {
         lru.set_capacity(0);
         assert_eq!(lru.insert(1, 1), Some((1, 1)));
         assert!(lru.is_empty());
+    }
+
+    #[test]
+    fn capacity_zero_holds_nothing() {
+        let mut lru: Lru<u64, u64, 0> = Lru::new();
+        assert_eq!(lru.insert(1, 10), Some((1, 10)));
+        assert_eq!(lru.get(&1), None);
+        assert_eq!((lru.len(), lru.capacity()), (0, 0));
+        assert_eq!(lru.remove(&1), None);
+        lru.set_capacity(5);
+        assert_eq!(lru.insert(2, 20), Some((2, 20)));
+        assert_eq!(lru.metrics().misses, 1);
     }
 
     #[test]

@@ -58,6 +58,25 @@ impl<A: Architecture> VmiEvent<A> {
     }
 }
 
+#[cfg(feature = "defmt")]
+impl<A: Architecture> defmt::Format for VmiEvent<A>
+where
+    A::Registers: defmt::Format,
+    A::EventReason: defmt::Format,
+{
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "VmiEvent {{ vcpu: {}, view: {}, flags: {}, registers: {}, reason: {} }}",
+            self.vcpu,
+            self.view,
+            self.flags,
+            self.registers,
+            self.reason
+        )
+    }
+}
+
 bitflags::bitflags! {
     /// What a response asks of the driver, besides a view and registers.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -109,6 +128,22 @@ pub struct VmiEventResponse<A: Architecture> {
     pub view: Option<View>,
     /// Set these general-purpose registers on the vCPU before it resumes.
     pub registers: Option<A::GpRegisters>,
+}
+
+#[cfg(feature = "defmt")]
+impl<A: Architecture> defmt::Format for VmiEventResponse<A>
+where
+    A::GpRegisters: defmt::Format,
+{
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "VmiEventResponse {{ flags: {}, view: {}, registers: {} }}",
+            self.flags,
+            self.view,
+            self.registers
+        )
+    }
 }
 
 impl<A: Architecture> Default for VmiEventResponse<A> {

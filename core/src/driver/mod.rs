@@ -18,6 +18,7 @@ use crate::arch::Architecture;
 use crate::error::VmiError;
 
 mod event;
+mod forward;
 mod page;
 
 pub use self::event::{VmiEvent, VmiEventFlags, VmiEventResponse, VmiEventResponseFlags};

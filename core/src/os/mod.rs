@@ -26,7 +26,10 @@ use crate::access::MemoryAccess;
 use crate::addr::{Pa, Va};
 use crate::driver::{RegistersOf, VmiDriver};
 use crate::error::VmiError;
-use crate::vmi::VmiCore;
+use crate::vmi::{GFN_CACHE_CAPACITY, V2P_CACHE_CAPACITY, VmiCore};
+
+#[cfg(feature = "linux")]
+pub mod linux;
 
 /// A process identifier as the guest kernel numbers processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -134,14 +137,19 @@ pub struct Region {
 ///
 /// The trait is dyn-compatible: `&dyn VmiOs<D>` works where the layer is chosen at run
 /// time.
-pub trait VmiOs<D: VmiDriver> {
+pub trait VmiOs<
+    D: VmiDriver,
+    const TLB: usize = V2P_CACHE_CAPACITY,
+    const PAGES: usize = GFN_CACHE_CAPACITY,
+>
+{
     /// The virtual address of the kernel image's first byte.
     ///
     /// # Errors
     /// [`VmiError::NotSupported`] if the layer cannot tell; a read error from the core.
     fn kernel_image_base(
         &self,
-        core: &VmiCore<D>,
+        core: &VmiCore<D, TLB, PAGES>,
         registers: &RegistersOf<D>,
     ) -> Result<Va, VmiError>;
 
@@ -152,7 +160,7 @@ pub trait VmiOs<D: VmiDriver> {
     /// the core, or a malformed list.
     fn processes(
         &self,
-        core: &VmiCore<D>,
+        core: &VmiCore<D, TLB, PAGES>,
         registers: &RegistersOf<D>,
         visit: &mut dyn FnMut(Process) -> ControlFlow<()>,
     ) -> Result<(), VmiError>;
@@ -164,7 +172,7 @@ pub trait VmiOs<D: VmiDriver> {
     /// As [`VmiOs::processes`].
     fn process_name(
         &self,
-        core: &VmiCore<D>,
+        core: &VmiCore<D, TLB, PAGES>,
         registers: &RegistersOf<D>,
         process: ProcessObject,
         buf: &mut [u8],
@@ -176,7 +184,7 @@ pub trait VmiOs<D: VmiDriver> {
     /// As [`VmiOs::processes`].
     fn threads(
         &self,
-        core: &VmiCore<D>,
+        core: &VmiCore<D, TLB, PAGES>,
         registers: &RegistersOf<D>,
         process: ProcessObject,
         visit: &mut dyn FnMut(Thread) -> ControlFlow<()>,
@@ -189,7 +197,7 @@ pub trait VmiOs<D: VmiDriver> {
     /// As [`VmiOs::processes`].
     fn modules(
         &self,
-        core: &VmiCore<D>,
+        core: &VmiCore<D, TLB, PAGES>,
         registers: &RegistersOf<D>,
         visit: &mut dyn FnMut(Module) -> ControlFlow<()>,
     ) -> Result<(), VmiError>;
@@ -201,7 +209,7 @@ pub trait VmiOs<D: VmiDriver> {
     /// As [`VmiOs::processes`].
     fn module_name(
         &self,
-        core: &VmiCore<D>,
+        core: &VmiCore<D, TLB, PAGES>,
         registers: &RegistersOf<D>,
         module: &Module,
         buf: &mut [u8],
@@ -214,7 +222,7 @@ pub trait VmiOs<D: VmiDriver> {
     /// As [`VmiOs::processes`].
     fn regions(
         &self,
-        core: &VmiCore<D>,
+        core: &VmiCore<D, TLB, PAGES>,
         registers: &RegistersOf<D>,
         process: ProcessObject,
         visit: &mut dyn FnMut(Region) -> ControlFlow<()>,
@@ -226,7 +234,7 @@ pub trait VmiOs<D: VmiDriver> {
     /// As [`VmiOs::processes`].
     fn current_process(
         &self,
-        core: &VmiCore<D>,
+        core: &VmiCore<D, TLB, PAGES>,
         registers: &RegistersOf<D>,
     ) -> Result<Process, VmiError>;
 
@@ -236,7 +244,7 @@ pub trait VmiOs<D: VmiDriver> {
     /// As [`VmiOs::processes`].
     fn current_thread(
         &self,
-        core: &VmiCore<D>,
+        core: &VmiCore<D, TLB, PAGES>,
         registers: &RegistersOf<D>,
     ) -> Result<Thread, VmiError>;
 
@@ -247,7 +255,7 @@ pub trait VmiOs<D: VmiDriver> {
     /// As [`VmiOs::processes`].
     fn function_argument(
         &self,
-        core: &VmiCore<D>,
+        core: &VmiCore<D, TLB, PAGES>,
         registers: &RegistersOf<D>,
         index: u64,
     ) -> Result<u64, VmiError>;
@@ -258,7 +266,7 @@ pub trait VmiOs<D: VmiDriver> {
     /// As [`VmiOs::processes`].
     fn function_return_value(
         &self,
-        core: &VmiCore<D>,
+        core: &VmiCore<D, TLB, PAGES>,
         registers: &RegistersOf<D>,
     ) -> Result<u64, VmiError>;
 
@@ -269,7 +277,7 @@ pub trait VmiOs<D: VmiDriver> {
     /// As [`VmiOs::processes`].
     fn syscall_argument(
         &self,
-        core: &VmiCore<D>,
+        core: &VmiCore<D, TLB, PAGES>,
         registers: &RegistersOf<D>,
         index: u64,
     ) -> Result<u64, VmiError>;
@@ -281,14 +289,18 @@ pub trait VmiOs<D: VmiDriver> {
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct NoOs;
 
-impl<D: VmiDriver> VmiOs<D> for NoOs {
-    fn kernel_image_base(&self, _: &VmiCore<D>, _: &RegistersOf<D>) -> Result<Va, VmiError> {
+impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiOs<D, TLB, PAGES> for NoOs {
+    fn kernel_image_base(
+        &self,
+        _: &VmiCore<D, TLB, PAGES>,
+        _: &RegistersOf<D>,
+    ) -> Result<Va, VmiError> {
         Err(VmiError::NotSupported("os: kernel_image_base"))
     }
 
     fn processes(
         &self,
-        _: &VmiCore<D>,
+        _: &VmiCore<D, TLB, PAGES>,
         _: &RegistersOf<D>,
         _: &mut dyn FnMut(Process) -> ControlFlow<()>,
     ) -> Result<(), VmiError> {
@@ -297,7 +309,7 @@ impl<D: VmiDriver> VmiOs<D> for NoOs {
 
     fn process_name(
         &self,
-        _: &VmiCore<D>,
+        _: &VmiCore<D, TLB, PAGES>,
         _: &RegistersOf<D>,
         _: ProcessObject,
         _: &mut [u8],
@@ -307,7 +319,7 @@ impl<D: VmiDriver> VmiOs<D> for NoOs {
 
     fn threads(
         &self,
-        _: &VmiCore<D>,
+        _: &VmiCore<D, TLB, PAGES>,
         _: &RegistersOf<D>,
         _: ProcessObject,
         _: &mut dyn FnMut(Thread) -> ControlFlow<()>,
@@ -317,7 +329,7 @@ impl<D: VmiDriver> VmiOs<D> for NoOs {
 
     fn modules(
         &self,
-        _: &VmiCore<D>,
+        _: &VmiCore<D, TLB, PAGES>,
         _: &RegistersOf<D>,
         _: &mut dyn FnMut(Module) -> ControlFlow<()>,
     ) -> Result<(), VmiError> {
@@ -326,7 +338,7 @@ impl<D: VmiDriver> VmiOs<D> for NoOs {
 
     fn module_name(
         &self,
-        _: &VmiCore<D>,
+        _: &VmiCore<D, TLB, PAGES>,
         _: &RegistersOf<D>,
         _: &Module,
         _: &mut [u8],
@@ -336,7 +348,7 @@ impl<D: VmiDriver> VmiOs<D> for NoOs {
 
     fn regions(
         &self,
-        _: &VmiCore<D>,
+        _: &VmiCore<D, TLB, PAGES>,
         _: &RegistersOf<D>,
         _: ProcessObject,
         _: &mut dyn FnMut(Region) -> ControlFlow<()>,
@@ -344,30 +356,42 @@ impl<D: VmiDriver> VmiOs<D> for NoOs {
         Err(VmiError::NotSupported("os: regions"))
     }
 
-    fn current_process(&self, _: &VmiCore<D>, _: &RegistersOf<D>) -> Result<Process, VmiError> {
+    fn current_process(
+        &self,
+        _: &VmiCore<D, TLB, PAGES>,
+        _: &RegistersOf<D>,
+    ) -> Result<Process, VmiError> {
         Err(VmiError::NotSupported("os: current_process"))
     }
 
-    fn current_thread(&self, _: &VmiCore<D>, _: &RegistersOf<D>) -> Result<Thread, VmiError> {
+    fn current_thread(
+        &self,
+        _: &VmiCore<D, TLB, PAGES>,
+        _: &RegistersOf<D>,
+    ) -> Result<Thread, VmiError> {
         Err(VmiError::NotSupported("os: current_thread"))
     }
 
     fn function_argument(
         &self,
-        _: &VmiCore<D>,
+        _: &VmiCore<D, TLB, PAGES>,
         _: &RegistersOf<D>,
         _: u64,
     ) -> Result<u64, VmiError> {
         Err(VmiError::NotSupported("os: function_argument"))
     }
 
-    fn function_return_value(&self, _: &VmiCore<D>, _: &RegistersOf<D>) -> Result<u64, VmiError> {
+    fn function_return_value(
+        &self,
+        _: &VmiCore<D, TLB, PAGES>,
+        _: &RegistersOf<D>,
+    ) -> Result<u64, VmiError> {
         Err(VmiError::NotSupported("os: function_return_value"))
     }
 
     fn syscall_argument(
         &self,
-        _: &VmiCore<D>,
+        _: &VmiCore<D, TLB, PAGES>,
         _: &RegistersOf<D>,
         _: u64,
     ) -> Result<u64, VmiError> {

@@ -8,7 +8,13 @@ use crate::driver::VmiDriver;
 use crate::error::VmiError;
 use crate::os::VmiOs;
 
-impl<D: VmiDriver<Architecture = Amd64>, O: VmiOs<D>> VmiContext<'_, D, O> {
+impl<
+    D: VmiDriver<Architecture = Amd64>,
+    O: VmiOs<D, TLB, PAGES>,
+    const TLB: usize,
+    const PAGES: usize,
+> VmiContext<'_, D, O, TLB, PAGES>
+{
     /// Injects the #PF that asks the guest to bring in the page of `fault` (a fault a
     /// prober recorded): a not-present read, from user mode if the vCPU runs at CPL 3,
     /// with CR2 the page's address.

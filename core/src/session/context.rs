@@ -30,28 +30,45 @@ use crate::driver::VmiEvent;
 use crate::driver::{InterruptOf, RegistersOf, VmiDriver};
 use crate::error::VmiError;
 use crate::os::{Module, Process, ProcessObject, Region, Thread, VmiOs};
-use crate::vmi::VmiCore;
+use crate::vmi::{GFN_CACHE_CAPACITY, V2P_CACHE_CAPACITY, VmiCore};
 
 /// The event in hand, with the core and the OS layer: what a
 /// [`VmiHandler`](crate::VmiHandler) receives. Cheap to copy (four words).
-pub struct VmiContext<'a, D: VmiDriver, O: VmiOs<D>> {
-    core: &'a VmiCore<D>,
+pub struct VmiContext<
+    'a,
+    D: VmiDriver,
+    O: VmiOs<D, TLB, PAGES>,
+    const TLB: usize = V2P_CACHE_CAPACITY,
+    const PAGES: usize = GFN_CACHE_CAPACITY,
+> {
+    core: &'a VmiCore<D, TLB, PAGES>,
     os: &'a O,
     event: &'a VmiEvent<D::Architecture>,
     root: Pa,
 }
 
-impl<D: VmiDriver, O: VmiOs<D>> Clone for VmiContext<'_, D, O> {
+impl<D: VmiDriver, O: VmiOs<D, TLB, PAGES>, const TLB: usize, const PAGES: usize> Clone
+    for VmiContext<'_, D, O, TLB, PAGES>
+{
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<D: VmiDriver, O: VmiOs<D>> Copy for VmiContext<'_, D, O> {}
+impl<D: VmiDriver, O: VmiOs<D, TLB, PAGES>, const TLB: usize, const PAGES: usize> Copy
+    for VmiContext<'_, D, O, TLB, PAGES>
+{
+}
 
-impl<'a, D: VmiDriver, O: VmiOs<D>> VmiContext<'a, D, O> {
+impl<'a, D: VmiDriver, O: VmiOs<D, TLB, PAGES>, const TLB: usize, const PAGES: usize>
+    VmiContext<'a, D, O, TLB, PAGES>
+{
     /// A context for `event`; reads go through the event's translation root.
-    pub fn new(core: &'a VmiCore<D>, os: &'a O, event: &'a VmiEvent<D::Architecture>) -> Self {
+    pub fn new(
+        core: &'a VmiCore<D, TLB, PAGES>,
+        os: &'a O,
+        event: &'a VmiEvent<D::Architecture>,
+    ) -> Self {
         Self {
             core,
             os,
@@ -68,12 +85,12 @@ impl<'a, D: VmiDriver, O: VmiOs<D>> VmiContext<'a, D, O> {
     }
 
     /// The core.
-    pub fn core(&self) -> &'a VmiCore<D> {
+    pub fn core(&self) -> &'a VmiCore<D, TLB, PAGES> {
         self.core
     }
 
     /// The OS layer, bound to the event's vCPU.
-    pub fn os(&self) -> VmiOsContext<'a, D, O> {
+    pub fn os(&self) -> VmiOsContext<'a, D, O, TLB, PAGES> {
         VmiOsContext {
             core: self.core,
             os: self.os,
@@ -226,7 +243,8 @@ impl<'a, D: VmiDriver, O: VmiOs<D>> VmiContext<'a, D, O> {
     /// Reads a NUL-terminated byte string into `buf`, with the core's length limit.
     ///
     /// # Errors
-    /// As [`VmiCore::read`].
+    /// As [`VmiCore::read_string_bytes_into`]: [`VmiError::BufferTooSmall`] for a string
+    /// longer than `buf`.
     pub fn read_string_bytes_into<'b>(
         &self,
         va: Va,
@@ -238,7 +256,8 @@ impl<'a, D: VmiDriver, O: VmiOs<D>> VmiContext<'a, D, O> {
     /// Reads a NUL-terminated UTF-8 string into `buf`, with the core's length limit.
     ///
     /// # Errors
-    /// [`VmiError::InvalidUtf8`]; otherwise as [`VmiCore::read`].
+    /// As [`VmiCore::read_string_into`]: [`VmiError::InvalidUtf8`], and
+    /// [`VmiError::BufferTooSmall`] for a string longer than `buf`.
     pub fn read_string_into<'b>(&self, va: Va, buf: &'b mut [u8]) -> Result<&'b str, VmiError> {
         self.core.read_string_into(self.access(va), buf)
     }
@@ -246,7 +265,8 @@ impl<'a, D: VmiDriver, O: VmiOs<D>> VmiContext<'a, D, O> {
     /// Reads a NUL-terminated UTF-16LE string into `buf`, with the core's length limit.
     ///
     /// # Errors
-    /// As [`VmiCore::read`].
+    /// As [`VmiCore::read_wstring_bytes_into`]: [`VmiError::BufferTooSmall`] for a string
+    /// longer than `buf`.
     pub fn read_wstring_bytes_into<'b>(
         &self,
         va: Va,
@@ -294,23 +314,36 @@ impl<'a, D: VmiDriver, O: VmiOs<D>> VmiContext<'a, D, O> {
 
 /// The OS layer bound to one vCPU's registers (an event's): the [`VmiOs`] methods without
 /// the core and registers arguments.
-pub struct VmiOsContext<'a, D: VmiDriver, O: VmiOs<D>> {
-    core: &'a VmiCore<D>,
+pub struct VmiOsContext<
+    'a,
+    D: VmiDriver,
+    O: VmiOs<D, TLB, PAGES>,
+    const TLB: usize = V2P_CACHE_CAPACITY,
+    const PAGES: usize = GFN_CACHE_CAPACITY,
+> {
+    core: &'a VmiCore<D, TLB, PAGES>,
     os: &'a O,
     registers: &'a RegistersOf<D>,
 }
 
-impl<D: VmiDriver, O: VmiOs<D>> Clone for VmiOsContext<'_, D, O> {
+impl<D: VmiDriver, O: VmiOs<D, TLB, PAGES>, const TLB: usize, const PAGES: usize> Clone
+    for VmiOsContext<'_, D, O, TLB, PAGES>
+{
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<D: VmiDriver, O: VmiOs<D>> Copy for VmiOsContext<'_, D, O> {}
+impl<D: VmiDriver, O: VmiOs<D, TLB, PAGES>, const TLB: usize, const PAGES: usize> Copy
+    for VmiOsContext<'_, D, O, TLB, PAGES>
+{
+}
 
-impl<'a, D: VmiDriver, O: VmiOs<D>> VmiOsContext<'a, D, O> {
+impl<'a, D: VmiDriver, O: VmiOs<D, TLB, PAGES>, const TLB: usize, const PAGES: usize>
+    VmiOsContext<'a, D, O, TLB, PAGES>
+{
     /// The OS layer bound to `registers`.
-    pub fn new(core: &'a VmiCore<D>, os: &'a O, registers: &'a RegistersOf<D>) -> Self {
+    pub fn new(core: &'a VmiCore<D, TLB, PAGES>, os: &'a O, registers: &'a RegistersOf<D>) -> Self {
         Self {
             core,
             os,

@@ -26,7 +26,7 @@ use core::time::Duration;
 use crate::driver::{VmiDriver, VmiEventResponse};
 use crate::error::VmiError;
 use crate::os::VmiOs;
-use crate::vmi::VmiCore;
+use crate::vmi::{GFN_CACHE_CAPACITY, V2P_CACHE_CAPACITY, VmiCore};
 
 mod amd64;
 mod context;
@@ -43,24 +43,37 @@ pub const DEFAULT_EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// The session borrows both, so several sessions (one per thread, say) can share one
 /// core; it is `Send` and `Sync` when the core and the OS layer are `Sync`.
-pub struct VmiSession<'a, D: VmiDriver, O: VmiOs<D>> {
-    core: &'a VmiCore<D>,
+pub struct VmiSession<
+    'a,
+    D: VmiDriver,
+    O: VmiOs<D, TLB, PAGES>,
+    const TLB: usize = V2P_CACHE_CAPACITY,
+    const PAGES: usize = GFN_CACHE_CAPACITY,
+> {
+    core: &'a VmiCore<D, TLB, PAGES>,
     os: &'a O,
     flush_v2p_per_event: bool,
 }
 
-impl<D: VmiDriver, O: VmiOs<D>> Clone for VmiSession<'_, D, O> {
+impl<D: VmiDriver, O: VmiOs<D, TLB, PAGES>, const TLB: usize, const PAGES: usize> Clone
+    for VmiSession<'_, D, O, TLB, PAGES>
+{
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<D: VmiDriver, O: VmiOs<D>> Copy for VmiSession<'_, D, O> {}
+impl<D: VmiDriver, O: VmiOs<D, TLB, PAGES>, const TLB: usize, const PAGES: usize> Copy
+    for VmiSession<'_, D, O, TLB, PAGES>
+{
+}
 
-impl<'a, D: VmiDriver, O: VmiOs<D>> VmiSession<'a, D, O> {
+impl<'a, D: VmiDriver, O: VmiOs<D, TLB, PAGES>, const TLB: usize, const PAGES: usize>
+    VmiSession<'a, D, O, TLB, PAGES>
+{
     /// A session over `core` and `os`. The translation cache is flushed at each event
     /// (O(1)), since the guest may have changed its page tables while it ran.
-    pub fn new(core: &'a VmiCore<D>, os: &'a O) -> Self {
+    pub fn new(core: &'a VmiCore<D, TLB, PAGES>, os: &'a O) -> Self {
         Self {
             core,
             os,
@@ -78,7 +91,7 @@ impl<'a, D: VmiDriver, O: VmiOs<D>> VmiSession<'a, D, O> {
     }
 
     /// The core.
-    pub fn core(&self) -> &'a VmiCore<D> {
+    pub fn core(&self) -> &'a VmiCore<D, TLB, PAGES> {
         self.core
     }
 
@@ -92,7 +105,7 @@ impl<'a, D: VmiDriver, O: VmiOs<D>> VmiSession<'a, D, O> {
     /// # Errors
     /// [`VmiError::Timeout`] when none came; otherwise as the driver's
     /// [`VmiDriver::wait_for_event`].
-    pub fn wait_for_event<H: VmiHandler<D, O>>(
+    pub fn wait_for_event<H: VmiHandler<D, O, TLB, PAGES>>(
         &self,
         timeout: Duration,
         handler: &mut H,
@@ -111,7 +124,7 @@ impl<'a, D: VmiDriver, O: VmiOs<D>> VmiSession<'a, D, O> {
     ///
     /// # Errors
     /// The first error other than a timeout, from the loop or from the clean-up.
-    pub fn handle<H: VmiHandler<D, O>>(&self, handler: &mut H) -> Result<(), VmiError> {
+    pub fn handle<H: VmiHandler<D, O, TLB, PAGES>>(&self, handler: &mut H) -> Result<(), VmiError> {
         self.handle_with_timeout(DEFAULT_EVENT_TIMEOUT, handler)
     }
 
@@ -119,7 +132,7 @@ impl<'a, D: VmiDriver, O: VmiOs<D>> VmiSession<'a, D, O> {
     ///
     /// # Errors
     /// As [`VmiSession::handle`].
-    pub fn handle_with_timeout<H: VmiHandler<D, O>>(
+    pub fn handle_with_timeout<H: VmiHandler<D, O, TLB, PAGES>>(
         &self,
         timeout: Duration,
         handler: &mut H,
@@ -141,7 +154,7 @@ impl<'a, D: VmiDriver, O: VmiOs<D>> VmiSession<'a, D, O> {
 
     /// Resets the driver's state, then answers the events still pending with the VM
     /// paused. Capabilities the driver lacks (pause, a pending count) are skipped.
-    fn clean_up<H: VmiHandler<D, O>>(&self, handler: &mut H) -> Result<(), VmiError> {
+    fn clean_up<H: VmiHandler<D, O, TLB, PAGES>>(&self, handler: &mut H) -> Result<(), VmiError> {
         let reset = supported(self.core.reset_state());
         let paused = match self.core.pause() {
             Ok(()) => true,
@@ -205,12 +218,21 @@ fn supported(result: Result<(), VmiError>) -> Result<(), VmiError> {
 ///     }
 /// }
 /// ```
-pub trait VmiHandler<D: VmiDriver, O: VmiOs<D>> {
+pub trait VmiHandler<
+    D: VmiDriver,
+    O: VmiOs<D, TLB, PAGES>,
+    const TLB: usize = V2P_CACHE_CAPACITY,
+    const PAGES: usize = GFN_CACHE_CAPACITY,
+>
+{
     /// Answers one event. Reads through `ctx` go through the event's address space.
-    fn handle_event(&mut self, ctx: VmiContext<'_, D, O>) -> VmiEventResponse<D::Architecture>;
+    fn handle_event(
+        &mut self,
+        ctx: VmiContext<'_, D, O, TLB, PAGES>,
+    ) -> VmiEventResponse<D::Architecture>;
 
     /// Called when no event came within the session's timeout. Does nothing by default.
-    fn handle_timeout(&mut self, session: &VmiSession<'_, D, O>) {
+    fn handle_timeout(&mut self, session: &VmiSession<'_, D, O, TLB, PAGES>) {
         let _ = session;
     }
 

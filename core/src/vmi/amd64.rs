@@ -10,7 +10,9 @@ use crate::arch::amd64::{Access, Amd64, RightsPolicy};
 use crate::driver::VmiDriver;
 use crate::error::VmiError;
 
-impl<D: VmiDriver<Architecture = Amd64>> VmiCore<D> {
+impl<D: VmiDriver<Architecture = Amd64>, const TLB: usize, const PAGES: usize>
+    VmiCore<D, TLB, PAGES>
+{
     /// Translates `va` as the guest's `access` would, through the translation cache: the
     /// walk, then the rights check of SDM Vol. 3A §4.6 under `rights`.
     ///

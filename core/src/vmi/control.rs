@@ -4,7 +4,7 @@
 use core::sync::atomic::Ordering;
 use core::time::Duration;
 
-use super::VmiCore;
+use super::{GFN_CACHE_CAPACITY, V2P_CACHE_CAPACITY, VmiCore};
 use crate::access::{MemoryAccess, VmiInfo};
 use crate::addr::{Gfn, VcpuId, View};
 use crate::driver::{
@@ -12,16 +12,16 @@ use crate::driver::{
 };
 use crate::error::VmiError;
 
-impl<D: VmiDriver> VmiCore<D> {
-    /// Time since the core was created, by the driver's clock.
+impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> {
+    /// Time since the clock started, by the driver's clock: since [`VmiCore::start`], or,
+    /// when `start` was never called, since the first call to `elapsed` (which returns
+    /// zero). The constructor is `const` and cannot read the clock.
     ///
     /// # Errors
     /// [`VmiError::NotSupported`] when the driver has no clock.
     pub fn elapsed(&self) -> Result<Duration, VmiError> {
-        match (self.created, self.driver.now()) {
-            (Some(start), Some(now)) => Ok(now.saturating_sub(start)),
-            _ => Err(VmiError::NotSupported("clock")),
-        }
+        let now = self.driver.now().ok_or(VmiError::NotSupported("clock"))?;
+        Ok(now.saturating_sub(self.started_at(now)))
     }
 
     /// Page geometry, highest frame, vCPU count.
@@ -52,7 +52,7 @@ impl<D: VmiDriver> VmiCore<D> {
     ///
     /// # Errors
     /// As [`VmiCore::pause`].
-    pub fn pause_guard(&self) -> Result<PauseGuard<'_, D>, VmiError> {
+    pub fn pause_guard(&self) -> Result<PauseGuard<'_, D, TLB, PAGES>, VmiError> {
         self.driver.pause()?;
         Ok(PauseGuard {
             core: self,
@@ -260,12 +260,17 @@ impl<D: VmiDriver> VmiCore<D> {
 /// Dropping cannot report an error: call [`PauseGuard::resume`] to see whether resuming
 /// worked. A failure on drop is logged.
 #[must_use = "the VM resumes as soon as the guard is dropped"]
-pub struct PauseGuard<'a, D: VmiDriver> {
-    core: &'a VmiCore<D>,
+pub struct PauseGuard<
+    'a,
+    D: VmiDriver,
+    const TLB: usize = V2P_CACHE_CAPACITY,
+    const PAGES: usize = GFN_CACHE_CAPACITY,
+> {
+    core: &'a VmiCore<D, TLB, PAGES>,
     armed: bool,
 }
 
-impl<D: VmiDriver> PauseGuard<'_, D> {
+impl<D: VmiDriver, const TLB: usize, const PAGES: usize> PauseGuard<'_, D, TLB, PAGES> {
     /// Resumes the VM now, reporting a failure.
     ///
     /// # Errors
@@ -276,7 +281,7 @@ impl<D: VmiDriver> PauseGuard<'_, D> {
     }
 }
 
-impl<D: VmiDriver> Drop for PauseGuard<'_, D> {
+impl<D: VmiDriver, const TLB: usize, const PAGES: usize> Drop for PauseGuard<'_, D, TLB, PAGES> {
     fn drop(&mut self) {
         if self.armed
             && let Err(e) = self.core.driver.resume()

@@ -5,10 +5,11 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 use super::{SCAN_PAGES, VmiCore};
 use crate::access::{AccessContext, TranslationMechanism};
 use crate::addr::{Gfn, Pa, Va};
+use crate::arch::Architecture;
 use crate::driver::VmiDriver;
 use crate::error::VmiError;
 
-impl<D: VmiDriver> VmiCore<D> {
+impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> {
     /// Fills `buf` from guest memory at `ctx`, across as many pages as it spans.
     ///
     /// A page of a large leaf (2 MiB, 1 GiB) reuses the translation of the leaf's first
@@ -22,14 +23,16 @@ impl<D: VmiDriver> VmiCore<D> {
     /// The first failure: for a translation, the [`PageFault`](crate::PageFault) names the
     /// first address that could not be read.
     pub fn read(&self, ctx: AccessContext, buf: &mut [u8]) -> Result<(), VmiError> {
-        let scan = buf.len() as u64 > SCAN_PAGES * Self::PAGE_SIZE;
+        let scan = buf.len() as u64 > SCAN_PAGES.saturating_mul(Self::PAGE_SIZE);
         // The last large leaf: its first virtual address, its frame, its offset mask.
         let mut leaf: Option<(u64, u64, u64)> = None;
         let mut done = 0usize;
-        while done < buf.len() {
+        while let Some(left) = buf.len().checked_sub(done).filter(|&left| left > 0) {
             let address = ctx.address.wrapping_add(done as u64);
-            let in_page = (Self::PAGE_SIZE - (address & (Self::PAGE_SIZE - 1))) as usize;
-            let chunk = in_page.min(buf.len() - done);
+            // At least one byte (the page end is after `address`), at most `left`: the
+            // loop ends, and `end` is at most `buf.len()`.
+            let chunk = Self::to_page_end(address).min(left);
+            let end = done.saturating_add(chunk);
             let pa = match ctx.mechanism {
                 TranslationMechanism::Direct => Pa(address),
                 TranslationMechanism::Paging { root } => match leaf {
@@ -37,14 +40,15 @@ impl<D: VmiDriver> VmiCore<D> {
                         Pa(pa_base | (address & mask))
                     }
                     _ => {
-                        let middle = scan && done != 0 && done + chunk < buf.len();
+                        let middle = scan && done != 0 && end < buf.len();
                         let t = if middle {
                             self.translate_uncached(Va(address), root)?
                         } else {
                             self.translate(Va(address), root)?
                         };
                         if t.page_size > Self::PAGE_SIZE && t.page_size.is_power_of_two() {
-                            let mask = t.page_size - 1;
+                            // A power of two above the page size: not zero.
+                            let mask = t.page_size.wrapping_sub(1);
                             leaf = Some((address & !mask, t.pa.0 & !mask, mask));
                         }
                         t.pa
@@ -52,10 +56,10 @@ impl<D: VmiDriver> VmiCore<D> {
                 },
             };
             let dst = buf
-                .get_mut(done..done + chunk)
+                .get_mut(done..end)
                 .ok_or(VmiError::InvalidArgument("buffer range"))?;
             self.read_physical_in_page(pa, dst)?;
-            done += chunk;
+            done = end;
         }
         Ok(())
     }
@@ -68,20 +72,33 @@ impl<D: VmiDriver> VmiCore<D> {
     /// The first failure; bytes before it have been written.
     pub fn write(&self, ctx: AccessContext, data: &[u8]) -> Result<(), VmiError> {
         let mut done = 0usize;
-        while done < data.len() {
+        while let Some(left) = data.len().checked_sub(done).filter(|&left| left > 0) {
             let address = ctx.address.wrapping_add(done as u64);
-            let in_page = (Self::PAGE_SIZE - (address & (Self::PAGE_SIZE - 1))) as usize;
-            let chunk = in_page.min(data.len() - done);
+            // As in `read`: 1..=left bytes, so the loop ends and `end <= data.len()`.
+            let chunk = Self::to_page_end(address).min(left);
+            let end = done.saturating_add(chunk);
             let pa = self.translate_access_context(ctx.offset(done as u64))?;
             let src = data
-                .get(done..done + chunk)
+                .get(done..end)
                 .ok_or(VmiError::InvalidArgument("buffer range"))?;
             let result = self.driver.write_physical(pa, src);
             self.forget_frame(Gfn(pa.0 >> Self::PAGE_SHIFT));
             result?;
-            done += chunk;
+            done = end;
         }
         Ok(())
+    }
+
+    /// The bytes from `address` to the end of its page: 1 to the page size.
+    #[inline]
+    pub(super) fn to_page_end(address: u64) -> usize {
+        let offset = <D::Architecture as Architecture>::page_offset(address);
+        #[expect(
+            clippy::arithmetic_side_effects,
+            reason = "the offset in a page is below the page size"
+        )]
+        let left = Self::PAGE_SIZE - offset;
+        usize::try_from(left).unwrap_or(usize::MAX)
     }
 
     /// Reads a `u8`.

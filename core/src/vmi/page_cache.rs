@@ -4,9 +4,11 @@ use core::sync::atomic::Ordering;
 
 use super::VmiCore;
 use crate::addr::{Gfn, Pa};
+use crate::arch::Architecture;
 use crate::cache::{CacheKey, CacheMetrics};
 use crate::driver::{PageRef, VmiDriver};
 use crate::error::VmiError;
+use crate::fmt::{log_debug, log_trace};
 
 /// Frames key the page cache by their number. The generic containers of
 /// [`cache`](crate::cache) know no guest type: the impl lives with its one user.
@@ -17,9 +19,9 @@ impl CacheKey for Gfn {
     }
 }
 
-impl<D: VmiDriver> VmiCore<D> {
-    /// Enables the page cache with an effective capacity of `size` entries (at most
-    /// [`GFN_CACHE_CAPACITY`](super::GFN_CACHE_CAPACITY)).
+impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> {
+    /// Enables the page cache with an effective capacity of `size` entries, as
+    /// [`VmiCore::resize_gfn_cache`].
     pub fn with_gfn_cache(self, size: usize) -> Self {
         self.resize_gfn_cache(size);
         self.enable_gfn_cache();
@@ -33,7 +35,9 @@ impl<D: VmiDriver> VmiCore<D> {
     /// read-only memory) has no handles worth caching: reads of its memory bypass the page
     /// cache even when it is enabled, and its counters stay at zero.
     pub fn enable_gfn_cache(&self) {
-        self.gfn_cache_enabled.store(true, Ordering::Relaxed);
+        if !self.gfn_cache_enabled.swap(true, Ordering::Relaxed) {
+            log_debug!("page cache: enabled");
+        }
     }
 
     /// Disables the page cache and drops its entries. Reads then go to
@@ -42,12 +46,20 @@ impl<D: VmiDriver> VmiCore<D> {
     pub fn disable_gfn_cache(&self) {
         self.gfn_cache_enabled.store(false, Ordering::Relaxed);
         self.gfn_cache.clear();
+        log_debug!("page cache: disabled and emptied");
     }
 
-    /// Sets the page cache's effective capacity (clamped to
-    /// [`GFN_CACHE_CAPACITY`](super::GFN_CACHE_CAPACITY)).
+    /// Sets the page cache's effective capacity: `size` rounded down to whole sets of
+    /// four, at least one set unless `size` is zero, at most `PAGES` (the type's
+    /// capacity). Empties the cache. O(`PAGES`).
     pub fn resize_gfn_cache(&self, size: usize) {
         self.gfn_cache.set_capacity(size);
+        log_debug!(
+            "page cache: resized to {} entries (asked {}, at most {})",
+            self.gfn_cache.capacity(),
+            size,
+            PAGES
+        );
     }
 
     /// Drops one frame from the page cache.
@@ -58,6 +70,7 @@ impl<D: VmiDriver> VmiCore<D> {
     /// Drops every frame from the page cache. O(capacity).
     pub fn flush_gfn_cache(&self) {
         self.gfn_cache.clear();
+        log_debug!("page cache: flushed");
     }
 
     /// The page cache's counters.
@@ -90,7 +103,7 @@ impl<D: VmiDriver> VmiCore<D> {
     #[inline(never)]
     fn read_physical_cached(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
         let gfn = Gfn(pa.0 >> Self::PAGE_SHIFT);
-        let offset = pa.0 & (Self::PAGE_SIZE - 1);
+        let offset = <D::Architecture as Architecture>::page_offset(pa.0);
         if let Some(result) = self
             .gfn_cache
             .with(&gfn, |page| page.read(offset, &mut *buf))
@@ -99,8 +112,17 @@ impl<D: VmiDriver> VmiCore<D> {
         }
         let page = self.driver.read_page(gfn)?;
         let result = page.read(offset, buf);
-        self.gfn_cache.insert(gfn, page);
+        self.cache_page(gfn, page);
         result
+    }
+
+    /// Inserts a page the driver lent into the page cache, logging what it evicts.
+    fn cache_page(&self, gfn: Gfn, page: D::Page) {
+        if let Some((evicted, _)) = self.gfn_cache.insert(gfn, page)
+            && evicted != gfn
+        {
+            log_trace!("page cache: evicted {:?} for {:?}", evicted, gfn);
+        }
     }
 
     /// One frame, through the page cache.
@@ -113,7 +135,7 @@ impl<D: VmiDriver> VmiCore<D> {
                 return Ok(page);
             }
             let page = self.driver.read_page(gfn)?;
-            self.gfn_cache.insert(gfn, page.clone());
+            self.cache_page(gfn, page.clone());
             Ok(page)
         } else {
             self.driver.read_page(gfn)

@@ -8,7 +8,7 @@ use crate::access::AccessContext;
 use crate::driver::VmiDriver;
 use crate::error::VmiError;
 
-impl<D: VmiDriver> VmiCore<D> {
+impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> {
     /// Sets the default cap on string reads, in bytes.
     pub fn with_read_string_length_limit(self, limit: usize) -> Self {
         self.set_read_string_length_limit(limit);
@@ -29,16 +29,24 @@ impl<D: VmiDriver> VmiCore<D> {
     /// `left`, and growing with `step` so short strings cost a short copy.
     #[inline]
     fn string_chunk(address: u64, left: usize, step: usize) -> usize {
-        let in_page = (Self::PAGE_SIZE - (address & (Self::PAGE_SIZE - 1))) as usize;
-        in_page.min(left).min(step)
+        Self::to_page_end(address).min(left).min(step)
     }
 
-    /// Reads a NUL-terminated byte string into `buf`, at most `min(buf.len(), limit)`
-    /// bytes; returns the bytes before the NUL (or all that were read if none came).
+    /// Reads a NUL-terminated byte string into `buf`; returns the bytes before the NUL.
     /// Pages after the one holding the NUL are never touched.
     ///
+    /// At most `limit` bytes are read: a string longer than `limit` comes back cut to its
+    /// first `limit` bytes, as from the allocating reads (the limit is the caller's cap,
+    /// and a result of exactly `limit` bytes says it may have been reached). A string
+    /// longer than `buf`, when `buf` is shorter than `limit`, is an error
+    /// ([`VmiError::BufferTooSmall`]), so that a short string and a cut one cannot be
+    /// confused: to accept a cut string, pass a `limit` no greater than `buf.len()`.
+    /// When the string fills `buf` exactly, the byte after it is read to see whether it
+    /// is the NUL.
+    ///
     /// # Errors
-    /// As [`VmiCore::read`], for a page the string reaches into.
+    /// [`VmiError::BufferTooSmall`] as above; otherwise as [`VmiCore::read`], for a page
+    /// the string reaches into.
     pub fn read_string_bytes_limited_into<'b>(
         &self,
         ctx: AccessContext,
@@ -48,20 +56,31 @@ impl<D: VmiDriver> VmiCore<D> {
         let cap = buf.len().min(limit);
         let mut len = 0usize;
         let mut step = 64usize;
-        while len < cap {
+        while let Some(left) = cap.checked_sub(len).filter(|&left| left > 0) {
             let address = ctx.address.wrapping_add(len as u64);
-            let chunk = Self::string_chunk(address, cap - len, step);
+            let chunk = Self::string_chunk(address, left, step);
+            // `chunk <= left`: the end is at most `cap`.
+            let end = len.saturating_add(chunk);
             let dst = buf
-                .get_mut(len..len + chunk)
+                .get_mut(len..end)
                 .ok_or(VmiError::InvalidArgument("buffer range"))?;
             self.read(ctx.offset(len as u64), dst)?;
             if let Some(nul) = dst.iter().position(|&b| b == 0) {
                 return buf
-                    .get(..len + nul)
+                    .get(..len.saturating_add(nul))
                     .ok_or(VmiError::InvalidArgument("buffer range"));
             }
-            len += chunk;
+            len = end;
             step = step.saturating_mul(2);
+        }
+        if cap < limit {
+            // The buffer, not the limit, stopped the read: the string was cut unless its
+            // NUL comes next.
+            let mut next = [0u8; 1];
+            self.read(ctx.offset(len as u64), &mut next)?;
+            if next != [0] {
+                return Err(VmiError::BufferTooSmall);
+            }
         }
         buf.get(..len)
             .ok_or(VmiError::InvalidArgument("buffer range"))
@@ -70,7 +89,8 @@ impl<D: VmiDriver> VmiCore<D> {
     /// [`VmiCore::read_string_bytes_limited_into`] with the core's string limit.
     ///
     /// # Errors
-    /// As [`VmiCore::read`].
+    /// [`VmiError::BufferTooSmall`] for a string longer than `buf` (when `buf` is shorter
+    /// than the limit); otherwise as [`VmiCore::read`].
     pub fn read_string_bytes_into<'b>(
         &self,
         ctx: AccessContext,
@@ -83,7 +103,7 @@ impl<D: VmiDriver> VmiCore<D> {
     ///
     /// # Errors
     /// [`VmiError::InvalidUtf8`] if the bytes are not UTF-8; otherwise as
-    /// [`VmiCore::read`].
+    /// [`VmiCore::read_string_bytes_into`].
     pub fn read_string_into<'b>(
         &self,
         ctx: AccessContext,
@@ -95,35 +115,44 @@ impl<D: VmiDriver> VmiCore<D> {
         })
     }
 
-    /// Reads a NUL-terminated UTF-16LE string into `buf` as code units, at most
-    /// `min(buf.len(), limit / 2)` units; returns the units before the NUL unit. The string
-    /// may start at an odd address and cross pages in the middle of a unit.
+    /// Reads a NUL-terminated UTF-16LE string into `buf` as code units; returns the units
+    /// before the NUL unit. The string may start at an odd address and cross pages in the
+    /// middle of a unit; pages after the one holding the NUL are never touched (a NUL
+    /// unit that ends a page's last whole unit needs nothing of the next page).
+    ///
+    /// At most `limit / 2` units are read, and a longer string comes back cut to them;
+    /// a string longer than `buf`, when `buf` holds fewer than `limit / 2` units, is
+    /// [`VmiError::BufferTooSmall`], as for [`VmiCore::read_string_bytes_limited_into`].
     ///
     /// # Errors
-    /// As [`VmiCore::read`], for a page the string reaches into.
+    /// [`VmiError::BufferTooSmall`] as above; otherwise as [`VmiCore::read`], for a page
+    /// the string reaches into.
     pub fn read_wstring_bytes_limited_into<'b>(
         &self,
         ctx: AccessContext,
         limit: usize,
         buf: &'b mut [u16],
     ) -> Result<&'b [u16], VmiError> {
-        let cap = buf.len().min(limit / 2);
+        let max_units = limit / 2;
+        let cap = buf.len().min(max_units);
         let mut units = 0usize;
         let mut step = 64usize;
         let mut raw = [0u8; 256];
-        while units < cap {
-            let address = ctx.address.wrapping_add((units as u64) * 2);
-            let in_page = (Self::PAGE_SIZE - (address & (Self::PAGE_SIZE - 1))) as usize;
-            // Round up to whole units: a unit split by the page boundary needs its second
-            // byte from the next page anyway.
-            let bytes = ((in_page + 1) & !1)
-                .min((cap - units) * 2)
-                .min(step)
-                .min(raw.len());
+        while let Some(left) = cap.checked_sub(units).filter(|&left| left > 0) {
+            // A slice of `u16` has fewer than 2^63 units: its byte offset fits.
+            let offset = (units as u64).wrapping_mul(2);
+            let in_page = Self::to_page_end(ctx.address.wrapping_add(offset));
+            // Whole units of this page only: a unit the page boundary splits (one byte
+            // left) is the one read that needs the next page.
+            let reach = match in_page & !1 {
+                0 => 2,
+                whole => whole,
+            };
+            let bytes = reach.min(left.saturating_mul(2)).min(step).min(raw.len());
             let chunk = raw
                 .get_mut(..bytes)
                 .ok_or(VmiError::InvalidArgument("chunk"))?;
-            self.read(ctx.offset((units as u64) * 2), chunk)?;
+            self.read(ctx.offset(offset), chunk)?;
             for pair in chunk.chunks_exact(2) {
                 let [lo, hi] = *pair else { break };
                 let unit = u16::from_le_bytes([lo, hi]);
@@ -135,9 +164,18 @@ impl<D: VmiDriver> VmiCore<D> {
                 if let Some(slot) = buf.get_mut(units) {
                     *slot = unit;
                 }
-                units += 1;
+                units = units.saturating_add(1);
             }
             step = step.saturating_mul(2);
+        }
+        if cap < max_units {
+            // The buffer, not the limit, stopped the read: the string was cut unless its
+            // NUL unit comes next.
+            let mut next = [0u8; 2];
+            self.read(ctx.offset((units as u64).wrapping_mul(2)), &mut next)?;
+            if next != [0, 0] {
+                return Err(VmiError::BufferTooSmall);
+            }
         }
         buf.get(..units)
             .ok_or(VmiError::InvalidArgument("buffer range"))
@@ -146,7 +184,8 @@ impl<D: VmiDriver> VmiCore<D> {
     /// [`VmiCore::read_wstring_bytes_limited_into`] with the core's string limit.
     ///
     /// # Errors
-    /// As [`VmiCore::read`].
+    /// [`VmiError::BufferTooSmall`] for a string longer than `buf` (when `buf` holds
+    /// fewer units than half the limit); otherwise as [`VmiCore::read`].
     pub fn read_wstring_bytes_into<'b>(
         &self,
         ctx: AccessContext,
@@ -156,6 +195,7 @@ impl<D: VmiDriver> VmiCore<D> {
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated byte string, at most `limit` bytes (without the NUL). Allocates at
     /// most `limit` bytes, growing as the string does.
     ///
@@ -168,17 +208,18 @@ impl<D: VmiDriver> VmiCore<D> {
     ) -> Result<alloc::vec::Vec<u8>, VmiError> {
         let mut out = alloc::vec::Vec::new();
         let mut step = 64usize;
-        while out.len() < limit {
+        while let Some(left) = limit.checked_sub(out.len()).filter(|&left| left > 0) {
             let len = out.len();
             let address = ctx.address.wrapping_add(len as u64);
-            let chunk = Self::string_chunk(address, limit - len, step);
-            out.resize(len + chunk, 0);
+            // At most `left`: the vector never grows past `limit`.
+            let chunk = Self::string_chunk(address, left, step);
+            out.resize(len.saturating_add(chunk), 0);
             let dst = out
                 .get_mut(len..)
                 .ok_or(VmiError::InvalidArgument("buffer range"))?;
             self.read(ctx.offset(len as u64), dst)?;
             if let Some(nul) = dst.iter().position(|&b| b == 0) {
-                out.truncate(len + nul);
+                out.truncate(len.saturating_add(nul));
                 return Ok(out);
             }
             step = step.saturating_mul(2);
@@ -187,6 +228,7 @@ impl<D: VmiDriver> VmiCore<D> {
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated byte string, capped by the core's limit.
     ///
     /// # Errors
@@ -196,6 +238,7 @@ impl<D: VmiDriver> VmiCore<D> {
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated string as lossy UTF-8, at most `limit` bytes.
     ///
     /// # Errors
@@ -213,6 +256,7 @@ impl<D: VmiDriver> VmiCore<D> {
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated string as lossy UTF-8, capped by the core's limit.
     ///
     /// # Errors
@@ -222,6 +266,7 @@ impl<D: VmiDriver> VmiCore<D> {
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated UTF-16LE string as code units, at most `limit` bytes.
     ///
     /// # Errors
@@ -242,8 +287,13 @@ impl<D: VmiDriver> VmiCore<D> {
             let dst = block
                 .get_mut(..want)
                 .ok_or(VmiError::InvalidArgument("block"))?;
-            let got =
-                self.read_wstring_bytes_limited_into(ctx.offset(done as u64 * 2), want * 2, dst)?;
+            // `done` counts units of a vector, `want` at most 512: both doubled fit.
+            let offset = (done as u64).wrapping_mul(2);
+            let got = self.read_wstring_bytes_limited_into(
+                ctx.offset(offset),
+                want.saturating_mul(2),
+                dst,
+            )?;
             let n = got.len();
             out.extend_from_slice(got);
             if n < want {
@@ -253,6 +303,7 @@ impl<D: VmiDriver> VmiCore<D> {
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated UTF-16LE string as code units, capped by the core's limit.
     ///
     /// # Errors
@@ -262,6 +313,7 @@ impl<D: VmiDriver> VmiCore<D> {
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated UTF-16LE string as lossy text, at most `limit` bytes.
     ///
     /// # Errors
@@ -276,6 +328,7 @@ impl<D: VmiDriver> VmiCore<D> {
     }
 
     #[cfg(feature = "alloc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
     /// A NUL-terminated UTF-16LE string as lossy text, capped by the core's limit.
     ///
     /// # Errors

@@ -9,11 +9,16 @@ use crate::arch::{Architecture, PhysRead, Translation, WalkStep};
 use crate::cache::CacheMetrics;
 use crate::driver::VmiDriver;
 use crate::error::VmiError;
+use crate::fmt::{log_debug, log_trace};
 
 /// Reads page-table entries for the walker through the core's page path.
-pub(super) struct CoreReader<'a, D: VmiDriver>(pub(super) &'a VmiCore<D>);
+pub(super) struct CoreReader<'a, D: VmiDriver, const TLB: usize, const PAGES: usize>(
+    pub(super) &'a VmiCore<D, TLB, PAGES>,
+);
 
-impl<D: VmiDriver> PhysRead for CoreReader<'_, D> {
+impl<D: VmiDriver, const TLB: usize, const PAGES: usize> PhysRead
+    for CoreReader<'_, D, TLB, PAGES>
+{
     #[inline(always)]
     fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
         let mut raw = [0u8; 8];
@@ -58,7 +63,7 @@ impl<D: VmiDriver> PhysRead for DirectReader<'_, D> {
     }
 }
 
-impl<D: VmiDriver> VmiCore<D> {
+impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> {
     /// Sets how page tables are read (AMD64: the paging mode, MAXPHYADDR, NXE, ...).
     pub fn with_paging(mut self, paging: <D::Architecture as Architecture>::Paging) -> Self {
         self.set_paging(paging);
@@ -86,34 +91,55 @@ impl<D: VmiDriver> VmiCore<D> {
 
     /// Enables the translation cache.
     pub fn enable_v2p_cache(&self) {
-        self.v2p_cache_enabled.store(true, Ordering::Relaxed);
+        if !self.v2p_cache_enabled.swap(true, Ordering::Relaxed) {
+            log_debug!("translation cache: enabled");
+        }
     }
 
     /// Disables the translation cache and flushes it.
     pub fn disable_v2p_cache(&self) {
         self.v2p_cache_enabled.store(false, Ordering::Relaxed);
         self.flush_v2p_cache();
+        log_debug!("translation cache: disabled");
     }
 
     /// Sets the translation cache's effective capacity: `size` rounded down to whole sets
-    /// of four, at least one set unless `size` is zero, at most 512, for base pages, and
-    /// the same again for large pages (so at most
-    /// [`V2P_CACHE_CAPACITY`](super::V2P_CACHE_CAPACITY) in all).
-    /// Empties the cache. O(capacity).
+    /// of four, at least one set unless `size` is zero, at most `TLB` (the type's
+    /// capacity), base and large pages together. Empties the cache. O(`TLB`).
     pub fn resize_v2p_cache(&self, size: usize) {
         self.v2p_cache.set_capacity(size);
+        log_debug!(
+            "translation cache: resized to {} entries (asked {}, at most {})",
+            self.v2p_cache.metrics().capacity,
+            size,
+            TLB
+        );
     }
 
     /// Drops the cached translation of the page that holds `ctx.va` under `ctx.root`,
     /// whatever the page's size.
+    ///
+    /// The root is compared as the walker reads it
+    /// ([`Architecture::root_table`]): on AMD64, a CR3 with PCID, no-flush or LAM bits
+    /// names the same entries as the CR3 without them.
     pub fn flush_v2p_cache_entry(&self, ctx: AddressContext) {
-        self.v2p_cache.flush_entry(ctx.root, ctx.va);
+        self.v2p_cache
+            .flush_entry(self.root_table(ctx.root), ctx.va);
+    }
+
+    /// The key of the translation cache for the root `root`: the top-level table the
+    /// walker reads for it, so that every form of one root is one key.
+    #[inline]
+    fn root_table(&self, root: Pa) -> Pa {
+        <D::Architecture as Architecture>::root_table(&self.paging, root)
     }
 
     /// Drops every cached translation. O(1): the cache's generation moves on, and older
     /// entries are never returned again.
     pub fn flush_v2p_cache(&self) {
         self.v2p_cache.flush();
+        // At `trace`: sessions flush at every event, and writes through the core flush.
+        log_trace!("translation cache: flushed");
     }
 
     /// The translation cache's counters. Each translation counts one hit or one miss,
@@ -146,7 +172,8 @@ impl<D: VmiDriver> VmiCore<D> {
     }
 
     /// Translates `va` under `root`, through the translation cache, with the page size and
-    /// the effective rights.
+    /// the effective rights. Cached translations are keyed by the root as the walker
+    /// reads it ([`Architecture::root_table`]), so every form of one root shares them.
     ///
     /// # Errors
     /// As [`VmiCore::translate_address`].
@@ -155,8 +182,9 @@ impl<D: VmiDriver> VmiCore<D> {
         if !self.v2p_cache_enabled.load(Ordering::Relaxed) {
             return self.translate_uncached(va, root);
         }
-        self.v2p_cache
-            .translate(root, va, || self.translate_uncached(va, root))
+        self.v2p_cache.translate(self.root_table(root), va, || {
+            self.translate_uncached(va, root)
+        })
     }
 
     /// The walker's reader for a core whose page cache is disabled.

@@ -1,15 +1,17 @@
-//! [`TranslationCache`]: the core's cache of translations, over two [`Tlb`]s (one for base
-//! pages, one for large pages), as hardware TLBs keep one array per page size.
+//! [`TranslationCache`]: the core's cache of translations, over one [`Tlb`] of `N`
+//! entries that holds base and large pages alike.
 //!
 //! # The TLB word
 //! A cached translation of one virtual page is packed in one word: the leaf's frame
 //! (aligned to the leaf's size), then in the low bits W, X and U (bits 0..=2) and log2 of
 //! the leaf's size (bits 3..=8).
 //!
-//! A base page is keyed by its virtual page number in the base part. A large page is one
-//! entry of the large part, keyed by `va >> log2(size)` with log2(size) in bits 58..=63
-//! (so a 2 MiB and a 1 GiB page never share a key), and looked up for each size the large
-//! part has ever held (`large_shifts`) after a base-part miss.
+//! A base page is keyed by its virtual page number (below 2^52). A large page is one
+//! entry, keyed by `va >> log2(size)` with log2(size) (nonzero) in bits 58..=63, so a
+//! large-page key is never a base-page key, and a 2 MiB and a 1 GiB page never share one.
+//! After a base-page miss, the large-page key is looked up for each size the cache has
+//! held (`large_shifts`). One array rather than one per page size (as hardware TLBs
+//! have) because stable Rust cannot split a const capacity `N` in two.
 
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -20,14 +22,8 @@ use crate::arch::{Architecture, Translation};
 use crate::cache::{CacheMetrics, Tlb};
 use crate::error::VmiError;
 
-/// Sets of the base-page part.
-const SETS: usize = 128;
-/// Ways per set, in both parts.
-const WAYS: usize = 4;
-/// Sets of the large-page part (one entry per 2 MiB, 4 MiB or 1 GiB page).
-const LARGE_SETS: usize = 128;
-/// The compile-time capacity: the base-page part and the large-page part.
-pub(crate) const CAPACITY: usize = (SETS + LARGE_SETS) * WAYS;
+/// The default capacity: base and large pages together.
+pub(crate) const CAPACITY: usize = 1024;
 
 const TLB_W: u64 = 1 << 0;
 const TLB_X: u64 = 1 << 1;
@@ -37,36 +33,65 @@ const TLB_SHIFT_MASK: u64 = 0x3f << TLB_SHIFT;
 /// Where a large-page key keeps log2 of the page size.
 const TLB_LARGE_TAG: u32 = 58;
 
-/// Translations of architecture `A`, keyed by root and virtual page, read without a lock.
+/// Up to `N` translations of architecture `A`, keyed by root and virtual page, read
+/// without a lock. `N = 0` caches nothing.
 ///
 /// Flushes are O(1) (the generation moves on); a walk's result is offered under the
 /// generation read before the walk, so a flush during the walk outdates it.
-pub(crate) struct TranslationCache<A: Architecture> {
-    base: Tlb<SETS, WAYS>,
-    large: Tlb<LARGE_SETS, WAYS>,
-    /// Bit `s` is set once a page of `1 << s` bytes was cached in `large`: the sizes a
-    /// base-part miss probes. Never cleared but by a resize (a stale bit costs a probe).
+///
+/// # Concurrency
+/// The cache is a [`Tlb`], with the guarantees its documentation gives for racing
+/// lookups, insertions, flushes, removals and resizes. What this type adds is the mask of
+/// large-page sizes (`large_shifts`), and one invariant over it: *a large page's entry
+/// can exist only once its size is in the mask*, so [`TranslationCache::flush_entry`],
+/// which visits the sizes in the mask, cannot miss it.
+/// - **A translation** is a lookup of the base-page key, then of the large-page key for
+///   each size in the mask, then a walk whose result is offered under the generation read
+///   before the walk. A large page's size is set in the mask (`SeqCst`) before its entry
+///   is offered.
+/// - **A single-entry flush** removes the base-page key ([`Tlb::remove`], which first
+///   cancels insertions in flight), then reads the mask (`SeqCst`) and removes the
+///   large-page key of each size in it. An insertion of a size the mask read did not show
+///   set that size after the cancellation (the `SeqCst` order of the four operations),
+///   so its lock-time check sees the cancellation and it does not land; one whose size
+///   was shown is handled by the removal ([`Tlb`]'s argument). Once the flush returns, no
+///   translation walked before it began is served.
+/// - **A flush** moves the generation on: lookups after it miss everything before it,
+///   and walks in flight are outdated.
+/// - **A resize** resizes and empties the [`Tlb`] ([`Tlb::set_capacity`]) and leaves the
+///   mask as it is. Before issue 13 it cleared the mask after emptying the cache: a
+///   2 MiB translation inserted in between lost its size from the mask, a later
+///   single-entry flush skipped it, and the old frame came back once another 2 MiB page
+///   put the size back.
+/// - **Enabling and disabling** are [`VmiCore`](crate::VmiCore)'s: a disabled cache is
+///   flushed and not consulted; a translation already past the check finishes through
+///   the cache, with the guarantees above.
+pub(crate) struct TranslationCache<A: Architecture, const N: usize> {
+    tlb: Tlb<N>,
+    /// Bit `s` is set once a page of `1 << s` bytes was offered: the sizes a base-page
+    /// miss probes and a single-entry flush visits. Never cleared (a stale bit costs a
+    /// probe; an architecture has a handful of page sizes).
     large_shifts: AtomicU64,
     arch: PhantomData<fn() -> A>,
 }
 
-impl<A: Architecture> TranslationCache<A> {
+impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     const PAGE_SIZE: u64 = A::PAGE_SIZE;
     const PAGE_SHIFT: u32 = A::PAGE_SHIFT;
+    /// The offset bits of an address in a base page (`PAGE_SIZE - 1`).
+    const OFFSET_MASK: u64 = !A::PAGE_MASK;
 
     /// An empty cache at full capacity.
     pub(crate) const fn new() -> Self {
         Self {
-            base: Tlb::new(),
-            large: Tlb::new(),
+            tlb: Tlb::new(),
             large_shifts: AtomicU64::new(0),
             arch: PhantomData,
         }
     }
 
     /// The translation of `va` under `root`: from the cache when it holds one, else from
-    /// `walk`, whose result is offered to the cache. A base page goes to the base part, a
-    /// large page as one entry of the large part.
+    /// `walk`, whose result is offered to the cache (a large page as one entry).
     ///
     /// # Errors
     /// As `walk`'s.
@@ -78,18 +103,18 @@ impl<A: Architecture> TranslationCache<A> {
         walk: impl FnOnce() -> Result<Translation, VmiError>,
     ) -> Result<Translation, VmiError> {
         let vpn = va.0 >> Self::PAGE_SHIFT;
-        let generation = self.base.generation();
-        match self.base.probe(root.0, vpn, generation) {
+        let generation = self.tlb.generation();
+        match self.tlb.probe(root.0, vpn, generation) {
             Some(entry) => {
-                self.base.record(true);
-                Ok(Self::unpack(entry, va, Self::PAGE_SIZE - 1))
+                self.tlb.record(true);
+                Ok(Self::unpack(entry, va, Self::OFFSET_MASK))
             }
             None => self.miss(root, va, vpn, generation, walk),
         }
     }
 
-    /// The miss path of [`TranslationCache::translate`]: the large-page part for each
-    /// size it holds, then a walk. An offer evicts only for a page that missed twice in a
+    /// The miss path of [`TranslationCache::translate`]: the large-page key for each
+    /// size the cache holds, then a walk. An offer evicts only for a page that missed twice in a
     /// row in its set ([`Tlb::offer`]), so a scan over more pages than the cache holds (a
     /// bulk read, random reads over a large range) neither flushes the working set out
     /// nor pays a slot write's locked instruction per page.
@@ -108,101 +133,94 @@ impl<A: Architecture> TranslationCache<A> {
                 "the TLB packs flags and a size in the page offset bits"
             )
         };
-        let large_generation = self.large.generation();
-        if let Some(t) = self.probe_large(root, va, large_generation) {
-            self.base.record(true);
+        if let Some(t) = self.probe_large(root, va, generation) {
+            self.tlb.record(true);
             return Ok(t);
         }
-        self.base.record(false);
+        self.tlb.record(false);
         let t = walk()?;
-        self.offer(root, va, vpn, &t, generation, large_generation);
+        self.offer(root, va, vpn, &t, generation);
         Ok(t)
     }
 
-    /// The large part's translation of `va`, for each size it has held.
+    /// The large-page translation of `va`, for each large size the cache has held.
     #[inline]
     fn probe_large(&self, root: Pa, va: Va, generation: u64) -> Option<Translation> {
         let mut shifts = self.large_shifts.load(Ordering::Relaxed);
         while shifts != 0 {
             let shift = shifts.trailing_zeros();
-            shifts &= shifts - 1;
+            shifts ^= 1 << shift;
             if let Some(entry) = self
-                .large
+                .tlb
                 .probe(root.0, Self::large_key(va, shift), generation)
             {
-                let offset_mask = 1u64.checked_shl(shift).map_or(u64::MAX, |s| s - 1);
+                let offset_mask = 1u64
+                    .checked_shl(shift)
+                    .map_or(u64::MAX, |size| size.wrapping_sub(1));
                 return Some(Self::unpack(entry, va, offset_mask));
             }
         }
         None
     }
 
-    /// Offers `t`, the translation of `va`, to the part of its page size.
-    fn offer(
-        &self,
-        root: Pa,
-        va: Va,
-        vpn: u64,
-        t: &Translation,
-        generation: u64,
-        large_generation: u64,
-    ) {
+    /// Offers `t`, the translation of `va`, under the key of its page size.
+    fn offer(&self, root: Pa, va: Va, vpn: u64, t: &Translation, generation: u64) {
         if t.page_size == Self::PAGE_SIZE {
-            self.base.offer(root.0, vpn, Self::pack(t), generation);
+            self.tlb.offer(root.0, vpn, Self::pack(t), generation);
         } else if t.page_size.is_power_of_two() && t.page_size > Self::PAGE_SIZE {
             let shift = t.page_size.trailing_zeros();
             if shift < TLB_LARGE_TAG {
-                self.large.offer(
+                // The size joins the mask before its entry can exist (the concurrency
+                // notes of the type).
+                let bit = 1u64 << shift;
+                if self.large_shifts.load(Ordering::SeqCst) & bit == 0 {
+                    self.large_shifts.fetch_or(bit, Ordering::SeqCst);
+                }
+                self.tlb.offer(
                     root.0,
                     Self::large_key(va, shift),
                     Self::pack(t),
-                    large_generation,
+                    generation,
                 );
-                let bit = 1u64 << shift;
-                if self.large_shifts.load(Ordering::Relaxed) & bit == 0 {
-                    self.large_shifts.fetch_or(bit, Ordering::Relaxed);
-                }
             }
         }
     }
 
     /// Drops the cached translation of the page that holds `va` under `root`, whatever
     /// the page's size.
+    ///
+    /// Once it returns, no translation of the page walked before it began is served
+    /// (the concurrency notes of the type).
     pub(crate) fn flush_entry(&self, root: Pa, va: Va) {
-        self.base.remove(root.0, va.0 >> Self::PAGE_SHIFT);
-        let mut shifts = self.large_shifts.load(Ordering::Relaxed);
+        // The base page's removal cancels insertions in flight first; the mask is read
+        // after it, so an insertion whose size the mask read here lacks set that size
+        // after the cancellation, and does not land.
+        self.tlb.remove(root.0, va.0 >> Self::PAGE_SHIFT);
+        let mut shifts = self.large_shifts.load(Ordering::SeqCst);
         while shifts != 0 {
             let shift = shifts.trailing_zeros();
-            shifts &= shifts - 1;
-            self.large.remove(root.0, Self::large_key(va, shift));
+            shifts ^= 1 << shift;
+            self.tlb
+                .remove_cancelled(root.0, Self::large_key(va, shift));
         }
     }
 
     /// Drops every cached translation. O(1): the generation moves on.
     pub(crate) fn flush(&self) {
-        self.base.flush();
-        self.large.flush();
+        self.tlb.flush();
     }
 
     /// Sets the effective capacity: `size` rounded down to whole sets, at least one set
-    /// unless `size` is zero, for base pages, and the same again for large pages.
-    /// Empties the cache. O(capacity).
+    /// unless `size` is zero, at most `N`. Empties the cache, but not the mask of
+    /// large-page sizes (the concurrency notes of the type). O(N).
     pub(crate) fn set_capacity(&self, size: usize) {
-        self.base.set_capacity(size);
-        self.large.set_capacity(size);
-        self.large_shifts.store(0, Ordering::Relaxed);
+        self.tlb.set_capacity(size);
     }
 
-    /// The counters. Each translation counts one hit or one miss, whichever part
-    /// answered; `len`, `capacity` and `evictions` add both parts up, a large page being
-    /// one entry.
+    /// The counters. Each translation counts one hit or one miss, whichever key
+    /// answered; a large page is one entry.
     pub(crate) fn metrics(&self) -> CacheMetrics {
-        let mut m = self.base.metrics();
-        let large = self.large.metrics();
-        m.len = m.len.saturating_add(large.len);
-        m.capacity = m.capacity.saturating_add(large.capacity);
-        m.evictions = m.evictions.saturating_add(large.evictions);
-        m
+        self.tlb.metrics()
     }
 
     /// The key of the large page of `1 << shift` bytes that holds `va`.
@@ -223,7 +241,7 @@ impl<A: Architecture> TranslationCache<A> {
             access |= MemoryAccess::X;
         }
         Translation {
-            pa: Pa((entry & !offset_mask & !(Self::PAGE_SIZE - 1)) | (va.0 & offset_mask)),
+            pa: Pa((entry & !offset_mask & A::PAGE_MASK) | (va.0 & offset_mask)),
             page_size: 1 << ((entry & TLB_SHIFT_MASK) >> TLB_SHIFT),
             access,
             user: entry & TLB_U != 0,
@@ -233,7 +251,7 @@ impl<A: Architecture> TranslationCache<A> {
     /// The TLB word of a translation.
     #[inline]
     fn pack(t: &Translation) -> u64 {
-        let mut entry = (t.pa.0 & !t.page_size.wrapping_sub(1) & !(Self::PAGE_SIZE - 1))
+        let mut entry = (t.pa.0 & !t.page_size.wrapping_sub(1) & A::PAGE_MASK)
             | (u64::from(t.page_size.trailing_zeros()) << TLB_SHIFT);
         if t.access.contains(MemoryAccess::W) {
             entry |= TLB_W;
@@ -256,7 +274,7 @@ mod tests {
     use crate::arch::amd64::Amd64;
     use crate::error::{FaultReason, PageFault};
 
-    type Cache = TranslationCache<Amd64>;
+    type Cache = TranslationCache<Amd64, CAPACITY>;
 
     const ROOT: Pa = Pa(0x1000);
     const OTHER_ROOT: Pa = Pa(0x7000);
@@ -414,7 +432,7 @@ mod tests {
     }
 
     #[test]
-    fn resize_empties_and_bounds_both_parts() {
+    fn resize_empties_and_bounds_the_cache() {
         let cache = Cache::new();
         let walks = Cell::new(0);
         assert_eq!(cache.metrics().capacity, CAPACITY);
@@ -424,7 +442,7 @@ mod tests {
         through(&cache, ROOT, 0x20_0000, large, &walks);
         cache.set_capacity(8);
         let m = cache.metrics();
-        assert_eq!((m.len, m.capacity), (0, 16));
+        assert_eq!((m.len, m.capacity), (0, 8));
         through(&cache, ROOT, 0x1000, small, &walks);
         through(&cache, ROOT, 0x20_0000, large, &walks);
         assert_eq!(walks.get(), 4);
@@ -432,7 +450,7 @@ mod tests {
             through(&cache, ROOT, 0x10_0000 + i * 0x1000, small, &walks);
             through(&cache, ROOT, 0x10_0000 + i * 0x1000, small, &walks);
         }
-        assert!(cache.metrics().len <= 16);
+        assert!(cache.metrics().len <= 8);
         cache.set_capacity(0);
         through(&cache, ROOT, 0x1000, small, &walks);
         let before = walks.get();

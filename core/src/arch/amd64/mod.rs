@@ -32,9 +32,16 @@ impl Architecture for Amd64 {
     type Registers = Registers;
     type GpRegisters = GpRegisters;
     type Paging = Paging;
+    const DEFAULT_PAGING: Paging = Paging::new(PagingMode::Level4);
     type EventMonitor = EventMonitor;
     type EventReason = EventReason;
     type Interrupt = Interrupt;
+
+    /// [`Paging::root_table`], the masking the walker applies.
+    #[inline]
+    fn root_table(paging: &Paging, root: Pa) -> Pa {
+        paging.root_table(root)
+    }
 
     #[inline]
     fn translate_observed(

@@ -225,20 +225,22 @@ impl PagingMode {
     pub const fn table_index(self, level: u8, va: Va) -> u16 {
         let desc = self.desc();
         let [b1, b2, b3, b4, b5] = desc.index_bits;
+        // The index widths are the constant mode tables' (at most 10 bits a level, 45 in
+        // all): the sums and the shift stay far below 64, so wrapping never happens.
         let (below, bits) = match level {
             1 => (0, b1),
             2 => (b1, b2),
-            3 => (b1 + b2, b3),
-            4 => (b1 + b2 + b3, b4),
-            5 => (b1 + b2 + b3 + b4, b5),
+            3 => (b1.wrapping_add(b2), b3),
+            4 => (b1.wrapping_add(b2).wrapping_add(b3), b4),
+            5 => (b1.wrapping_add(b2).wrapping_add(b3).wrapping_add(b4), b5),
             _ => (0, 0),
         };
         if level > desc.levels {
             return 0;
         }
-        let shift = 12 + below as u32;
+        let shift = 12u32.wrapping_add(below as u32);
         let bits = bits as u32;
-        ((va.0 >> shift) & ((1u64 << bits) - 1)) as u16
+        ((va.0 >> shift) & (1u64 << bits).wrapping_sub(1)) as u16
     }
 }
 
@@ -272,7 +274,9 @@ impl TableIndex {
         if level == 0 || level > 5 {
             return Self(0);
         }
-        Self::new_truncate((va.0 >> (12 + 9 * (level as u32 - 1))) as u16)
+        // `level` is 1..=5 here: the shift is 12..=48.
+        let shift = 12u32.wrapping_add(9u32.wrapping_mul((level as u32).wrapping_sub(1)));
+        Self::new_truncate((va.0 >> shift) as u16)
     }
 
     /// The index.

@@ -111,8 +111,10 @@ impl PagingMode {
             Self::Disabled => true,
             Self::Bits32 | Self::Pae => va.0 >> 32 == 0,
             Self::Level4 | Self::Level5 => {
-                let shifted = (va.0 as i64) << (64 - bits as u32);
-                (shifted >> (64 - bits as u32)) as u64 == va.0
+                // `bits` is 48 or 57 here: the shift is 16 or 7.
+                let unused = 64u32.wrapping_sub(bits as u32);
+                let shifted = (va.0 as i64) << unused;
+                (shifted >> unused) as u64 == va.0
             }
         }
     }
@@ -162,6 +164,7 @@ pub struct Paging {
 }
 
 impl Default for Paging {
+    /// 4-level paging, as [`Amd64::DEFAULT_PAGING`](crate::Architecture::DEFAULT_PAGING).
     fn default() -> Self {
         Self::new(PagingMode::Level4)
     }
@@ -279,6 +282,7 @@ impl Paging {
 
     /// Bits below MAXPHYADDR.
     const fn phys_mask(&self) -> u64 {
-        (1u64 << self.maxphy()) - 1
+        // MAXPHYADDR is clamped to 32..=52: `1 << m` is not zero.
+        (1u64 << self.maxphy()).wrapping_sub(1)
     }
 }

@@ -142,8 +142,13 @@ pub(super) const fn bit_range(lo: u32, hi: u32) -> u64 {
     if hi <= lo || lo >= 64 {
         0
     } else {
-        let upper = if hi >= 64 { u64::MAX } else { (1u64 << hi) - 1 };
-        upper & !((1u64 << lo) - 1)
+        // `lo < hi < 64` where shifted: `1 << n` is not zero, so one less cannot wrap.
+        let upper = if hi >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << hi).wrapping_sub(1)
+        };
+        upper & !(1u64 << lo).wrapping_sub(1)
     }
 }
 

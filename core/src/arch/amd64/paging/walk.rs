@@ -98,7 +98,8 @@ fn walk_other(
             Step::Leaf(t) => return Ok(t),
             Step::Table(next) => table = next,
         }
-        level -= 1;
+        // At most `desc.levels` iterations from `desc.levels`: never below zero.
+        level = level.saturating_sub(1);
     }
     // Level 1 always returns above; this is the bound made explicit.
     Err(fault(va, root, level, table, 0, FaultReason::NotPresent))
@@ -240,16 +241,19 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
     fn locate(&self, level: u8, table: Pa) -> (u32, u64, Pa) {
         let desc = self.desc;
         let at = usize::from(level).saturating_sub(1);
-        let shift = 12u32
-            + desc
-                .index_bits
-                .iter()
-                .take(at)
-                .map(|&b| u32::from(b))
-                .sum::<u32>();
+        // The index widths are the constant mode tables' (at most 10 bits a level, 45 in
+        // all) and an entry is 4 or 8 bytes: no sum, shift or product here comes near
+        // wrapping, and the entry's address wraps as the hardware's would.
+        let shift = desc
+            .index_bits
+            .iter()
+            .take(at)
+            .fold(12u32, |sum, &b| sum.wrapping_add(u32::from(b)));
         let bits = desc.index_bits.get(at).copied().unwrap_or(0);
-        let index = (self.va.0 >> shift) & ((1u64 << bits) - 1);
-        let entry = Pa(table.0.wrapping_add(index * u64::from(desc.entry_size)));
+        let index = (self.va.0 >> shift) & (1u64 << bits).wrapping_sub(1);
+        let entry = Pa(table
+            .0
+            .wrapping_add(index.wrapping_mul(u64::from(desc.entry_size))));
         (shift, index, entry)
     }
 
@@ -330,7 +334,8 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
             }
         } else if ps {
             // 4 MiB PDE (Table 4-4): bits 21:(M-19), M = min(MAXPHYADDR, 40).
-            reserved |= bit_range(paging.maxphy_pse36() - 19, 22);
+            // M is 32..=40: M - 19 is 13..=21.
+            reserved |= bit_range(paging.maxphy_pse36().wrapping_sub(19), 22);
         }
         // One test for both ways an entry can stop the walk: P = 0, or a reserved bit set.
         // Reserved bits count only in a present entry (§4.7), so P decides which.
@@ -352,13 +357,17 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
         }
 
         if level == 1 || ps {
+            // `shift` is 12..=48: the page size is a power of two, one less cannot wrap.
             let page_size = 1u64 << shift;
+            let offset_mask = page_size.wrapping_sub(1);
             let base = if self.wide {
                 // The frame bits only: not the PAT bit 12 of a large leaf, nor bit 63.
-                value & self.phys_mask & !(page_size - 1)
+                value & self.phys_mask & !offset_mask
             } else if ps {
                 // PSE-36: PDE bits (M-20):13 are physical-address bits (M-1):32.
-                let high = (value >> 13) & ((1u64 << (paging.maxphy_pse36() - 32)) - 1);
+                // M is 32..=40: M - 32 is 0..=8 bits.
+                let high_bits = paging.maxphy_pse36().wrapping_sub(32);
+                let high = (value >> 13) & (1u64 << high_bits).wrapping_sub(1);
                 (value & 0xffc0_0000) | (high << 32)
             } else {
                 value & 0xffff_f000
@@ -378,7 +387,7 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
                     | if no_exec { 0 } else { MemoryAccess::X.bits() },
             );
             return Ok(Step::Leaf(Translation {
-                pa: Pa(base | (va.0 & (page_size - 1))),
+                pa: Pa(base | (va.0 & offset_mask)),
                 page_size,
                 access,
                 user: self.rights_and & EntryFlags::USER.bits() != 0,
