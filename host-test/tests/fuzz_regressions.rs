@@ -12,7 +12,7 @@ const ROOT: u64 = 0x1000;
 /// removed value.
 #[test]
 fn tlb_lookup_of_the_empty_marker_finds_nothing() {
-    let tlb = Tlb::<4, 2>::new();
+    let tlb = Tlb::<8>::new();
     let generation = tlb.generation();
     tlb.insert(ROOT, 7, 0xdead_b000, generation);
     assert_eq!(tlb.probe(ROOT, 7, generation), Some(0xdead_b000));
@@ -34,7 +34,7 @@ fn tlb_lookup_of_the_empty_marker_finds_nothing() {
 /// earlier, when the insertion carried the same value.
 #[test]
 fn tlb_refused_insertion_of_the_empty_marker_is_not_found() {
-    let tlb = Tlb::<1, 4>::new();
+    let tlb = Tlb::<4>::new();
     let generation = tlb.generation();
     tlb.insert(ROOT, 3, 42, generation);
     tlb.remove(ROOT, 3);
@@ -47,7 +47,7 @@ fn tlb_refused_insertion_of_the_empty_marker_is_not_found() {
 /// the length wrapped below zero.
 #[test]
 fn tlb_removal_of_the_empty_marker_keeps_the_length() {
-    let tlb = Tlb::<1, 2>::new();
+    let tlb = Tlb::<2>::new();
     let generation = tlb.generation();
     tlb.insert(ROOT, 1, 10, generation);
     tlb.remove(ROOT, 1);

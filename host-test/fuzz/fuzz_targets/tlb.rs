@@ -8,12 +8,13 @@
 //! - an unfiltered insertion of a storable key, for the current generation, is found
 //!   straight after it; a key removed is found for no generation;
 //! - with capacity 0 nothing is found and the length is 0; the length never exceeds the
-//!   capacity, nor the capacity `SETS * WAYS`.
+//!   capacity, nor the capacity `N`.
 //!
 //! Generations passed in are ones the cache reported (the current one or older; never a
 //! future one, which would let an entry outlive a flush by the caller's own lie), and
 //! the model compares epochs (the flushes before a generation), not generation words. The first byte picks the
-//! geometry, from one slot to 16 sets of 4 ways, so evictions are common.
+//! geometry, from one slot to 512 (sets of four ways, the last one ragged for 6), so
+//! evictions are common.
 #![no_main]
 
 #[path = "common/mod.rs"]
@@ -74,8 +75,9 @@ impl History {
     }
 }
 
-fn run<const SETS: usize, const WAYS: usize>(mut input: Input<'_>) {
-    let tlb = Tlb::<SETS, WAYS>::new();
+fn run<const N: usize>(mut input: Input<'_>) {
+    let tlb = Tlb::<N>::new();
+    let ways = Tlb::<N>::WAYS;
     // Key -> (value, epoch of the generation it was stored with).
     let mut model: HashMap<(u64, u64), (u64, u64)> = HashMap::new();
     let mut history = History {
@@ -164,13 +166,13 @@ fn run<const SETS: usize, const WAYS: usize>(mut input: Input<'_>) {
                 model.clear();
                 let m = tlb.metrics();
                 assert_eq!(m.capacity == 0, capacity == 0);
-                assert!(m.capacity <= capacity.max(WAYS));
+                assert!(m.capacity <= capacity.max(ways));
                 assert_eq!(m.len, 0, "a resize empties the cache");
             }
             _ => tlb.reset_metrics(),
         }
         let m = tlb.metrics();
-        assert!(m.capacity <= Tlb::<SETS, WAYS>::CAPACITY);
+        assert!(m.capacity <= Tlb::<N>::CAPACITY);
         assert!(
             m.len <= m.capacity,
             "len {} over capacity {}",
@@ -185,11 +187,12 @@ fn run<const SETS: usize, const WAYS: usize>(mut input: Input<'_>) {
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
-    match input.u8() % 5 {
-        0 => run::<1, 1>(input),
-        1 => run::<1, 4>(input),
-        2 => run::<4, 2>(input),
-        3 => run::<16, 4>(input),
-        _ => run::<64, 8>(input),
+    match input.u8() % 6 {
+        0 => run::<1>(input),
+        1 => run::<4>(input),
+        2 => run::<6>(input),
+        3 => run::<16>(input),
+        4 => run::<64>(input),
+        _ => run::<512>(input),
     }
 });
