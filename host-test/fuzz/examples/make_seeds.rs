@@ -474,7 +474,254 @@ fn tlb_seeds() {
     }
 }
 
+/// One `ept_decode` input: an `ExitInfo` (the reason as a whole word), capabilities and
+/// an entry to encode (see the target's source for the layout).
+#[derive(Clone, Copy, Default)]
+struct ExitSeed {
+    reason: u32,
+    q: u64,
+    gla: u64,
+    gpa: u64,
+    ilen: u8,
+    iinfo: u32,
+    err: u32,
+    frame: u64,
+    level: u8,
+    rights: u8,
+}
+
+fn ept_seeds() {
+    // Execute-only, 4- and 5-level walks, UC and WB, 2 MiB and 1 GiB pages, INVEPT, A/D
+    // (IA32_VMX_EPT_VPID_CAP, SDM Vol. 3D A.10).
+    let caps: u64 = 1 | 1 << 6 | 1 << 7 | 1 << 8 | 1 << 14 | 1 << 16 | 1 << 17 | 1 << 20 | 1 << 21;
+    let seeds = [
+        (
+            "ept-violation-write",
+            ExitSeed {
+                reason: 48,
+                q: 0x182 | 0b001 << 3,
+                gla: 0xff_ff80_0000_1000,
+                gpa: 0x123_4000,
+                frame: 0x20_0000,
+                level: 2,
+                rights: 3,
+                ..Default::default()
+            },
+        ),
+        (
+            "ept-violation-fetch-no-gla",
+            ExitSeed {
+                reason: 48,
+                q: 0x4 | 0b011 << 3,
+                gpa: 0x5000,
+                frame: 0x5000,
+                level: 1,
+                rights: 5,
+                ..Default::default()
+            },
+        ),
+        (
+            "cr3-write",
+            ExitSeed {
+                reason: 28,
+                q: 3 | 5 << 8,
+                level: 1,
+                rights: 3,
+                ..Default::default()
+            },
+        ),
+        (
+            "lmsw",
+            ExitSeed {
+                reason: 28,
+                q: 3 << 4 | 1 << 6 | 0x33 << 16,
+                level: 1,
+                rights: 3,
+                ..Default::default()
+            },
+        ),
+        (
+            "io-out-dx",
+            ExitSeed {
+                reason: 30,
+                q: 0x3f8 << 16,
+                level: 1,
+                rights: 3,
+                ..Default::default()
+            },
+        ),
+        (
+            "io-rep-ins",
+            ExitSeed {
+                reason: 30,
+                q: 1 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 0x60 << 16,
+                level: 1,
+                rights: 3,
+                ..Default::default()
+            },
+        ),
+        (
+            "int3",
+            ExitSeed {
+                reason: 0,
+                iinfo: 1 << 31 | 6 << 8 | 3,
+                ilen: 1,
+                level: 1,
+                rights: 3,
+                ..Default::default()
+            },
+        ),
+        (
+            "page-fault",
+            ExitSeed {
+                reason: 0,
+                q: 0xdea_d000,
+                iinfo: 1 << 31 | 1 << 11 | 3 << 8 | 14,
+                err: 2,
+                level: 1,
+                rights: 3,
+                ..Default::default()
+            },
+        ),
+        (
+            "debug-single-step",
+            ExitSeed {
+                reason: 0,
+                q: 1 << 14,
+                iinfo: 1 << 31 | 3 << 8 | 1,
+                level: 1,
+                rights: 3,
+                ..Default::default()
+            },
+        ),
+        (
+            "mtf",
+            ExitSeed {
+                reason: 37,
+                level: 1,
+                rights: 3,
+                ..Default::default()
+            },
+        ),
+        (
+            "cpuid",
+            ExitSeed {
+                reason: 10,
+                level: 1,
+                rights: 3,
+                ..Default::default()
+            },
+        ),
+        (
+            "wrmsr",
+            ExitSeed {
+                reason: 32,
+                level: 1,
+                rights: 3,
+                ..Default::default()
+            },
+        ),
+        (
+            "xsetbv",
+            ExitSeed {
+                reason: 55,
+                level: 1,
+                rights: 3,
+                ..Default::default()
+            },
+        ),
+        (
+            "misconfig",
+            ExitSeed {
+                reason: 49,
+                gpa: 0x7000,
+                level: 1,
+                rights: 3,
+                ..Default::default()
+            },
+        ),
+        (
+            "entry-failure",
+            ExitSeed {
+                reason: 1 << 31 | 33,
+                level: 1,
+                rights: 3,
+                ..Default::default()
+            },
+        ),
+        (
+            "unknown",
+            ExitSeed {
+                reason: 81,
+                level: 1,
+                rights: 3,
+                ..Default::default()
+            },
+        ),
+        (
+            "hlt",
+            ExitSeed {
+                reason: 12,
+                level: 1,
+                rights: 3,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (name, s) in seeds {
+        let mut v = vec![0u8];
+        v.extend_from_slice(&s.reason.to_le_bytes());
+        for w in [s.q, s.gla, s.gpa] {
+            le64(&mut v, w);
+        }
+        v.push(s.ilen);
+        for w in [s.iinfo, 0, s.err, 0, 0] {
+            v.extend_from_slice(&w.to_le_bytes());
+        }
+        le64(&mut v, caps);
+        le64(&mut v, s.frame);
+        v.extend_from_slice(&[s.level, s.rights, 6]);
+        le64(&mut v, 0);
+        v.extend_from_slice(&[4, 0]);
+        put("ept_decode", name, &v);
+    }
+    // ept_sim programs: the pool size, then operations (0, 1 rights; 2 create; 3 destroy;
+    // 4 remap; 5 reset a remap; 6 allocate a shadow frame; 7 free it), each with its
+    // frame, view and rights bytes.
+    let programs: [(&str, Vec<u8>); 4] = [
+        (
+            "views-rights-remap",
+            vec![
+                40, 2, 7, 2, 1, 0, 3, 1, 1, 0, 5, 1, 3, 1, 4, 0, 5, 4, 1, 3, 6, 5, 1, 3, 0, 8, 2,
+                0, 3, 1, 2, 3,
+            ],
+        ),
+        (
+            "shadow-frames",
+            vec![
+                30, 6, 250, 6, 251, 2, 5, 0, 250, 1, 1, 4, 1, 3, 250, 7, 250, 7, 251, 3, 1,
+            ],
+        ),
+        (
+            "exhaust-pool",
+            [
+                vec![0],
+                [2, 7, 0, 2, 1, 1, 0, 6, 2, 5, 0, 9, 3, 3].repeat(6),
+            ]
+            .concat(),
+        ),
+        (
+            "split-2m",
+            vec![50, 0, 6, 0, 1, 0, 7, 0, 3, 0, 6, 0, 7, 0, 7, 0, 7],
+        ),
+    ];
+    for (name, p) in programs {
+        put("ept_sim", name, &p);
+    }
+}
+
 fn main() {
+    ept_seeds();
     walk_seeds();
     core_read_seeds();
     dump_seeds();

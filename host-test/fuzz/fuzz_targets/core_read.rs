@@ -38,7 +38,7 @@ fn address(input: &mut Input<'_>) -> u64 {
 
 fn context(input: &mut Input<'_>, root: Pa) -> AccessContext {
     let address = address(input);
-    if input.u8() % 4 == 0 {
+    if input.u8().is_multiple_of(4) {
         AccessContext::direct(Pa(address))
     } else {
         AccessContext::paging(Va(address), root)
@@ -90,7 +90,7 @@ fuzz_target!(|data: &[u8]| {
         0 => PagingMode::Disabled,
         1 => PagingMode::Bits32,
         2 => PagingMode::Pae,
-        3 | 4 | 5 => PagingMode::Level4,
+        3..=5 => PagingMode::Level4,
         _ => PagingMode::Level5,
     };
     // A root frame inside the memory, sometimes with PCID bits (CR3 bits 11:0).

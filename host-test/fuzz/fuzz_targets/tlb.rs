@@ -90,7 +90,7 @@ fn run<const N: usize>(mut input: Input<'_>) {
         history.observe(tlb.generation());
         let op = input.u8();
         match op % 10 {
-            0 | 1 | 2 => {
+            0..=2 => {
                 let (root, vpn) = key(&mut input, false);
                 let value = input.u64();
                 let back = input.u8() % 4;
