@@ -696,16 +696,20 @@ fn destroy_view_while_running() {
                     Some(gate_gfn),
                     "vCPU 0 only exits at the gate"
                 );
+                assert_eq!(e.view, Some(v), "the gate is read-only in v only");
                 Response::continue_().emulate()
             })
             .0
         });
         let r1 = s.spawn(|| {
-            // (The event's view may say view 0 when the exit raced with the destroy:
-            // `destroyed_view_event_names_the_exit_view` pins that down.)
+            // View 0 allows every write, so every event comes from an exit in `v`, and
+            // names it even when the exit raced with the destroy (the backend reads the
+            // view once per exit; `destroyed_view_event_names_the_exit_view` forces the
+            // race).
             w.run(1, &writer.steps, &mut |e| {
                 wait_at_gate(e);
                 assert!(e.reason.as_memory_access().is_some());
+                assert_eq!(e.view, Some(v), "an event of vCPU 1 names another view");
                 Response::continue_().emulate()
             })
             .0
