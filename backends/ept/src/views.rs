@@ -24,9 +24,13 @@
 //! shootdown serves them all, and the test-only switch removes one reason's request.
 //!
 //! # Pool exhaustion
-//! Every operation counts the frames it may need (a split of a 1 GiB leaf down to 4 KiB
-//! takes two; a new view, as many tables as the default view has) before it writes a
-//! single entry: an empty pool is [`EptError::PoolExhausted`] with every table as it was.
+//! Every operation counts the frames it needs (a split of a 1 GiB leaf down to 4 KiB
+//! takes two; a new view, as many tables as the default view has; a shadow frame, itself
+//! plus the tables missing on its path in each view) before it writes a single entry: a
+//! pool with fewer is [`EptError::PoolExhausted`] with every table as it was. At the
+//! `VmiDriver` boundary that is [`VmiError::OutOfFrames`](introvisor::VmiError::OutOfFrames),
+//! distinct from [`VmiError::CapacityExceeded`](introvisor::VmiError::CapacityExceeded)
+//! (every view slot or monitor slot in use).
 
 use introvisor::{Gfn, MemoryAccess, Pa, View};
 
@@ -347,9 +351,15 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
     /// in every view: read-write-execute in the default view, with each alternate view's
     /// default rights there. No invalidation: a hole becomes a mapping (loosening).
     ///
+    /// It takes the shadow frame plus, in each view, the tables missing on the way to
+    /// `gfn`'s 4 KiB leaf (up to `levels - 1` per view for a `gfn` far from anything
+    /// mapped, none next to another shadow frame); it is refused only when the pool holds
+    /// fewer than that.
+    ///
     /// # Errors
     /// [`EptError::GfnInUse`] for a frame at or below [`EptBackend::max_gfn`] or already
-    /// backed; [`EptError::BeyondWalkReach`]; [`EptError::PoolExhausted`] (nothing taken).
+    /// backed in any view; [`EptError::BeyondWalkReach`]; [`EptError::PoolExhausted`]
+    /// (nothing taken, nothing written).
     pub fn allocate_shadow(&self, gfn: Gfn) -> Result<Hpa, EptError> {
         if gfn.0 <= self.max_gfn {
             return Err(EptError::GfnInUse(gfn));
@@ -361,12 +371,18 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
         let mut state = self.lock(&self.state, None);
         let default_root = state.default_root;
         let views = state.views;
-        let live = views.iter().flatten().count();
         let mut t = self.tables(&mut state);
-        if t.leaf(default_root, gpa)?.is_some() {
-            return Err(EptError::GfnInUse(gfn));
+        // What the operation takes: the shadow frame, and in each view the tables missing
+        // between the hole the walk ends in and the 4 KiB leaf (none where a neighbour's
+        // mapping built them already). Counted, and every view checked for a clash,
+        // before anything is taken or written.
+        let mut need = 1usize;
+        for root in core::iter::once(default_root).chain(views.iter().flatten().map(|v| v.root)) {
+            let tables = t
+                .tables_to_map(root, gpa, 1)?
+                .ok_or(EptError::GfnInUse(gfn))?;
+            need = need.saturating_add(tables);
         }
-        let need = 1 + usize::from(self.levels - 1) * (1 + live);
         if t.pool.available() < need {
             return Err(EptError::PoolExhausted);
         }
