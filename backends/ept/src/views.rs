@@ -13,10 +13,16 @@
 //! | tighten rights (remove any) | access what it may no longer | shootdown ([`ShootdownSite::Tighten`]) |
 //! | remap a frame (`change_view_gfn`) | read or write the old frame | shootdown ([`ShootdownSite::Remap`]) |
 //! | undo a remap (`reset_view_gfn`) | read or write the shadow frame | shootdown ([`ShootdownSite::ResetRemap`]) |
-//! | split a large leaf | hold a 2 MiB/1 GiB mapping next to new 4 KiB ones for the same address (the page-size change the SDM warns against, Vol. 3A §4.10.4.2 and §29.4) | shootdown ([`ShootdownSite::Split`]) |
+//! | split a large leaf | hold the old 2 MiB/1 GiB translation next to the new 4 KiB ones for the same addresses: after a change of the page size that maps a 4 KiB range, the TLBs may hold a translation of each size, an access may use either, and which one may vary from one execution to the next (SDM Vol. 3A §4.10.2.3, which Vol. 3C §29.4 applies to guest-physical mappings; Vol. 3A §4.10.4.2 asks for an invalidation after such a change; on some processors, for executable pages, a machine check: Intel's iTLB multihit, CVE-2018-12207). So even a loosening split is not left to spurious violations: nothing guarantees that the stale large entry faults rather than being used | shootdown ([`ShootdownSite::Split`]) |
 //! | merge a table into a large leaf | walk through the freed table once the pool reuses it | shootdown ([`ShootdownSite::Merge`]), and the table goes back to the pool only after it |
 //! | destroy a view | walk its freed tables | every vCPU in it is moved to the default view first, then shootdown ([`ShootdownSite::DestroyView`]), then its tables are freed |
 //! | unmap a shadow frame (`free_gfn`) | reach the freed frame | shootdown ([`ShootdownSite::FreeShadow`]), then the frame is freed |
+//!
+//! Every site is needed: `host-test`'s `stale_translation` removes one at a time (feature
+//! `fault-injection`) and a simulated vCPU's access goes stale. For the split the
+//! simulator cannot show a wrong value (§4.10.2.3 allows either translation); its strict
+//! page-size mode stops the vCPU at the first use of a cached translation of another size
+//! than the current leaf instead.
 //!
 //! A shootdown is [`Platform::invept`] on the calling CPU plus [`Platform::shootdown`] for
 //! every other one, single-context for the view's EPTP when the CPU has it, all-context
