@@ -43,6 +43,15 @@
 //! count the event. No lock is held across the handler call: the vCPU's slot, the queue
 //! and the state lock are each taken for a few loads and stores.
 //!
+//! # What an event cannot say
+//! An XSETBV exit for XCR0 (exit reason 55; XSETBV exits unconditionally in VMX non-root
+//! operation, SDM Vol. 3C §26.1.2) becomes a [`ControlRegisterEvent`] for
+//! [`ControlRegister::Xcr0`] whose `new` is EDX:EAX and whose **`old` is 0, meaning
+//! unknown**: the exit does not report the current XCR0, and introvisor's [`Registers`]
+//! has no XCR0 field, so the backend cannot read it. A handler that needs the old value
+//! keeps the last `new` it saw, or asks the hypervisor, which keeps the guest's XCR0
+//! itself (the VMCS does not hold it). CR0, CR3 and CR4 events carry the real old value.
+//!
 //! # Contract
 //! For any exit information (see [`Exit::decode`]) the path returns `Ok` or a named
 //! error, never panics. A violation of a frame the current rights already allow is
@@ -341,6 +350,7 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
                 }
                 let reason = EventReason::WriteControlRegister(ControlRegisterEvent {
                     register: ControlRegister::Xcr0,
+                    // Unknown: `Registers` has no XCR0 (module docs).
                     old: 0,
                     new: edx_eax(&regs),
                 });
