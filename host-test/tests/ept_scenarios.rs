@@ -1477,7 +1477,7 @@ fn allocate_gfn_uses_the_pool_to_the_last_frame() {
     });
     let v = w.backend.create_view(MemoryAccess::RX).unwrap();
     let views = 2; // view 0 and `v`: a mapping's tables are needed in each
-    let given = std::cell::RefCell::new(Vec::new());
+    let given = core::cell::RefCell::new(Vec::new());
     let take = |gfn: Gfn, expect: usize| {
         let free = w.backend.free_frames();
         w.backend
