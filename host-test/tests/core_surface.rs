@@ -109,7 +109,7 @@ fn errors_say_what_went_wrong() {
         value: 0x8000_0000_0000_0001,
         reason: FaultReason::ReservedBit,
     };
-    let cases: [(VmiError, &[&str]); 12] = [
+    let cases: [(VmiError, &[&str]); 13] = [
         (
             VmiError::Translation(pf),
             &[
@@ -133,6 +133,7 @@ fn errors_say_what_went_wrong() {
         (VmiError::InvalidArgument("buffer range"), &["buffer range"]),
         (VmiError::BufferTooSmall, &["buffer too small"]),
         (VmiError::CapacityExceeded, &[]),
+        (VmiError::OutOfFrames, &["frame pool"]),
         (VmiError::NotFound, &[]),
         (VmiError::InvalidUtf8 { valid_up_to: 17 }, &["17"]),
         (VmiError::Timeout, &[]),

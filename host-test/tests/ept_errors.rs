@@ -1,7 +1,7 @@
 //! What introvisor-ept says when it refuses: every `EptError` prints a message that names
 //! what went wrong (with the number, address, view or vCPU it concerns), no two alike,
 //! and becomes the `VmiError` a caller of the generic core can act on (a missing view is
-//! `NotFound`, an exhausted pool `CapacityExceeded`, an unsupported feature
+//! `NotFound`, an exhausted pool `OutOfFrames`, an unsupported feature
 //! `NotSupported`, a frame outside memory `OutOfBounds`).
 
 use introvisor::{Gfn, Pa, VcpuId, View, VmiError};
@@ -65,7 +65,7 @@ fn every_ept_error_names_its_cause_and_maps_to_a_core_error() {
         (
             E::PoolExhausted,
             &["pool", "exhausted"],
-            VmiError::CapacityExceeded,
+            VmiError::OutOfFrames,
         ),
         (
             E::HostFrameUnmapped(Hpa(0x5000)),
