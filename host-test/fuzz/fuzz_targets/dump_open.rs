@@ -8,7 +8,7 @@
 #![no_main]
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use introvisor::{AccessContext, Pa, VmiCore};
@@ -38,6 +38,12 @@ fuzz_target!(|data: &[u8]| {
     let mut file = std::fs::File::create(path).unwrap();
     file.write_all(contents).unwrap();
     drop(file);
+    check(choice, contents, path);
+    // Nothing is left behind when the fuzzer stops.
+    let _ = std::fs::remove_file(path);
+});
+
+fn check(choice: u8, contents: &[u8], path: &Path) {
     let kind = match choice % 4 {
         0 => None,
         1 => Some(DumpKind::Raw),
@@ -77,4 +83,4 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(byte[0], contents[offset as usize], "{pa:#x} of range {r:?}");
         }
     }
-});
+}
