@@ -64,18 +64,25 @@ extern "C" fn kmain() -> ! {
         let qual = vmread(field::EXIT_QUALIFICATION).unwrap_or(0);
         let rip = vmread(field::GUEST_RIP).unwrap_or(0);
         println!("HV: exit #{exits} reason={reason:#x} qual={qual:#x} rip={rip:#x}");
+        let len = vmread(field::EXIT_INSTRUCTION_LENGTH).unwrap_or(0);
+        let mut g = vcpu::GPRS.get();
         match reason {
             18 => {
-                let len = vmread(field::EXIT_INSTRUCTION_LENGTH).unwrap_or(3);
-                // SAFETY: moves the guest's RIP past its VMCALL.
-                let _ = unsafe { vmx::vmwrite(field::GUEST_RIP, rip + len) };
+                println!("HV: vmcall rax={} rbx={}", g.rax, g.rbx);
+                if g.rax == layout::call::DONE {
+                    println!("RESULT pass exits={exits}");
+                    serial::shutdown()
+                }
             }
-            12 => {
-                println!("RESULT pass exits={exits}");
-                serial::shutdown()
+            10 => {
+                let [a, b, c, d] = cpu::cpuid(g.rax as u32, g.rcx as u32);
+                (g.rax, g.rbx, g.rcx, g.rdx) = (a.into(), b.into(), c.into(), d.into());
+                vcpu::GPRS.set(g);
             }
             _ => fail(format_args!("unexpected exit {reason:#x}")),
         }
+        // SAFETY: moves the guest's RIP past the instruction that exited.
+        let _ = unsafe { vmx::vmwrite(field::GUEST_RIP, rip + len) };
     }
 }
 
