@@ -14,7 +14,7 @@ static mut VMXON_REGION: Frame = Frame([0; 4096]);
 /// The one VMCS.
 static mut VMCS_REGION: Frame = Frame([0; 4096]);
 /// The MSR bitmaps, all zero: no RDMSR or WRMSR exits (SDM Vol. 3C, 25.6.9).
-static mut MSR_BITMAP: Frame = Frame([0; 4096]);
+pub static mut MSR_BITMAP: Frame = Frame([0; 4096]);
 /// The VMFUNC EPTP list (SDM Vol. 3C, 25.6.14): 512 EPTPs.
 pub static mut EPTP_LIST: Frame = Frame([0; 4096]);
 

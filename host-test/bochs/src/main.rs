@@ -1,13 +1,16 @@
 //! # introvisor-bochs
 //!
 //! A bare-metal test hypervisor for `x86_64-unknown-none`, booted under Bochs's emulated
-//! Intel VMX. It embeds `introvisor` and `introvisor-ept`, launches a guest of its own and
-//! answers the guest's VM exits through introvisor; the guest prints what it sees on
-//! COM1. `run.sh` builds the image and boots it headless.
+//! Intel VMX. It embeds `introvisor` and `introvisor-ept`: the EPT backend builds and owns
+//! the guest's EPT, [`platform::BochsPlatform`] gives it the machine (VMREAD/VMWRITE,
+//! INVEPT, the VMFUNC EPTP list, the monitor trap flag), and every VM exit goes through
+//! [`EptBackend::handle_exit`] to a `VmiHandler` ([`script::Script`]) over the static
+//! `VmiCore`. The guest ([`guest`]) runs a script of accesses and prints what it sees on
+//! COM1; the hypervisor prints one `SCENARIO` line per scenario and a `RESULT` line.
+//! `run.sh` builds the image and boots it headless.
 
 #![no_std]
 #![no_main]
-#![allow(dead_code, reason = "the Platform implementation, next, uses the rest")]
 
 mod boot;
 mod cpu;
@@ -18,13 +21,39 @@ mod guest;
 mod hv;
 mod idt;
 mod layout;
-mod tmp_ept;
+mod platform;
+mod script;
 mod vcpu;
 mod vmx;
 
 use core::panic::PanicInfo;
 
+use introvisor::arch::amd64::{ControlRegister, EventMonitor, vector};
+use introvisor::{AccessContext, Gfn, MemoryAccess, NoOs, Pa, VcpuId, VmiCore, VmiError};
+use introvisor_ept::{
+    Config, EptBackend, EptCapabilities, ExitAction, ExitInfo, FramePool, GuestRegion, Hpa,
+    MemoryType,
+};
+
+use hv::Frame;
+use layout::call;
+use platform::BochsPlatform;
+use script::{Script, Seen};
 use vmx::{field, vmread};
+
+/// The backend: one alternate view, a 512-frame pool, one vCPU, a one-slot queue.
+pub type Backend = EptBackend<BochsPlatform, 1, POOL_FRAMES, 1, 1>;
+
+/// Frames in the EPT frame pool (2 MiB).
+const POOL_FRAMES: usize = 512;
+
+/// The frame pool handed to the backend: its tables and shadow frames.
+static mut POOL: [Frame; POOL_FRAMES] = [const { Frame([0; 4096]) }; POOL_FRAMES];
+
+/// The introspection core, in a static. `VmiCore::new` is not a `const fn` yet, so the
+/// core is built once at run time through `spin::Once`; when it becomes one, this is a
+/// plain `static` built at compile time.
+static CORE: spin::Once<VmiCore<Backend>> = spin::Once::new();
 
 /// Rust's entry, called by the boot stage in long mode on the host stack.
 extern "C" fn kmain() -> ! {
@@ -34,10 +63,7 @@ extern "C" fn kmain() -> ! {
         "HV: long mode, host stack {} KiB",
         boot::HOST_STACK_SIZE / 1024
     );
-    let caps = match hv::enable() {
-        Ok(caps) => caps,
-        Err(e) => fail(format_args!("VMX: {e}")),
-    };
+    let caps = hv::enable().unwrap_or_else(|e| fail(format_args!("VMX: {e}")));
     hv::print_caps(&caps);
     let start = hv::GuestStart {
         rip: guest::entry as *const () as u64,
@@ -47,43 +73,390 @@ extern "C" fn kmain() -> ! {
     if let Err((f, e)) = hv::setup_vmcs(&caps, idt, &start) {
         fail(format_args!("VMWRITE {f:#x}: {e}"));
     }
-    // SAFETY: the EPTP points at the tables tmp_ept just built.
-    if let Err(e) = unsafe { vmx::vmwrite(field::EPT_POINTER, tmp_ept::build()) } {
-        fail(format_args!("EPTP: {e}"));
+    let core = build_core(caps);
+    let script = setup_views(core).unwrap_or_else(|e| fail(format_args!("setup: {e}")));
+    println!(
+        "HV: VmiCore in a static: {} bytes; the exit loop runs on the CPU's {} KiB stack",
+        size_of::<VmiCore<Backend>>(),
+        boot::HOST_STACK_SIZE / 1024
+    );
+    // SAFETY: written once here, before the exit loop (its only user) starts.
+    unsafe { *core::ptr::addr_of_mut!(SCRIPT) = Some(script) };
+    boot::paint_host_stack();
+    boot::run_on_host_stack(exit_loop, 0)
+}
+
+/// The handler, handed from initialization to the exit loop.
+static mut SCRIPT: Option<Script> = None;
+
+/// The exit loop's entry, on the CPU's stack.
+extern "C" fn exit_loop(_: usize) -> ! {
+    let core = CORE.get().unwrap_or_else(|| fail(format_args!("no core")));
+    // SAFETY: initialization wrote it and is over; the loop is its only user from now on.
+    let script = unsafe { (*core::ptr::addr_of_mut!(SCRIPT)).as_mut() };
+    let script = script.unwrap_or_else(|| fail(format_args!("no script")));
+    run(core, script)
+}
+
+/// Builds the backend (the default view's EPT over the guest's memory) and the core.
+fn build_core(caps: hv::Caps) -> &'static VmiCore<Backend> {
+    let regions = [
+        GuestRegion {
+            gpa: Pa(0),
+            hpa: Hpa(0),
+            size: layout::LOW_MEMORY_SIZE,
+            memory_type: MemoryType::WriteBack,
+        },
+        GuestRegion {
+            gpa: Pa(layout::GUEST_RAM),
+            hpa: Hpa(layout::GUEST_RAM),
+            size: layout::GUEST_RAM_SIZE,
+            memory_type: MemoryType::WriteBack,
+        },
+        GuestRegion {
+            gpa: Pa(layout::APIC),
+            hpa: Hpa(layout::APIC),
+            size: 4096,
+            memory_type: MemoryType::Uncacheable,
+        },
+    ];
+    let pool = FramePool {
+        base: Hpa(core::ptr::addr_of!(POOL) as u64),
+        frames: POOL_FRAMES,
+    };
+    let mut config = Config::new(EptCapabilities::from_msr(caps.ept_vpid), &regions, pool);
+    config.eptp_list = caps.vmfunc & 1 != 0;
+    let backend = Backend::new(BochsPlatform::new(caps), &config)
+        .unwrap_or_else(|e| fail(format_args!("EptBackend::new: {e}")));
+    CORE.call_once(|| VmiCore::new(backend))
+}
+
+/// Creates the breakpoint view, arms the breakpoint and the write watch, enables the
+/// monitors, and moves the guest into the breakpoint view.
+fn setup_views(core: &VmiCore<Backend>) -> Result<Script, VmiError> {
+    let step_view = core.default_view()?;
+    let watch_view = core.create_view(MemoryAccess::RWX)?;
+    // The image is code and constants: read and execute only, in both views.
+    for gfn in 1..(layout::LOW_MEMORY_SIZE >> 12) {
+        for view in [step_view, watch_view] {
+            core.set_memory_access(Gfn(gfn), view, MemoryAccess::RX)?;
+        }
     }
+    // The stealth breakpoint: a copy of the hooked page with INT3 at the hooked
+    // instruction, mapped execute-only in the breakpoint view.
+    let hooked_va = guest::hooked_address();
+    let hooked_gfn = Gfn(hooked_va >> 12);
+    let shadow = core.allocate_next_available_gfn()?;
+    let mut page = [0u8; 4096];
+    core.read(AccessContext::direct(Pa(hooked_gfn.0 << 12)), &mut page)?;
+    let original = page[(hooked_va & 0xFFF) as usize];
+    page[(hooked_va & 0xFFF) as usize] = 0xCC;
+    core.write(AccessContext::direct(Pa(shadow.0 << 12)), &page)?;
+    core.change_view_gfn(watch_view, hooked_gfn, shadow)?;
+    core.set_memory_access(hooked_gfn, watch_view, MemoryAccess::X)?;
+    // The write watch: the watched frame read-only in the breakpoint view.
+    core.set_memory_access(
+        Gfn(layout::WATCHED_FRAME >> 12),
+        watch_view,
+        MemoryAccess::RX,
+    )?;
+    core.monitor_enable(EventMonitor::Exception(vector::BP))?;
+    core.monitor_enable(EventMonitor::Register(ControlRegister::Cr3))?;
+    core.monitor_enable(EventMonitor::Cpuid)?;
+    core.switch_to_view(watch_view)?;
+    println!(
+        "HV: views: step (default) {step_view:?}, watch {watch_view:?}; breakpoint at {hooked_va:#x} (gfn {:#x}, original byte {original:#x}) shadow gfn {:#x}; watched gfn {:#x}",
+        hooked_gfn.0,
+        shadow.0,
+        layout::WATCHED_FRAME >> 12
+    );
+    Ok(Script {
+        scenario: None,
+        seen: Seen::default(),
+        watch_view,
+        step_view,
+        hooked_va,
+    })
+}
+
+/// Counters of the exit loop.
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    exits: u64,
+    external_interrupts: u64,
+    mtf: u64,
+}
+
+/// The exit loop: enter the guest, read the exit, hand it to the backend, act on its
+/// answer.
+fn run(core: &'static VmiCore<Backend>, script: &mut Script) -> ! {
     let mut launched = false;
-    let mut exits = 0u64;
+    let mut total = Counters::default();
+    let mut at_begin = (Counters::default(), 0u64);
+    let mut passed = 0usize;
+    let start_tsc = cpu::rdtsc();
     loop {
-        // SAFETY: the VMCS is complete (setup_vmcs) with host RIP = the exit stub.
+        core.driver().platform().load_pending_cr2();
+        // SAFETY: the VMCS is complete (setup_vmcs, and the backend's EPTP) with host RIP
+        // = the exit stub.
         if let Err(e) = unsafe { vcpu::enter(launched) } {
             fail(format_args!("VM entry: {e}"));
         }
         launched = true;
-        exits += 1;
-        let reason = vmread(field::EXIT_REASON).unwrap_or(u64::MAX);
-        let qual = vmread(field::EXIT_QUALIFICATION).unwrap_or(0);
-        let rip = vmread(field::GUEST_RIP).unwrap_or(0);
-        println!("HV: exit #{exits} reason={reason:#x} qual={qual:#x} rip={rip:#x}");
-        let len = vmread(field::EXIT_INSTRUCTION_LENGTH).unwrap_or(0);
-        let mut g = vcpu::GPRS.get();
-        match reason {
-            18 => {
-                println!("HV: vmcall rax={} rbx={}", g.rax, g.rbx);
-                if g.rax == layout::call::DONE {
-                    println!("RESULT pass exits={exits}");
-                    serial::shutdown()
-                }
-            }
-            10 => {
-                let [a, b, c, d] = cpu::cpuid(g.rax as u32, g.rcx as u32);
-                (g.rax, g.rbx, g.rcx, g.rdx) = (a.into(), b.into(), c.into(), d.into());
-                vcpu::GPRS.set(g);
-            }
-            _ => fail(format_args!("unexpected exit {reason:#x}")),
+        let info = exit_info();
+        total.exits += 1;
+        match info.reason & 0xFFFF {
+            1 => total.external_interrupts += 1,
+            37 => total.mtf += 1,
+            _ => {}
         }
-        // SAFETY: moves the guest's RIP past the instruction that exited.
-        let _ = unsafe { vmx::vmwrite(field::GUEST_RIP, rip + len) };
+        let action = EptBackend::handle_exit(core, &NoOs, script, VcpuId(0), &info)
+            .unwrap_or_else(|e| fail(format_args!("handle_exit (reason {:#x}): {e}", info.reason)));
+        match action {
+            ExitAction::Resume => {}
+            ExitAction::Complete => complete(&info),
+            ExitAction::SkipInstruction => advance_rip(&info),
+            ExitAction::NotMine => match info.reason & 0xFFFF {
+                18 => {
+                    let g = vcpu::GPRS.get();
+                    advance_rip(&info);
+                    match g.rax {
+                        call::BEGIN => {
+                            script.scenario = Some(g.rbx);
+                            script.seen = Seen::default();
+                            at_begin = (total, cpu::rdtsc());
+                        }
+                        call::END => {
+                            let d = Counters {
+                                exits: total.exits - at_begin.0.exits,
+                                external_interrupts: total.external_interrupts
+                                    - at_begin.0.external_interrupts,
+                                mtf: total.mtf - at_begin.0.mtf,
+                            };
+                            let insns = cpu::rdtsc() - at_begin.1;
+                            if report(core, script, g.rbx, d, insns) {
+                                passed += 1;
+                            }
+                            script.scenario = None;
+                        }
+                        call::DONE => {
+                            let insns = cpu::rdtsc() - start_tsc;
+                            println!(
+                                "SUMMARY exits={} external_interrupts={} mtf={} insns={insns} scenarios_passed={passed}/{} host_stack_used={} of {}",
+                                total.exits,
+                                total.external_interrupts,
+                                total.mtf,
+                                layout::SCENARIOS.len(),
+                                boot::host_stack_used(),
+                                boot::HOST_STACK_SIZE
+                            );
+                            if passed == layout::SCENARIOS.len() {
+                                println!("RESULT pass");
+                            } else {
+                                println!("RESULT fail");
+                            }
+                            serial::shutdown()
+                        }
+                        other => fail(format_args!("unknown VMCALL {other}")),
+                    }
+                }
+                10 => complete(&info),
+                1 | 7 => {} // an interrupt the backend did not hold: the guest takes it
+                other => fail(format_args!(
+                    "unexpected exit {other:#x} qual={:#x} gpa={:#x} gla={:#x} rip={:#x}",
+                    info.qualification,
+                    info.guest_physical_address,
+                    info.guest_linear_address,
+                    vmread(field::GUEST_RIP).unwrap_or(0)
+                )),
+            },
+        }
     }
+}
+
+/// The exit's VM-exit information fields (SDM Vol. 3C, 25.9).
+fn exit_info() -> ExitInfo {
+    let r = |f| vmread(f).unwrap_or(0);
+    ExitInfo {
+        reason: r(field::EXIT_REASON) as u32,
+        qualification: r(field::EXIT_QUALIFICATION),
+        guest_linear_address: r(field::GUEST_LINEAR_ADDRESS),
+        guest_physical_address: r(field::GUEST_PHYSICAL_ADDRESS),
+        instruction_length: r(field::EXIT_INSTRUCTION_LENGTH) as u32,
+        instruction_information: r(field::EXIT_INSTRUCTION_INFO) as u32,
+        interruption_information: r(field::EXIT_INTERRUPTION_INFO) as u32,
+        interruption_error_code: r(field::EXIT_INTERRUPTION_ERROR_CODE) as u32,
+        idt_vectoring_information: r(field::IDT_VECTORING_INFO) as u32,
+        idt_vectoring_error_code: r(field::IDT_VECTORING_ERROR_CODE) as u32,
+    }
+}
+
+fn advance_rip(info: &ExitInfo) {
+    let rip = vmread(field::GUEST_RIP).unwrap_or(0);
+    // SAFETY: moves the guest's RIP past the instruction that exited.
+    if unsafe { vmx::vmwrite(field::GUEST_RIP, rip + u64::from(info.instruction_length)) }.is_err()
+    {
+        fail(format_args!("VMWRITE guest RIP"));
+    }
+}
+
+/// Carries out the exiting instruction as a hypervisor without introspection would, then
+/// advances RIP.
+fn complete(info: &ExitInfo) {
+    let mut g = vcpu::GPRS.get();
+    match info.reason & 0xFFFF {
+        10 => {
+            let [a, b, c, d] = cpu::cpuid(g.rax as u32, g.rcx as u32);
+            (g.rax, g.rbx, g.rcx, g.rdx) = (a.into(), b.into(), c.into(), d.into());
+            vcpu::GPRS.set(g);
+        }
+        28 => {
+            // MOV to CR3 (SDM Vol. 3C, 28.2.1, Table 28-3): the register in bits 11:8.
+            let q = info.qualification;
+            let gpr = [
+                g.rax, g.rcx, g.rdx, g.rbx, 0, g.rbp, g.rsi, g.rdi, g.r8, g.r9, g.r10, g.r11,
+                g.r12, g.r13, g.r14, g.r15,
+            ];
+            let value = match (q >> 8) & 0xF {
+                4 => vmread(field::GUEST_RSP).unwrap_or(0),
+                n => gpr[n as usize],
+            };
+            if q & 0xF != 3 || (q >> 4) & 3 != 0 {
+                fail(format_args!("cannot complete CR access {q:#x}"));
+            }
+            // SAFETY: the guest's new CR3 (bit 63, no-flush, is not set by this guest).
+            if unsafe { vmx::vmwrite(field::GUEST_CR3, value & !(1 << 63)) }.is_err() {
+                fail(format_args!("VMWRITE guest CR3"));
+            }
+        }
+        other => fail(format_args!("cannot complete exit {other:#x}")),
+    }
+    advance_rip(info);
+}
+
+/// Checks one scenario's records and prints its `SCENARIO` line; true if it passed.
+fn report(core: &VmiCore<Backend>, script: &Script, n: u64, d: Counters, insns: u64) -> bool {
+    let s = &script.seen;
+    let name = layout::SCENARIOS
+        .get(n as usize)
+        .copied()
+        .unwrap_or("unknown");
+    let common = |ok: bool| {
+        if ok && s.unexpected == 0 {
+            "ok"
+        } else {
+            "FAIL"
+        }
+    };
+    let mut line = guest::Line::new();
+    let w = &mut line;
+    use core::fmt::Write as _;
+    let _ = write!(w, "SCENARIO {name} ");
+    let ok = match n {
+        0 => {
+            let expect = (layout::GUEST_BOOT_TABLES, layout::GUEST_OWN_TABLES);
+            let now = vmread(field::GUEST_CR3).unwrap_or(0);
+            let ok = s.cr3_events == 1 && s.cr3 == Some(expect) && now == expect.1;
+            let (old, new) = s.cr3.unwrap_or((0, 0));
+            let _ = write!(
+                w,
+                "{} exits={} insns={insns} events={} old={old:#x} new={new:#x} guest_cr3={now:#x}",
+                common(ok),
+                d.exits,
+                s.cr3_events
+            );
+            ok
+        }
+        1 => {
+            let ok = s.cpuid_answered == 1;
+            let _ = write!(
+                w,
+                "{} exits={} insns={insns} answered={} leaf={:#x} name=IntroVisorHV",
+                common(ok),
+                d.exits,
+                s.cpuid_answered,
+                layout::leaf::IDENTITY
+            );
+            ok
+        }
+        2 => {
+            let expect = layout::GUEST_STRING;
+            let (len, h) = s.string.unwrap_or((0, 0));
+            let n = len.min(32);
+            let text = core::str::from_utf8(&s.string_bytes[..n]).unwrap_or("?");
+            let ok = len == expect.len()
+                && h == layout::fnv1a(expect)
+                && s.string_bytes[..n] == expect[..n];
+            let _ = write!(
+                w,
+                "{} exits={} insns={insns} va={:#x} len={len} hash={h:#x} text=\"{text}\"",
+                common(ok),
+                d.exits,
+                layout::STRING_VA
+            );
+            ok
+        }
+        3 => {
+            let gpa = layout::WATCHED_FRAME + layout::WATCHED_OFFSET;
+            let gva = layout::WATCHED_ALIAS_VA + layout::WATCHED_OFFSET;
+            let value = core.read_u64(AccessContext::direct(Pa(gpa))).unwrap_or(0);
+            let (got_gpa, got_gva) = s.watch.unwrap_or((0, None));
+            let ok = s.watch_events == 1
+                && got_gpa == gpa
+                && got_gva == Some(gva)
+                && value == layout::WATCHED_VALUE
+                && d.mtf >= 1;
+            let _ = write!(
+                w,
+                "{} exits={} insns={insns} events={} gpa={got_gpa:#x} gva={:#x} value={value:#x} mtf={}",
+                common(ok),
+                d.exits,
+                s.watch_events,
+                got_gva.unwrap_or(0),
+                d.mtf
+            );
+            ok
+        }
+        4 => {
+            let ok = s.breakpoints == 1 && s.hook_reads == 1 && s.breakpoint_if == 0 && d.mtf >= 2;
+            let _ = write!(
+                w,
+                "{} exits={} insns={insns} breakpoints={} hook_reads={} va={:#x} if_at_break=0 mtf={}",
+                common(ok),
+                d.exits,
+                s.breakpoints,
+                s.hook_reads,
+                script.hooked_va,
+                d.mtf
+            );
+            ok
+        }
+        5 => {
+            let isr_view = s.isr_views[0];
+            let ok = s.breakpoints == 2
+                && s.breakpoint_if == 0b11
+                && d.external_interrupts >= 1
+                && s.isr_questions == 1
+                && isr_view == Some(script.watch_view);
+            let _ = write!(
+                w,
+                "{} exits={} insns={insns} breakpoints={} external_interrupt_exits={} isr_view={:?} mtf={}",
+                common(ok),
+                d.exits,
+                s.breakpoints,
+                d.external_interrupts,
+                isr_view,
+                d.mtf
+            );
+            ok
+        }
+        _ => false,
+    };
+    if s.unexpected != 0 {
+        let _ = write!(w, " unexpected={}", s.unexpected);
+    }
+    line.send();
+    ok && s.unexpected == 0
 }
 
 /// Prints the reason, a failing result line, and shuts down.

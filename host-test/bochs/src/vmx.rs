@@ -166,10 +166,8 @@ pub mod field {
     // 64-bit guest state (B.2.3).
     pub const VMCS_LINK_POINTER: u32 = 0x2800;
     pub const GUEST_IA32_DEBUGCTL: u32 = 0x2802;
-    pub const GUEST_IA32_PAT: u32 = 0x2804;
     pub const GUEST_IA32_EFER: u32 = 0x2806;
     // 64-bit host state (B.2.4).
-    pub const HOST_IA32_PAT: u32 = 0x2C00;
     pub const HOST_IA32_EFER: u32 = 0x2C02;
     // 32-bit control (B.3.1).
     pub const PIN_BASED_CONTROLS: u32 = 0x4000;
@@ -260,7 +258,6 @@ pub mod field {
     pub const HOST_IDTR_BASE: u32 = 0x6C0E;
     pub const HOST_SYSENTER_ESP: u32 = 0x6C10;
     pub const HOST_SYSENTER_EIP: u32 = 0x6C12;
-    pub const HOST_RSP: u32 = 0x6C14;
     pub const HOST_RIP: u32 = 0x6C16;
 }
 
@@ -281,5 +278,4 @@ pub mod msr {
     pub const IA32_VMX_TRUE_ENTRY_CTLS: u32 = 0x490;
     pub const IA32_VMX_VMFUNC: u32 = 0x491;
     pub const IA32_EFER: u32 = 0xC000_0080;
-    pub const IA32_PAT: u32 = 0x277;
 }
