@@ -5,13 +5,21 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use introvisor::arch::amd64::Amd64;
-use introvisor::{MemoryAccess, Pa, VcpuId, View, VmiCore, VmiEvent, VmiEventResponse};
+use introvisor::{Gfn, MemoryAccess, Pa, VcpuId, View, VmiCore, VmiEvent, VmiEventResponse};
+use spin::{Mutex, MutexGuard};
 
 use crate::caps::EptCapabilities;
 use crate::entry::{EptEntry, EptPointer, MemoryType};
 use crate::error::EptError;
+use crate::events::{Monitors, VcpuState};
 use crate::exit::{Exit, ExitInfo};
-use crate::platform::{Hpa, Platform};
+use crate::hostmem::FramePtr;
+use crate::platform::{Hpa, Invept, Platform};
+use crate::pool::Pool;
+use crate::table::{Tables, level_size, reach};
+
+/// The most guest regions a backend keeps.
+pub const MAX_REGIONS: usize = 32;
 
 /// One range of guest-physical memory and the host-physical memory behind it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -165,12 +173,29 @@ impl ShootdownSite {
 /// The handler an inline exit runs: introvisor's event callback for AMD64.
 pub type InlineHandler<'a> = dyn FnMut(&VmiEvent<Amd64>) -> VmiEventResponse<Amd64> + 'a;
 
+/// One alternate view.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ViewInfo {
+    pub(crate) root: Hpa,
+    pub(crate) eptp: EptPointer,
+    pub(crate) default_access: MemoryAccess,
+}
+
+/// What the state lock protects: the pool and every hierarchy's structure.
+pub(crate) struct State<const VIEWS: usize, const FRAMES: usize> {
+    pub(crate) pool: Pool<FRAMES>,
+    pub(crate) default_root: Hpa,
+    pub(crate) views: [Option<ViewInfo>; VIEWS],
+    pub(crate) regions: heapless::Vec<GuestRegion, MAX_REGIONS>,
+}
+
 /// The EPT backend: a `VmiDriver` over a guest whose memory the hypervisor maps through
 /// EPT hierarchies the backend owns.
 ///
 /// - `VIEWS`: the number of alternate views (the default view is view 0, the alternates
 ///   are 1 to `VIEWS`);
-/// - `FRAMES`: the most frames the pool may hold (its bookkeeping is 4 bytes a frame);
+/// - `FRAMES`: the most frames the pool may hold (its bookkeeping is 5 bytes a frame,
+///   inside the backend: size the backend's home, a `static` or the stack, for it);
 /// - `VCPUS`: the most vCPUs;
 /// - `QUEUE`: the length of the event queue for queued delivery.
 ///
@@ -184,7 +209,21 @@ pub struct EptBackend<
 > {
     pub(crate) platform: P,
     pub(crate) caps: EptCapabilities,
+    pub(crate) levels: u8,
+    pub(crate) accessed_dirty: bool,
+    pub(crate) table_memory_type: MemoryType,
+    pub(crate) eptp_list: bool,
+    pub(crate) queue_full: QueueFull,
+    pub(crate) default_eptp: EptPointer,
+    pub(crate) max_gfn: u64,
+    pub(crate) vcpu_count: u16,
+    pub(crate) state: Mutex<State<VIEWS, FRAMES>>,
+    pub(crate) vcpus: [Mutex<VcpuState>; VCPUS],
+    pub(crate) responses: [Mutex<Option<VmiEventResponse<Amd64>>>; VCPUS],
+    pub(crate) queue: Mutex<heapless::Deque<VmiEvent<Amd64>, QUEUE>>,
+    pub(crate) monitors: Mutex<Monitors>,
     pub(crate) dropped: AtomicU64,
+    pub(crate) overhead_ns: AtomicU64,
     #[cfg(feature = "fault-injection")]
     pub(crate) skip_site: core::sync::atomic::AtomicU8,
 }
@@ -193,21 +232,100 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
     EptBackend<P, VIEWS, FRAMES, VCPUS, QUEUE>
 {
     /// Builds the default view's EPT over `config.regions` with frames from
-    /// `config.pool` (large leaves wherever alignment and the capabilities allow), and
+    /// `config.pool` (the largest leaves that alignment and the capabilities allow), and
     /// points every vCPU at it ([`Platform::set_eptp`]). The hypervisor calls it before
     /// any vCPU enters the guest.
     ///
     /// # Errors
     /// [`EptError::WalkLengthUnsupported`], [`EptError::MemoryTypeUnsupported`],
-    /// [`EptError::AccessedDirtyUnsupported`] for what the capabilities lack;
-    /// [`EptError::Misaligned`], [`EptError::Overlap`], [`EptError::BeyondWalkReach`] for a
-    /// bad region or pool; [`EptError::CapacityExceeded`] for a pool larger than `FRAMES`
-    /// or more vCPUs than `VCPUS`; [`EptError::PoolExhausted`]; a platform error.
+    /// [`EptError::AccessedDirtyUnsupported`], [`EptError::InveptUnsupported`] for what the
+    /// capabilities lack; [`EptError::Misaligned`], [`EptError::Overlap`],
+    /// [`EptError::BeyondWalkReach`], [`EptError::HostFrameUnmapped`] for a bad region or
+    /// pool; [`EptError::CapacityExceeded`] for a pool larger than `FRAMES`, more vCPUs than
+    /// `VCPUS` or more regions than [`MAX_REGIONS`]; [`EptError::PoolExhausted`]; a
+    /// platform error.
     pub fn new(platform: P, config: &Config<'_>) -> Result<Self, EptError> {
+        let caps = config.capabilities;
+        if !caps.invept_single_context() && !caps.invept_all_context() {
+            return Err(EptError::InveptUnsupported);
+        }
+        // Validates walk length, memory type and A/D before anything is built.
+        EptPointer::try_new(
+            Hpa(0),
+            config.levels,
+            config.table_memory_type,
+            config.accessed_dirty,
+            caps,
+        )?;
+        let vcpu_count = platform.vcpu_count();
+        if usize::from(vcpu_count) > VCPUS {
+            return Err(EptError::CapacityExceeded);
+        }
+        let mut pool = Pool::<FRAMES>::new(config.pool.base, config.pool.frames)?;
+        let (pool_start, pool_end) = pool.range();
+        let mut frame = pool_start;
+        while frame < pool_end {
+            FramePtr::of(&platform, Hpa(frame))?;
+            frame += 4096;
+        }
+        let mut regions = heapless::Vec::<GuestRegion, MAX_REGIONS>::new();
+        let mut max_end = 0u64;
+        for r in config.regions {
+            check_region(r, config.levels, (pool_start, pool_end))?;
+            for other in regions.iter() {
+                if r.gpa.0 < other.gpa.0 + other.size && other.gpa.0 < r.gpa.0 + r.size {
+                    return Err(EptError::Overlap);
+                }
+            }
+            regions.push(*r).map_err(|_| EptError::CapacityExceeded)?;
+            max_end = max_end.max(r.gpa.0 + r.size);
+        }
+        let mut tables = Tables {
+            platform: &platform,
+            caps,
+            levels: config.levels,
+            pool: &mut pool,
+        };
+        let root = tables.new_table()?;
+        for r in regions.iter() {
+            map_region(&mut tables, root, r)?;
+        }
+        let default_eptp = EptPointer::try_new(
+            root,
+            config.levels,
+            config.table_memory_type,
+            config.accessed_dirty,
+            caps,
+        )?;
+        for v in 0..vcpu_count {
+            platform.set_eptp(VcpuId(v), default_eptp)?;
+        }
+        if config.eptp_list {
+            platform.set_eptp_list_entry(0, Some(default_eptp))?;
+        }
         Ok(Self {
-            caps: config.capabilities,
             platform,
+            caps,
+            levels: config.levels,
+            accessed_dirty: config.accessed_dirty,
+            table_memory_type: config.table_memory_type,
+            eptp_list: config.eptp_list,
+            queue_full: config.queue_full,
+            default_eptp,
+            max_gfn: (max_end >> 12).saturating_sub(1),
+            vcpu_count,
+            state: Mutex::new(State {
+                pool,
+                default_root: root,
+                views: [None; VIEWS],
+                regions,
+            }),
+            vcpus: [const { Mutex::new(VcpuState::new()) }; VCPUS],
+            responses: [const { Mutex::new(None) }; VCPUS],
+            queue: Mutex::new(heapless::Deque::new()),
+            monitors: Mutex::new(Monitors::new()),
             dropped: AtomicU64::new(0),
+            overhead_ns: AtomicU64::new(0),
             #[cfg(feature = "fault-injection")]
             skip_site: core::sync::atomic::AtomicU8::new(u8::MAX),
         })
@@ -223,22 +341,42 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
         self.caps
     }
 
+    /// The EPT walk length (4 or 5).
+    pub fn levels(&self) -> u8 {
+        self.levels
+    }
+
+    /// The highest guest frame (of the guest regions; shadow frames lie above it).
+    pub fn max_gfn(&self) -> Gfn {
+        Gfn(self.max_gfn)
+    }
+
     /// The EPTP of `view`.
     ///
     /// # Errors
     /// [`EptError::NoSuchView`].
     pub fn eptp(&self, view: View) -> Result<EptPointer, EptError> {
-        Err(EptError::NoSuchView(view))
+        let state = self.lock(&self.state, None);
+        Ok(self.view_of(&state, view)?.1)
     }
 
     /// Walks `gpa` through `view`'s EPT.
     ///
     /// # Errors
     /// [`EptError::NoSuchView`]; [`EptError::OutsideGuestMemory`] when the view maps
-    /// nothing there.
+    /// nothing there; [`EptError::BeyondWalkReach`].
     pub fn translate(&self, view: View, gpa: Pa) -> Result<EptTranslation, EptError> {
-        let _ = view;
-        Err(EptError::OutsideGuestMemory(gpa))
+        let mut state = self.lock(&self.state, None);
+        let (root, _) = self.view_of(&state, view)?;
+        let t = self.tables(&mut state);
+        let path = t.walk(root, gpa.0)?;
+        let leaf = path.leaf().ok_or(EptError::OutsideGuestMemory(gpa))?;
+        Ok(EptTranslation {
+            hpa: Tables::<P, FRAMES>::hpa_of(leaf, gpa.0),
+            access: leaf.entry.access(),
+            level: leaf.level,
+            entry: leaf.entry,
+        })
     }
 
     /// The view `vcpu` runs in.
@@ -246,12 +384,12 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
     /// # Errors
     /// [`EptError::NoSuchVcpu`].
     pub fn current_view(&self, vcpu: VcpuId) -> Result<View, EptError> {
-        Err(EptError::NoSuchVcpu(vcpu))
+        Ok(self.lock(self.vcpu_slot(vcpu)?, None).view)
     }
 
     /// The number of free pool frames.
     pub fn free_frames(&self) -> usize {
-        0
+        self.lock(&self.state, None).pool.available()
     }
 
     /// Events not delivered because the queue was full under [`QueueFull::Resume`].
@@ -260,20 +398,12 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
     }
 
     /// The decoded exit `vcpu` is handling now (for a handler that wants the details an
-    /// `EventReason` does not carry: I/O string and REP bits, the EPT entry's rights).
+    /// `EventReason` does not carry: I/O string and REP bits, the EPT entry's rights,
+    /// final or paging-structure access).
     pub fn current_exit(&self, vcpu: VcpuId) -> Option<Exit> {
-        let _ = vcpu;
-        None
-    }
-
-    /// Checks every view's hierarchy: each present entry is well-formed (no
-    /// misconfiguration), each table lies in the pool and is referenced once, and the
-    /// pool's count of free frames matches. For tests and debugging.
-    ///
-    /// # Errors
-    /// The first inconsistency found, as an [`EptError`].
-    pub fn verify(&self) -> Result<(), EptError> {
-        Ok(())
+        self.vcpu_slot(vcpu)
+            .ok()
+            .and_then(|s| self.lock(s, None).exit)
     }
 
     /// Test-only: skip the shootdown at `site` (or none with `None`) from now on.
@@ -281,28 +411,6 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
     pub fn skip_shootdown(&self, site: Option<ShootdownSite>) {
         self.skip_site
             .store(site.map_or(u8::MAX, |s| s as u8), Ordering::Relaxed);
-    }
-
-    /// The exit entry point: the hypervisor's exit handler calls it on the CPU that took
-    /// the exit, for `vcpu`, with the exit's VMCS fields. With `handler`, the event is
-    /// answered inline on this CPU; with `None`, it goes to the queue that
-    /// [`VmiDriver::wait_for_event`](introvisor::VmiDriver::wait_for_event) serves on another
-    /// CPU, and this CPU waits (calling [`Platform::relax`]) for the response. Then the
-    /// response is applied, and the returned [`ExitAction`] says what the hypervisor does
-    /// next.
-    ///
-    /// # Errors
-    /// [`EptError::NoSuchVcpu`]; a decoding error (see [`Exit::decode`]); a platform error
-    /// while applying the response (the vCPU's state is then as far as it got; the
-    /// hypervisor may resume it).
-    pub fn on_exit(
-        &self,
-        vcpu: VcpuId,
-        exit: &ExitInfo,
-        handler: Option<&mut InlineHandler<'_>>,
-    ) -> Result<ExitAction, EptError> {
-        let _ = (handler, Exit::decode(exit)?);
-        Err(EptError::NoSuchVcpu(vcpu))
     }
 
     /// [`EptBackend::on_exit`] inline, through a [`VmiHandler`](introvisor::VmiHandler):
@@ -328,4 +436,156 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
         };
         core.driver().on_exit(vcpu, exit, Some(&mut inline))
     }
+
+    // ----- internals -------------------------------------------------------------------
+
+    /// Takes `mutex`, calling [`Platform::relax`] while it waits (so a shootdown aimed at
+    /// this CPU is served while it spins: see the crate docs, "Deadlocks").
+    pub(crate) fn lock<'a, T>(
+        &self,
+        mutex: &'a Mutex<T>,
+        vcpu: Option<VcpuId>,
+    ) -> MutexGuard<'a, T> {
+        loop {
+            if let Some(guard) = mutex.try_lock() {
+                return guard;
+            }
+            self.platform.relax(vcpu);
+        }
+    }
+
+    /// The table operations over the locked state.
+    pub(crate) fn tables<'a>(
+        &'a self,
+        state: &'a mut State<VIEWS, FRAMES>,
+    ) -> Tables<'a, P, FRAMES> {
+        Tables {
+            platform: &self.platform,
+            caps: self.caps,
+            levels: self.levels,
+            pool: &mut state.pool,
+        }
+    }
+
+    /// The root and EPTP of `view`.
+    pub(crate) fn view_of(
+        &self,
+        state: &State<VIEWS, FRAMES>,
+        view: View,
+    ) -> Result<(Hpa, EptPointer), EptError> {
+        if view.0 == 0 {
+            return Ok((state.default_root, self.default_eptp));
+        }
+        state
+            .views
+            .get(usize::from(view.0) - 1)
+            .and_then(|v| v.as_ref())
+            .map(|v| (v.root, v.eptp))
+            .ok_or(EptError::NoSuchView(view))
+    }
+
+    /// The slot of `vcpu`.
+    pub(crate) fn vcpu_slot(&self, vcpu: VcpuId) -> Result<&Mutex<VcpuState>, EptError> {
+        if vcpu.0 >= self.vcpu_count {
+            return Err(EptError::NoSuchVcpu(vcpu));
+        }
+        self.vcpus
+            .get(usize::from(vcpu.0))
+            .ok_or(EptError::NoSuchVcpu(vcpu))
+    }
+
+    /// The INVEPT scope for one EPTP: single-context when the CPU has it, else all.
+    pub(crate) fn scope(&self, eptp: Option<EptPointer>) -> Invept {
+        match eptp {
+            Some(e) if self.caps.invept_single_context() => Invept::SingleContext(e),
+            _ => Invept::AllContext,
+        }
+    }
+
+    /// Invalidates `eptp`'s mappings (or every EPTP's with `None`) on this CPU and every
+    /// other one, if any of the `sites` (bits by [`ShootdownSite`] index) asks for it
+    /// (the fault-injection switch removes one site's request). Called with no lock held.
+    pub(crate) fn shootdown(&self, eptp: Option<EptPointer>, sites: u8) {
+        #[allow(unused_mut)]
+        let mut sites = sites;
+        #[cfg(feature = "fault-injection")]
+        {
+            let skip = self.skip_site.load(Ordering::Relaxed);
+            if skip < 8 {
+                sites &= !(1 << skip);
+            }
+        }
+        if sites == 0 {
+            return;
+        }
+        let scope = self.scope(eptp);
+        self.platform.invept(scope);
+        self.platform.shootdown(scope);
+    }
+}
+
+/// The bit of `site` in a set of requested shootdowns.
+pub(crate) const fn site(site: ShootdownSite) -> u8 {
+    1 << site as u8
+}
+
+/// Checks one guest region.
+fn check_region(r: &GuestRegion, levels: u8, pool: (u64, u64)) -> Result<(), EptError> {
+    if r.gpa.0 & 0xfff != 0 {
+        return Err(EptError::Misaligned(Hpa(r.gpa.0)));
+    }
+    if r.hpa.offset() != 0 {
+        return Err(EptError::Misaligned(r.hpa));
+    }
+    if r.size == 0 || r.size & 0xfff != 0 {
+        return Err(EptError::Misaligned(Hpa(r.size)));
+    }
+    let end = r
+        .gpa
+        .0
+        .checked_add(r.size)
+        .ok_or(EptError::BeyondWalkReach(r.gpa))?;
+    if end > reach(levels) {
+        return Err(EptError::BeyondWalkReach(Pa(end - 1)));
+    }
+    let hend = r.hpa.0.checked_add(r.size).ok_or(EptError::Overlap)?;
+    if r.hpa.0 < pool.1 && pool.0 < hend {
+        return Err(EptError::Overlap);
+    }
+    Ok(())
+}
+
+/// Maps one region into the hierarchy at `root` with the largest leaves that fit.
+fn map_region<P: Platform, const FRAMES: usize>(
+    tables: &mut Tables<'_, P, FRAMES>,
+    root: Hpa,
+    r: &GuestRegion,
+) -> Result<(), EptError> {
+    let mut offset = 0u64;
+    while offset < r.size {
+        let gpa = r.gpa.0 + offset;
+        let hpa = r.hpa.0 + offset;
+        let left = r.size - offset;
+        let level = [3u8, 2]
+            .into_iter()
+            .find(|&l| {
+                let size = level_size(l);
+                tables.caps.leaf_at(l)
+                    && gpa.is_multiple_of(size)
+                    && hpa.is_multiple_of(size)
+                    && left >= size
+            })
+            .unwrap_or(1);
+        let entry = EptEntry::try_leaf(
+            Hpa(hpa),
+            level,
+            MemoryAccess::RWX,
+            r.memory_type,
+            crate::entry::EptFlags::empty(),
+            tables.caps,
+        )?;
+        tables.map(root, gpa, level, entry)?;
+        offset += level_size(level);
+    }
+    Ok(())
 }

@@ -43,8 +43,13 @@ bitflags::bitflags! {
         /// Bit 9, dirty, of a leaf (with EPTP bit 6).
         const DIRTY = 1 << 9;
         /// Bit 10: user-mode instruction fetches allowed, with mode-based execute control
-        /// (MBEC); ignored otherwise.
+        /// (MBEC); ignored otherwise. The backend does not enable MBEC and keeps it clear.
         const USER_EXECUTE = 1 << 10;
+        /// Bit 11, ignored by the CPU: the backend's mark that a leaf maps a frame. A leaf
+        /// with no right is not present to the CPU, yet it still maps its frame (a view
+        /// that denies every access to it), so the walk needs this bit to tell it apart
+        /// from a hole.
+        const MAPPED = 1 << 11;
         /// Bit 63: suppress #VE: an EPT violation of this leaf is a VM exit, never a #VE.
         const SUPPRESS_VE = 1 << 63;
     }
@@ -123,6 +128,12 @@ impl EptEntry {
         MemoryAccess::from_bits_truncate((self.0 & 0b111) as u8)
     }
 
+    /// Whether the entry is a leaf that maps a frame, present or not (R/W/X or the
+    /// backend's [`EptFlags::MAPPED`] mark).
+    pub const fn is_mapped(self) -> bool {
+        self.is_present() || self.0 & EptFlags::MAPPED.bits() != 0
+    }
+
     /// Bit 7: a large-page leaf (meaningful in PDEs and PDPTEs only).
     pub const fn is_large(self) -> bool {
         self.0 & EptFlags::LARGE_PAGE.bits() != 0
@@ -181,8 +192,14 @@ impl EptEntry {
                 | u64::from(access.bits() & 0b111)
                 | (u64::from(memory_type as u8) << 3)
                 | extra
-                | large,
+                | large
+                | EptFlags::MAPPED.bits(),
         ))
+    }
+
+    /// The same entry mapping `frame` instead (bits 51:12 replaced).
+    pub const fn with_address(self, frame: Hpa) -> Self {
+        Self((self.0 & !ADDRESS_MASK) | (frame.0 & ADDRESS_MASK))
     }
 
     /// The same entry with its rights replaced by `access` (unchecked: the caller checked

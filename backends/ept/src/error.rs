@@ -28,6 +28,9 @@ pub enum EptError {
     WalkLengthUnsupported(u8),
     /// A leaf at this level (2 = 2 MiB, 3 = 1 GiB) that the capabilities cannot map.
     LargePageUnsupported(u8),
+    /// The capabilities lack INVEPT (bit 20) or both of its types (bits 25, 26): the
+    /// backend could not invalidate a change.
+    InveptUnsupported,
     /// A/D flags asked for without capability bit 21.
     AccessedDirtyUnsupported,
     /// An address not aligned as it must be (a pool frame, a large-page frame, a root).
@@ -88,6 +91,7 @@ impl fmt::Display for EptError {
             Self::WalkLengthUnsupported(l) => write!(f, "EPT walk length {l} unsupported"),
             Self::LargePageUnsupported(l) => write!(f, "EPT leaves at level {l} unsupported"),
             Self::AccessedDirtyUnsupported => f.write_str("EPT A/D flags unsupported"),
+            Self::InveptUnsupported => f.write_str("INVEPT unsupported"),
             Self::Misaligned(a) => write!(f, "misaligned address {a}"),
             Self::PoolExhausted => f.write_str("the EPT frame pool is exhausted"),
             Self::HostFrameUnmapped(a) => write!(f, "host frame {a} is not mapped"),
@@ -125,6 +129,7 @@ impl From<EptError> for VmiError {
             EptError::WalkLengthUnsupported(_) => Self::NotSupported("EPT walk length"),
             EptError::LargePageUnsupported(_) => Self::NotSupported("EPT large pages"),
             EptError::AccessedDirtyUnsupported => Self::NotSupported("EPT A/D flags"),
+            EptError::InveptUnsupported => Self::NotSupported("INVEPT"),
             EptError::Misaligned(_) => Self::InvalidArgument("misaligned address"),
             EptError::PoolExhausted => Self::CapacityExceeded,
             EptError::HostFrameUnmapped(_) => Self::Driver("host frame not mapped"),

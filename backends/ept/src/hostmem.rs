@@ -171,15 +171,6 @@ impl FramePtr {
             }
         }
     }
-
-    /// Copies the whole frame `src` into this one, one word at a time.
-    pub(crate) fn copy_from(self, src: FramePtr) {
-        for i in 0..FRAME / 8 {
-            if let (Some(d), Some(s)) = (self.word(i), src.word(i)) {
-                d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
-            }
-        }
-    }
 }
 
 /// Reads entry `index` of the EPT table at `table`.
@@ -199,4 +190,203 @@ pub(crate) fn write_entry<P: Platform + ?Sized>(
     entry: EptEntry,
 ) -> Result<(), EptError> {
     FramePtr::of(platform, table)?.store(index, entry.0)
+}
+
+/// A tiny platform for the crate's unit tests: host memory is a heap buffer of atomic
+/// words at a fixed host-physical base; every platform call is logged.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::boxed::Box;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::vec::Vec;
+
+    use introvisor::VcpuId;
+    use introvisor::arch::amd64::{Interrupt, Registers};
+
+    use crate::entry::EptPointer;
+    use crate::exit::ExitInfo;
+    use crate::platform::{Control, Hpa, Invept, Platform, PlatformError};
+
+    /// One platform call.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) enum Call {
+        Invept(Invept),
+        Shootdown(Invept),
+        SetEptp(VcpuId, EptPointer),
+        Control(VcpuId, Control, bool),
+        Inject(VcpuId, Interrupt),
+        SetRegisters(VcpuId),
+        Emulate(VcpuId),
+    }
+
+    pub(crate) struct TestPlatform {
+        pub(crate) base: u64,
+        pub(crate) mem: Box<[AtomicU64]>,
+        pub(crate) regs: Mutex<Vec<Registers>>,
+        pub(crate) log: Mutex<Vec<Call>>,
+        pub(crate) clock: AtomicU64,
+        pub(crate) can_emulate: bool,
+    }
+
+    impl TestPlatform {
+        /// `frames` frames of host memory from `base`, and `vcpus` vCPUs in 64-bit mode
+        /// with IF set.
+        pub(crate) fn new(base: u64, frames: usize, vcpus: u16) -> Self {
+            let regs = Registers {
+                rflags: 0x202,
+                cr0: 0x8000_0011,
+                cr3: 0x5000,
+                cr4: 0x20,
+                efer: 0xd00,
+                rip: 0xffff_8000_0000_1000,
+                ..Registers::default()
+            };
+            Self {
+                base,
+                mem: (0..frames * 512).map(|_| AtomicU64::new(0)).collect(),
+                regs: Mutex::new(std::vec![regs; usize::from(vcpus)]),
+                log: Mutex::new(Vec::new()),
+                clock: AtomicU64::new(0),
+                can_emulate: false,
+            }
+        }
+
+        /// The host word at `hpa` (8-aligned).
+        pub(crate) fn peek(&self, hpa: u64) -> u64 {
+            self.mem[((hpa - self.base) / 8) as usize].load(Ordering::Relaxed)
+        }
+
+        /// Takes the log.
+        pub(crate) fn take_log(&self) -> Vec<Call> {
+            core::mem::take(&mut *self.log.lock().unwrap())
+        }
+
+        pub(crate) fn shootdowns(log: &[Call]) -> usize {
+            log.iter()
+                .filter(|c| matches!(c, Call::Shootdown(_)))
+                .count()
+        }
+
+        fn push(&self, call: Call) {
+            self.log.lock().unwrap().push(call);
+        }
+    }
+
+    // SAFETY: `host_frame` returns pointers into `mem` only, to the first byte of a whole
+    // frame inside it (bounds checked), 8-aligned (an `AtomicU64` buffer); the buffer
+    // lives as long as the platform, and the backend that owns the platform is the only
+    // user of the pointers in these tests (contract 1 for the platform's lifetime);
+    // every access to the buffer, the tests' included, is atomic (contract 2); the
+    // tests' pools do not overlap their guest regions (contract 3).
+    #[allow(unsafe_code)]
+    unsafe impl Platform for TestPlatform {
+        fn host_frame(&self, hpa: Hpa) -> Option<core::ptr::NonNull<u8>> {
+            let offset = hpa.frame().0.checked_sub(self.base)?;
+            let word = usize::try_from(offset / 8).ok()?;
+            let frame = self.mem.get(word..word + 512)?;
+            core::ptr::NonNull::new(frame.as_ptr().cast::<u8>().cast_mut())
+        }
+        fn invept(&self, scope: Invept) {
+            self.push(Call::Invept(scope));
+        }
+        fn shootdown(&self, scope: Invept) {
+            self.push(Call::Shootdown(scope));
+        }
+        fn relax(&self, _: Option<VcpuId>) {
+            std::thread::yield_now();
+        }
+        fn vcpu_count(&self) -> u16 {
+            self.regs.lock().unwrap().len() as u16
+        }
+        fn set_eptp(&self, vcpu: VcpuId, eptp: EptPointer) -> Result<(), PlatformError> {
+            self.push(Call::SetEptp(vcpu, eptp));
+            Ok(())
+        }
+        fn set_control(
+            &self,
+            vcpu: VcpuId,
+            control: Control,
+            on: bool,
+        ) -> Result<(), PlatformError> {
+            self.push(Call::Control(vcpu, control, on));
+            Ok(())
+        }
+        fn inject(&self, vcpu: VcpuId, event: Interrupt) -> Result<(), PlatformError> {
+            self.push(Call::Inject(vcpu, event));
+            Ok(())
+        }
+        fn registers(&self, vcpu: VcpuId) -> Result<Registers, PlatformError> {
+            self.regs
+                .lock()
+                .unwrap()
+                .get(usize::from(vcpu.0))
+                .copied()
+                .ok_or(PlatformError::NoSuchVcpu(vcpu))
+        }
+        fn set_registers(&self, vcpu: VcpuId, registers: &Registers) -> Result<(), PlatformError> {
+            let mut regs = self.regs.lock().unwrap();
+            let slot = regs
+                .get_mut(usize::from(vcpu.0))
+                .ok_or(PlatformError::NoSuchVcpu(vcpu))?;
+            *slot = *registers;
+            drop(regs);
+            self.push(Call::SetRegisters(vcpu));
+            Ok(())
+        }
+        fn emulate(&self, vcpu: VcpuId, _: &ExitInfo) -> Result<(), PlatformError> {
+            if self.can_emulate {
+                self.push(Call::Emulate(vcpu));
+                Ok(())
+            } else {
+                Err(PlatformError::Unsupported("instruction emulation"))
+            }
+        }
+        fn pause_all(&self) -> Result<(), PlatformError> {
+            Ok(())
+        }
+        fn resume_all(&self) -> Result<(), PlatformError> {
+            Ok(())
+        }
+        fn now(&self) -> core::time::Duration {
+            core::time::Duration::from_nanos(self.clock.fetch_add(100, Ordering::Relaxed))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TestPlatform;
+    use super::*;
+
+    #[test]
+    fn copies_in_and_out_at_every_alignment_and_refuses_ranges_outside_the_frame() {
+        let p = TestPlatform::new(0x10_0000, 2, 1);
+        let frame = FramePtr::of(&p, Hpa(0x10_1234)).unwrap();
+        let data: std::vec::Vec<u8> = (0..40u8).map(|b| b.wrapping_mul(7)).collect();
+        for offset in [0usize, 1, 7, 8, 13, 4096 - 40] {
+            frame.write(offset, &data).unwrap();
+            let mut back = [0u8; 40];
+            frame.read(offset, &mut back).unwrap();
+            assert_eq!(&back[..], &data[..], "offset {offset}");
+        }
+        // The last write put bytes 0..40 at 4056: check the words as the CPU sees them.
+        let word = p.peek(0x10_1000 + 4056);
+        assert_eq!(word.to_le_bytes(), data[0..8]);
+        let mut buf = [0u8; 2];
+        assert_eq!(frame.read(4095, &mut buf), Err(EptError::OutsideFrame));
+        assert_eq!(frame.write(usize::MAX, &buf), Err(EptError::OutsideFrame));
+        assert_eq!(frame.load(512), Err(EptError::OutsideFrame));
+        assert_eq!(frame.store(512, 1), Err(EptError::OutsideFrame));
+        frame.store(3, 0xdead_beef).unwrap();
+        assert_eq!(frame.load(3), Ok(0xdead_beef));
+        frame.zero();
+        assert_eq!(frame.load(3), Ok(0));
+        assert_eq!(
+            FramePtr::of(&p, Hpa(0x10_2000)),
+            Err(EptError::HostFrameUnmapped(Hpa(0x10_2000)))
+        );
+        // An empty read at the end is fine.
+        frame.read(4096, &mut []).unwrap();
+    }
 }

@@ -43,20 +43,23 @@ pub mod caps;
 mod driver;
 pub mod entry;
 pub mod error;
+mod events;
 pub mod exit;
-#[allow(dead_code, reason = "used as the skeleton fills in")]
 mod hostmem;
 pub mod platform;
+mod pool;
 pub mod table;
+mod views;
 
 pub use backend::{
     Config, EptBackend, EptTranslation, ExitAction, FramePool, GuestRegion, InlineHandler,
-    QueueFull, ShootdownSite,
+    MAX_REGIONS, QueueFull, ShootdownSite,
 };
 pub use caps::EptCapabilities;
 pub use driver::EptPage;
 pub use entry::{EptEntry, EptFlags, EptPointer, MemoryType};
 pub use error::EptError;
+pub use events::MONITOR_CAPACITY;
 pub use exit::{Exit, ExitInfo};
 pub use introvisor;
 pub use platform::{Control, Hpa, Invept, Platform, PlatformError};
