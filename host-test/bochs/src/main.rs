@@ -185,6 +185,7 @@ struct Counters {
     exits: u64,
     external_interrupts: u64,
     mtf: u64,
+    tf_steps: u64,
 }
 
 /// The exit loop: enter the guest, read the exit, hand it to the backend, act on its
@@ -195,6 +196,22 @@ fn run(core: &'static VmiCore<Backend>, script: &mut Script) -> ! {
     let mut at_begin = (Counters::default(), 0u64);
     let mut passed = 0usize;
     let start_tsc = cpu::rdtsc();
+    let platform = core.driver().platform();
+    // Does the CPU deliver MTF exits? The first VM entry runs with the monitor trap flag
+    // set: an MTF exit after the guest's first instruction says yes.
+    let primary = vmread(field::PROC_BASED_CONTROLS).unwrap_or(0);
+    // SAFETY: the monitor trap flag for the first entry only (cleared below).
+    if unsafe {
+        vmx::vmwrite(
+            field::PROC_BASED_CONTROLS,
+            primary | u64::from(hv::proc::MONITOR_TRAP_FLAG),
+        )
+    }
+    .is_err()
+    {
+        fail(format_args!("VMWRITE primary controls"));
+    }
+    let mut probing = true;
     loop {
         core.driver().platform().load_pending_cr2();
         // SAFETY: the VMCS is complete (setup_vmcs, and the backend's EPTP) with host RIP
@@ -203,8 +220,46 @@ fn run(core: &'static VmiCore<Backend>, script: &mut Script) -> ! {
             fail(format_args!("VM entry: {e}"));
         }
         launched = true;
-        let info = exit_info();
+        let mut info = exit_info();
         total.exits += 1;
+        if probing {
+            probing = false;
+            // SAFETY: back to the controls the backend set up.
+            if unsafe { vmx::vmwrite(field::PROC_BASED_CONTROLS, primary) }.is_err() {
+                fail(format_args!("VMWRITE primary controls"));
+            }
+            let native = info.reason == 37;
+            platform.set_native_mtf(native);
+            println!(
+                "HV: MTF probe: first exit reason {:#x}: {}",
+                info.reason,
+                if native {
+                    "the CPU delivers MTF exits"
+                } else {
+                    "no MTF exit (Bochs 2.7): the monitor trap is done with RFLAGS.TF and #DB exiting"
+                }
+            );
+            if native {
+                continue;
+            }
+        }
+        if platform.translate_exit(&mut info) {
+            total.tf_steps += 1;
+        }
+        if cfg!(feature = "trace") {
+            println!(
+                "TRACE exit reason={:#x} qual={:#x} rip={:#x} eptp={:#x} proc={:#x} pin={:#x} intr={:#x} vect={:#x} ia={:#x}",
+                info.reason,
+                info.qualification,
+                vmread(field::GUEST_RIP).unwrap_or(0),
+                vmread(field::EPT_POINTER).unwrap_or(0),
+                vmread(field::PROC_BASED_CONTROLS).unwrap_or(0),
+                vmread(field::PIN_BASED_CONTROLS).unwrap_or(0),
+                info.interruption_information,
+                info.idt_vectoring_information,
+                vmread(field::GUEST_INTERRUPTIBILITY).unwrap_or(0),
+            );
+        }
         match info.reason & 0xFFFF {
             1 => total.external_interrupts += 1,
             37 => total.mtf += 1,
@@ -212,6 +267,15 @@ fn run(core: &'static VmiCore<Backend>, script: &mut Script) -> ! {
         }
         let action = EptBackend::handle_exit(core, &NoOs, script, VcpuId(0), &info)
             .unwrap_or_else(|e| fail(format_args!("handle_exit (reason {:#x}): {e}", info.reason)));
+        if cfg!(feature = "trace") {
+            println!(
+                "TRACE action={action:?} eptp={:#x} proc={:#x} pin={:#x} entry_intr={:#x}",
+                vmread(field::EPT_POINTER).unwrap_or(0),
+                vmread(field::PROC_BASED_CONTROLS).unwrap_or(0),
+                vmread(field::PIN_BASED_CONTROLS).unwrap_or(0),
+                vmread(field::ENTRY_INTERRUPTION_INFO).unwrap_or(0),
+            );
+        }
         match action {
             ExitAction::Resume => {}
             ExitAction::Complete => complete(&info),
@@ -232,6 +296,7 @@ fn run(core: &'static VmiCore<Backend>, script: &mut Script) -> ! {
                                 external_interrupts: total.external_interrupts
                                     - at_begin.0.external_interrupts,
                                 mtf: total.mtf - at_begin.0.mtf,
+                                tf_steps: total.tf_steps - at_begin.0.tf_steps,
                             };
                             let insns = cpu::rdtsc() - at_begin.1;
                             if report(core, script, g.rbx, d, insns) {

@@ -3,6 +3,19 @@
 //!
 //! Every method runs in VMX root operation on the only CPU, between a VM exit and the
 //! next entry (or before the first), so the current VMCS is the vCPU's.
+//!
+//! # The monitor trap under Bochs 2.7
+//! Bochs 2.7 (Debian's) reports the monitor trap flag as allowed (bit 27 of the
+//! primary controls' allowed-1 half) but never delivers the MTF VM exit after VMRESUME:
+//! with the control set, the guest runs on until some other exit (measured: a whole
+//! scenario, thousands of instructions; Bochs completed MTF after 2.7, its issues #141
+//! and stlintel/Bochs#29). The hypervisor probes for it at the first VM entry
+//! ([`BochsPlatform::set_native_mtf`]); without it, [`Control::MonitorTrap`] is carried
+//! out with RFLAGS.TF and #DB exiting (SDM Vol. 3A, 18.3.1.4: the single-step trap after
+//! one instruction; Vol. 3C, 25.6.3: exception bitmap bit 1), and the #DB exit with BS
+//! set (exit qualification bit 14, Table 28-1) is handed to the backend as the MTF exit
+//! (reason 37) it asked for ([`BochsPlatform::translate_exit`]). The guest's own TF is
+//! kept aside and shown in [`Platform::registers`] while the step lasts.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +32,8 @@ use crate::vmx::{self, field, vmread, vmwrite};
 
 /// The machine's RAM (`megs: 64` in the bochsrc): the host frames the platform maps.
 const RAM_SIZE: u64 = 64 * 1024 * 1024;
+/// RFLAGS.TF (SDM Vol. 1, 3.4.3.3).
+const RFLAGS_TF: u64 = 1 << 8;
 /// CR4.VMXE, which must stay set in the guest's real CR4 under VMX (IA32_VMX_CR4_FIXED0)
 /// and which the CR4 guest/host mask hides from it.
 const CR4_VMXE: u64 = 1 << 13;
@@ -32,6 +47,14 @@ pub struct BochsPlatform {
     /// CR2 (SDM Vol. 3C, 28.3: it is not part of the guest-state area), so the guest's
     /// CR2 is the CPU's, and the hypervisor writes it before entering.
     pending_cr2: AtomicU64,
+    /// Whether the CPU delivers MTF exits itself (see the module docs).
+    native_mtf: AtomicBool,
+    /// A monitor trap carried out with RFLAGS.TF is in progress.
+    tf_step: AtomicBool,
+    /// The guest's own RFLAGS.TF while `tf_step` lasts.
+    guest_tf: AtomicBool,
+    /// Whether the backend asked for #DB exits itself (`Control::Exception(1)`).
+    db_wanted: AtomicBool,
 }
 
 impl BochsPlatform {
@@ -41,7 +64,70 @@ impl BochsPlatform {
             caps,
             cpuid_to_backend: AtomicBool::new(false),
             pending_cr2: AtomicU64::new(u64::MAX),
+            native_mtf: AtomicBool::new(true),
+            tf_step: AtomicBool::new(false),
+            guest_tf: AtomicBool::new(false),
+            db_wanted: AtomicBool::new(false),
         }
+    }
+
+    /// Records whether the CPU delivers MTF exits (the hypervisor's probe at the first VM
+    /// entry).
+    pub fn set_native_mtf(&self, native: bool) {
+        self.native_mtf.store(native, Ordering::Relaxed);
+    }
+
+    /// Whether the CPU delivers MTF exits.
+    pub fn native_mtf(&self) -> bool {
+        self.native_mtf.load(Ordering::Relaxed)
+    }
+
+    /// Turns the #DB exit that ends a trap-flag step into the MTF exit the backend asked
+    /// for; true if it did. Other exits are left as they are.
+    pub fn translate_exit(&self, info: &mut introvisor_ept::ExitInfo) -> bool {
+        let db_single_step = info.reason == 0
+            && info.interruption_information & 0x8000_07FF == 0x8000_0301 // valid, hardware exception, #DB
+            && info.qualification & (1 << 14) != 0; // BS
+        if !(self.tf_step.load(Ordering::Relaxed) && db_single_step) {
+            return false;
+        }
+        info.reason = u32::from(introvisor_ept::exit::reason::MONITOR_TRAP_FLAG);
+        info.qualification = 0;
+        info.interruption_information = 0;
+        info.interruption_error_code = 0;
+        true
+    }
+
+    /// Starts or ends a monitor trap done with RFLAGS.TF and #DB exiting.
+    fn trap_flag_step(&self, on: bool) -> Result<(), PlatformError> {
+        if on == self.tf_step.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let rflags = read(field::GUEST_RFLAGS)?;
+        let bitmap = read(field::EXCEPTION_BITMAP)?;
+        if on {
+            self.guest_tf
+                .store(rflags & RFLAGS_TF != 0, Ordering::Relaxed);
+            write(field::GUEST_RFLAGS, rflags | RFLAGS_TF)?;
+            write(field::EXCEPTION_BITMAP, bitmap | 1 << 1)?;
+        } else {
+            let tf = if self.guest_tf.load(Ordering::Relaxed) {
+                RFLAGS_TF
+            } else {
+                0
+            };
+            write(field::GUEST_RFLAGS, (rflags & !RFLAGS_TF) | tf)?;
+            if !self.db_wanted.load(Ordering::Relaxed) {
+                write(field::EXCEPTION_BITMAP, bitmap & !(1 << 1))?;
+            }
+            // A step abandoned before its instruction (a held interrupt) may leave the
+            // single-step trap pending (BS, bit 14 of the pending debug exceptions, SDM
+            // Vol. 3C, 25.4.2): it must not reach the guest.
+            let pending = read(field::GUEST_PENDING_DEBUG_EXCEPTIONS)?;
+            write(field::GUEST_PENDING_DEBUG_EXCEPTIONS, pending & !(1 << 14))?;
+        }
+        self.tf_step.store(on, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Whether the backend asked for CPUID exits ([`Control::Cpuid`]).
@@ -56,6 +142,22 @@ impl BochsPlatform {
             // SAFETY: CR2 only records a fault address; the host takes no page faults
             // that would read it.
             unsafe { core::arch::asm!("mov cr2, {}", in(reg) cr2, options(nostack)) }
+        }
+    }
+}
+
+impl BochsPlatform {
+    /// RFLAGS as the guest has it: its own TF while a trap-flag step lasts.
+    fn guest_rflags(&self, real: u64) -> u64 {
+        if self.tf_step.load(Ordering::Relaxed) {
+            let tf = if self.guest_tf.load(Ordering::Relaxed) {
+                RFLAGS_TF
+            } else {
+                0
+            };
+            (real & !RFLAGS_TF) | tf
+        } else {
+            real
         }
     }
 }
@@ -242,13 +344,23 @@ unsafe impl Platform for BochsPlatform {
         only_vcpu(vcpu)?;
         let c = &self.caps;
         match control {
-            Control::MonitorTrap => set_bits(
+            Control::MonitorTrap if self.native_mtf() => set_bits(
                 field::PROC_BASED_CONTROLS,
                 c.proc,
                 proc::MONITOR_TRAP_FLAG,
                 on,
                 "the monitor trap flag",
             ),
+            Control::MonitorTrap => self.trap_flag_step(on),
+            Control::Exception(1) => {
+                self.db_wanted.store(on, Ordering::Relaxed);
+                let v = read(field::EXCEPTION_BITMAP)?;
+                let on = on || self.tf_step.load(Ordering::Relaxed);
+                write(
+                    field::EXCEPTION_BITMAP,
+                    if on { v | 1 << 1 } else { v & !(1 << 1) },
+                )
+            }
             Control::Exception(n) if n < 32 => {
                 let v = read(field::EXCEPTION_BITMAP)?;
                 write(
@@ -391,7 +503,7 @@ unsafe impl Platform for BochsPlatform {
             r14: g.r14,
             r15: g.r15,
             rip: read(field::GUEST_RIP)?,
-            rflags: read(field::GUEST_RFLAGS)?,
+            rflags: self.guest_rflags(read(field::GUEST_RFLAGS)?),
             cr0: guest_view(
                 read(field::GUEST_CR0)?,
                 read(field::CR0_GUEST_HOST_MASK)?,
@@ -463,7 +575,14 @@ unsafe impl Platform for BochsPlatform {
         });
         write(field::GUEST_RSP, r.rsp)?;
         write(field::GUEST_RIP, r.rip)?;
-        write(field::GUEST_RFLAGS, r.rflags)?;
+        let rflags = if self.tf_step.load(Ordering::Relaxed) {
+            self.guest_tf
+                .store(r.rflags & RFLAGS_TF != 0, Ordering::Relaxed);
+            r.rflags | RFLAGS_TF
+        } else {
+            r.rflags
+        };
+        write(field::GUEST_RFLAGS, rflags)?;
         // The guest's values go to the read shadows; the real registers keep the bits VMX
         // requires (CR0.NE, CR4.VMXE: IA32_VMX_CR0/CR4_FIXED0).
         write(field::CR0_READ_SHADOW, r.cr0)?;

@@ -128,8 +128,11 @@ impl VmiHandler<Backend, NoOs> for Script {
                     }
                 }
                 self.seen.cpuid_answered += 1;
-                gp.rip = regs.rip + u64::from(e.instruction_length);
-                VmiEventResponse::continue_().set_registers(gp)
+                // The answer is in the registers; `deny` makes the backend return
+                // SkipInstruction, so the hypervisor moves RIP past CPUID without running
+                // it. (A response with registers alone comes back as Complete: the
+                // hypervisor would run CPUID and overwrite the answer.)
+                VmiEventResponse::continue_().set_registers(gp).deny()
             }
             EventReason::MemoryAccess(e) => {
                 let gfn = Gfn(e.pa.0 >> 12);
