@@ -305,3 +305,169 @@ impl EptPointer {
         self.0 & (1 << 6) != 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAPS: EptCapabilities = EptCapabilities::typical();
+
+    #[test]
+    fn leaves_encode_the_sdm_bits() {
+        let e = EptEntry::try_leaf(
+            Hpa(0x1234_5000),
+            1,
+            MemoryAccess::RX,
+            MemoryType::WriteBack,
+            EptFlags::IGNORE_PAT | EptFlags::SUPPRESS_VE | EptFlags::DIRTY,
+            CAPS,
+        )
+        .unwrap();
+        // R=1, X=4, WB=6<<3, IPAT=1<<6, MAPPED=1<<11, suppress #VE=1<<63; DIRTY dropped.
+        assert_eq!(
+            e.0,
+            0x8000_0000_1234_5000 | 0b101 | (6 << 3) | (1 << 6) | (1 << 11)
+        );
+        assert!(e.is_present() && e.is_mapped() && !e.is_large());
+        assert_eq!(e.access(), MemoryAccess::RX);
+        assert_eq!(e.memory_type_bits(), 6);
+        assert_eq!(e.address(), Hpa(0x1234_5000));
+        let big = EptEntry::try_leaf(
+            Hpa(0x4000_0000),
+            3,
+            MemoryAccess::RWX,
+            MemoryType::Uncacheable,
+            EptFlags::empty(),
+            CAPS,
+        )
+        .unwrap();
+        assert_eq!(big.0, 0x4000_0000 | 0b111 | (1 << 7) | (1 << 11));
+        assert!(big.is_large());
+        // No rights: not present, but still mapped.
+        let none = big.with_access(MemoryAccess::empty());
+        assert!(!none.is_present() && none.is_mapped());
+        assert_eq!(EptEntry::table(Hpa(0x7000)).0, 0x7007);
+        assert_eq!(
+            EptEntry(0xfff0_0000_0000_0fff).with_address(Hpa(0x5000)).0,
+            0xfff0_0000_0000_5fff
+        );
+    }
+
+    #[test]
+    fn misconfigurations_are_refused_by_name() {
+        let leaf = |a, caps| {
+            EptEntry::try_leaf(
+                Hpa(0x1000),
+                1,
+                a,
+                MemoryType::WriteBack,
+                EptFlags::empty(),
+                caps,
+            )
+        };
+        assert_eq!(leaf(MemoryAccess::W, CAPS), Err(EptError::WriteWithoutRead));
+        assert_eq!(
+            leaf(MemoryAccess::W | MemoryAccess::X, CAPS),
+            Err(EptError::WriteExecuteWithoutRead)
+        );
+        assert!(leaf(MemoryAccess::X, CAPS).is_ok());
+        let no_xo = CAPS.difference(EptCapabilities::EXECUTE_ONLY);
+        assert_eq!(
+            leaf(MemoryAccess::X, no_xo),
+            Err(EptError::ExecuteOnlyUnsupported)
+        );
+        assert!(leaf(MemoryAccess::empty(), no_xo).is_ok());
+        let no_1g = CAPS.difference(EptCapabilities::PAGE_1G);
+        assert_eq!(
+            EptEntry::try_leaf(
+                Hpa(0x4000_0000),
+                3,
+                MemoryAccess::R,
+                MemoryType::WriteBack,
+                EptFlags::empty(),
+                no_1g
+            ),
+            Err(EptError::LargePageUnsupported(3))
+        );
+        assert_eq!(
+            EptEntry::try_leaf(
+                Hpa(0x20_1000),
+                2,
+                MemoryAccess::R,
+                MemoryType::WriteBack,
+                EptFlags::empty(),
+                CAPS
+            ),
+            Err(EptError::Misaligned(Hpa(0x20_1000)))
+        );
+        for reserved in [2u8, 3, 7, 8, 255] {
+            assert_eq!(
+                MemoryType::from_bits(reserved),
+                Err(EptError::ReservedMemoryType(reserved))
+            );
+        }
+        for (bits, t) in [
+            (0, MemoryType::Uncacheable),
+            (1, MemoryType::WriteCombining),
+            (4, MemoryType::WriteThrough),
+            (5, MemoryType::WriteProtected),
+            (6, MemoryType::WriteBack),
+        ] {
+            assert_eq!(MemoryType::from_bits(bits), Ok(t));
+        }
+    }
+
+    #[test]
+    fn ept_pointers_follow_section_25_6_11() {
+        let p = EptPointer::try_new(Hpa(0xabc_d000), 4, MemoryType::WriteBack, true, CAPS).unwrap();
+        assert_eq!(p.0, 0xabc_d000 | 6 | (3 << 3) | (1 << 6));
+        assert_eq!(
+            (p.root(), p.levels(), p.memory_type_bits()),
+            (Hpa(0xabc_d000), 4, 6)
+        );
+        assert!(p.accessed_dirty());
+        assert_eq!(
+            EptPointer::try_new(Hpa(0x1000), 5, MemoryType::WriteBack, false, CAPS),
+            Err(EptError::WalkLengthUnsupported(5))
+        );
+        let five = CAPS.union(EptCapabilities::WALK_LENGTH_5);
+        let p5 = EptPointer::try_new(Hpa(0x1000), 5, MemoryType::Uncacheable, false, five).unwrap();
+        assert_eq!(p5.0, 0x1000 | (4 << 3));
+        assert_eq!(
+            EptPointer::try_new(Hpa(0x1000), 3, MemoryType::WriteBack, false, five),
+            Err(EptError::WalkLengthUnsupported(3))
+        );
+        assert_eq!(
+            EptPointer::try_new(Hpa(0x1000), 4, MemoryType::WriteThrough, false, CAPS),
+            Err(EptError::MemoryTypeUnsupported(4))
+        );
+        let no_ad = CAPS.difference(EptCapabilities::ACCESSED_DIRTY);
+        assert_eq!(
+            EptPointer::try_new(Hpa(0x1000), 4, MemoryType::WriteBack, true, no_ad),
+            Err(EptError::AccessedDirtyUnsupported)
+        );
+        assert_eq!(
+            EptPointer::try_new(Hpa(0x1008), 4, MemoryType::WriteBack, false, CAPS),
+            Err(EptError::Misaligned(Hpa(0x1008)))
+        );
+    }
+
+    #[test]
+    fn capabilities_decode_a_real_msr_value() {
+        // IA32_VMX_EPT_VPID_CAP of a Skylake-SP (0x00000f0106734141): execute-only, walk
+        // length 4, UC, WB, 2 MiB, 1 GiB, INVEPT (single and all), A/D, advanced info,
+        // INVVPID of every type.
+        let caps = EptCapabilities::from_msr(0x0000_0f01_0673_4141);
+        assert!(caps.execute_only());
+        assert!(caps.walk_length(4) && !caps.walk_length(5) && !caps.walk_length(6));
+        assert!(caps.leaf_at(1) && caps.leaf_at(2) && caps.leaf_at(3) && !caps.leaf_at(4));
+        assert!(caps.invept_single_context() && caps.invept_all_context());
+        assert!(
+            caps.contains(EptCapabilities::ACCESSED_DIRTY | EptCapabilities::ADVANCED_EXIT_INFO)
+        );
+        assert!(caps.contains(EptCapabilities::INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS));
+        assert_eq!(caps.bits(), 0x0000_0f01_0673_4141);
+        let bare = EptCapabilities::from_msr(1 << 6);
+        assert!(!bare.leaf_at(2) && !bare.execute_only() && !bare.invept_all_context());
+    }
+}

@@ -37,7 +37,7 @@
 //! Inline: the handler runs on the exiting CPU, inside [`EptBackend::on_exit`]. Queued:
 //! the event goes into a fixed-capacity queue that `wait_for_event` serves on another CPU;
 //! the exiting CPU spins on its response slot, calling [`Platform::relax`]. When the queue
-//! is full the [`QueueFull`](crate::QueueFull) policy applies: wait for room (no event is
+//! is full the [`QueueFull`] policy applies: wait for room (no event is
 //! lost; a queue no shorter than the number of vCPUs is never full, since each vCPU has
 //! at most one event outstanding), or resume the guest as if answered "continue" and
 //! count the event. No lock is held across the handler call: the vCPU's slot, the queue
@@ -213,7 +213,7 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
     /// [`VmiDriver::wait_for_event`](introvisor::VmiDriver::wait_for_event) serves on
     /// another CPU, and this CPU waits (calling [`Platform::relax`]) for the response.
     /// Then the response is applied, and the returned [`ExitAction`] says what the
-    /// hypervisor does next. See the [module docs](self) for the step state machine.
+    /// hypervisor does next. See the [module docs](crate::events) for the step state machine.
     ///
     /// # Errors
     /// [`EptError::NoSuchVcpu`]; a decoding error (see [`Exit::decode`]); a platform error
@@ -497,7 +497,11 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
     ) -> Result<(), EptError> {
         let eptp = self.eptp(target)?;
         let holding = rflags & RFLAGS_IF != 0;
-        let home = self.lock(slot, Some(vcpu)).view;
+        // A step started from inside another keeps the first one's home.
+        let home = {
+            let s = self.lock(slot, Some(vcpu));
+            s.step.map_or(s.view, |st| st.home)
+        };
         self.platform.set_eptp(vcpu, eptp)?;
         self.platform
             .set_control(vcpu, Control::MonitorTrap, true)?;

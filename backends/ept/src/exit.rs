@@ -459,3 +459,265 @@ impl Exit {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(reason: u32, qualification: u64) -> ExitInfo {
+        ExitInfo {
+            reason,
+            qualification,
+            ..ExitInfo::default()
+        }
+    }
+
+    #[test]
+    fn ept_violation_qualification_table_28_7() {
+        // A write (bit 1) to a read/execute page (bits 3, 5), linear address valid (7),
+        // final translation (8), NMI unblocking (12).
+        let q = EptViolation(0x11aa);
+        assert!(!q.read() && q.write() && !q.fetch());
+        assert_eq!(q.access(), introvisor::MemoryAccess::W);
+        assert_eq!(q.entry_access(), introvisor::MemoryAccess::RX);
+        assert!(q.linear_address_valid());
+        assert_eq!(q.final_translation(), Some(true));
+        assert!(q.nmi_unblocking());
+        assert_eq!(q.reserved_bits(), 0);
+        // A read during the guest's page walk (bit 8 clear), entry not present.
+        let walk = EptViolation(0x81);
+        assert_eq!(walk.final_translation(), Some(false));
+        assert_eq!(walk.entry_access(), introvisor::MemoryAccess::empty());
+        // No linear address: bit 8 is undefined.
+        assert_eq!(EptViolation(0x104).final_translation(), None);
+        // Reserved bits are kept, not trusted, never a panic.
+        let garbage = EptViolation(u64::MAX);
+        assert_eq!(garbage.reserved_bits(), !0x1_ffff);
+        assert_eq!(garbage.access(), introvisor::MemoryAccess::RWX);
+        let e = Exit::decode(&ExitInfo {
+            reason: 48,
+            qualification: 0x11aa,
+            guest_linear_address: 0xffff_8000_0010_2030,
+            guest_physical_address: 0x10_2030,
+            ..ExitInfo::default()
+        });
+        assert_eq!(
+            e,
+            Ok(Exit::EptViolation {
+                qualification: EptViolation(0x11aa),
+                gpa: 0x10_2030,
+                gla: Some(0xffff_8000_0010_2030),
+            })
+        );
+        let no_gla = Exit::decode(&ExitInfo {
+            reason: 48,
+            qualification: 0x4,
+            guest_linear_address: 0x1234,
+            ..ExitInfo::default()
+        });
+        assert!(matches!(no_gla, Ok(Exit::EptViolation { gla: None, .. })));
+    }
+
+    #[test]
+    fn cr_access_qualification_table_28_3() {
+        // MOV to CR3 from R9: CR 3, type 0, GPR 9.
+        let c = CrAccess::decode(0x0903).unwrap();
+        assert_eq!((c.cr, c.access, c.gpr), (3, CrAccessType::MovToCr, 9));
+        assert_eq!(c.register(), Some(ControlRegister::Cr3));
+        // MOV from CR8 to RAX.
+        let c = CrAccess::decode(0x0018).unwrap();
+        assert_eq!(
+            (c.cr, c.access, c.register()),
+            (8, CrAccessType::MovFromCr, None)
+        );
+        // CLTS.
+        assert_eq!(CrAccess::decode(0x20).unwrap().access, CrAccessType::Clts);
+        // LMSW from memory with source 0x000b.
+        let c = CrAccess::decode(0x000b_0070).unwrap();
+        assert_eq!(c.access, CrAccessType::Lmsw);
+        assert!(c.lmsw_memory);
+        assert_eq!(c.lmsw_source, 0xb);
+        // CR numbers the SDM does not define.
+        for cr in [1u64, 2, 5, 7, 9, 15] {
+            assert_eq!(
+                CrAccess::decode(cr),
+                Err(EptError::InvalidExitInformation(
+                    "CR-access: control register number"
+                ))
+            );
+        }
+        // Reserved bits set around a valid CR4 write: decoded, bits ignored.
+        let c = CrAccess::decode(0xffff_ffff_0000_f004).unwrap();
+        assert_eq!((c.cr, c.gpr), (4, 0));
+    }
+
+    #[test]
+    fn io_qualification_table_28_5() {
+        // OUT DX, AL to 0x3f8.
+        let io = IoAccess::decode(0x03f8_0000).unwrap();
+        assert_eq!(
+            (io.port, io.size, io.direction),
+            (0x3f8, 1, IoDirection::Out)
+        );
+        assert!(!io.string && !io.rep && !io.immediate);
+        // REP INSW from 0x1f0: size 2 (1), IN (bit 3), string (4), rep (5).
+        let io = IoAccess::decode(0x01f0_0039).unwrap();
+        assert_eq!(
+            (io.port, io.size, io.direction),
+            (0x1f0, 2, IoDirection::In)
+        );
+        assert!(io.string && io.rep && !io.immediate);
+        // IN EAX, 0x60 (immediate).
+        let io = IoAccess::decode(0x0060_004b).unwrap();
+        assert_eq!((io.port, io.size, io.immediate), (0x60, 4, true));
+        for bad in [2u64, 4, 5, 6, 7] {
+            assert_eq!(
+                IoAccess::decode(bad),
+                Err(EptError::InvalidExitInformation("I/O: access size"))
+            );
+        }
+    }
+
+    #[test]
+    fn exceptions_and_interruption_information() {
+        // INT3: vector 3, software exception (6), valid; length 1.
+        let bp = Exit::decode(&ExitInfo {
+            reason: 0,
+            interruption_information: 0x8000_0603,
+            instruction_length: 1,
+            ..ExitInfo::default()
+        });
+        assert_eq!(
+            bp,
+            Ok(Exit::Exception(ExceptionExit {
+                vector: 3,
+                typ: InterruptType::SoftwareException,
+                error_code: None,
+                instruction_length: 1,
+                qualification: 0,
+            }))
+        );
+        // #PF: vector 14, hardware exception (3), error code valid (bit 11), CR2 in the
+        // qualification.
+        let pf = Exit::decode(&ExitInfo {
+            reason: 0,
+            qualification: 0x7fff_dead_b000,
+            interruption_information: 0x8000_0b0e,
+            interruption_error_code: 0x6,
+            instruction_length: 3,
+            ..ExitInfo::default()
+        });
+        assert_eq!(
+            pf,
+            Ok(Exit::Exception(ExceptionExit {
+                vector: 14,
+                typ: InterruptType::HardwareException,
+                error_code: Some(6),
+                instruction_length: 0,
+                qualification: 0x7fff_dead_b000,
+            }))
+        );
+        // #DB from a single step: BS (bit 14).
+        let db = DebugQualification(0x4000);
+        assert!(db.single_step() && !db.debug_register_access());
+        assert_eq!(DebugQualification(0x200f).breakpoints(), 0xf);
+        assert!(DebugQualification(0x200f).debug_register_access());
+        let ii = InterruptionInfo(0x8000_1b0e);
+        assert!(ii.valid() && ii.error_code_valid() && ii.nmi_unblocking());
+        // Not valid, reserved type 1, a software exception with length 0 or 16.
+        for (ii, len) in [
+            (0x0000_0603u32, 1u32),
+            (0x8000_0103, 0),
+            (0x8000_0603, 0),
+            (0x8000_0603, 16),
+        ] {
+            assert!(matches!(
+                Exit::decode(&ExitInfo {
+                    reason: 0,
+                    interruption_information: ii,
+                    instruction_length: len,
+                    ..ExitInfo::default()
+                }),
+                Err(EptError::InvalidExitInformation(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn reasons_known_unknown_and_failed() {
+        assert_eq!(Exit::decode(&info(37, 0)), Ok(Exit::MonitorTrap));
+        assert_eq!(Exit::decode(&info(1, 0)), Ok(Exit::ExternalInterrupt));
+        assert_eq!(Exit::decode(&info(7, 0)), Ok(Exit::InterruptWindow));
+        assert_eq!(Exit::decode(&info(10, 0)), Ok(Exit::Cpuid));
+        assert_eq!(Exit::decode(&info(32, 0)), Ok(Exit::Wrmsr));
+        assert_eq!(Exit::decode(&info(55, 0)), Ok(Exit::Xsetbv));
+        assert_eq!(Exit::decode(&info(12, 0)), Ok(Exit::Other(12)));
+        assert_eq!(
+            Exit::decode(&ExitInfo {
+                reason: 49,
+                guest_physical_address: 0xfee0_0000,
+                ..ExitInfo::default()
+            }),
+            Ok(Exit::EptMisconfiguration { gpa: 0xfee0_0000 })
+        );
+        // Flag bits above the basic reason (bit 28: pending MTF) do not hide it.
+        assert_eq!(
+            Exit::decode(&info(37 | (1 << 28), 0)),
+            Ok(Exit::MonitorTrap)
+        );
+        assert_eq!(
+            Exit::decode(&info(81, 0)),
+            Err(EptError::UnknownExitReason(81))
+        );
+        assert_eq!(
+            Exit::decode(&info(0xffff, 0)),
+            Err(EptError::UnknownExitReason(0xffff))
+        );
+        assert_eq!(
+            Exit::decode(&info(0x8000_0021, 0)),
+            Err(EptError::EntryFailure(0x8000_0021))
+        );
+    }
+
+    #[test]
+    fn hostile_exit_information_never_panics() {
+        // A fixed-seed generator: every field random, many reasons biased to the handled
+        // ones, each decode returns Ok or a named error.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let reasons = [0u32, 1, 7, 10, 28, 30, 32, 37, 48, 49, 55];
+        let mut decoded = 0;
+        for i in 0..3000 {
+            let r = next();
+            let reason = if i % 4 == 0 {
+                r as u32
+            } else {
+                reasons[(r % reasons.len() as u64) as usize] | ((r >> 40) as u32 & 0x3000_0000)
+            };
+            let e = ExitInfo {
+                reason,
+                qualification: next(),
+                guest_linear_address: next(),
+                guest_physical_address: next(),
+                instruction_length: next() as u32,
+                instruction_information: next() as u32,
+                interruption_information: next() as u32,
+                interruption_error_code: next() as u32,
+                idt_vectoring_information: next() as u32,
+                idt_vectoring_error_code: next() as u32,
+            };
+            if Exit::decode(&e).is_ok() {
+                decoded += 1;
+            }
+        }
+        assert!(
+            decoded > 1000,
+            "the generator should hit valid exits too: {decoded}"
+        );
+    }
+}

@@ -8,11 +8,14 @@
 //!   guest (and, in a simulator, other threads) may change it at any moment, and a Rust
 //!   reference would promise it does not (vm-memory's rule, its `volatile_memory.rs`).
 //!   Bytes are copied in and out one atomic access at a time.
-//! - Every access is a relaxed atomic: `AtomicU64::from_ptr` for aligned 8-byte words
-//!   (each EPT entry is one, so a CPU's page walker never sees a torn entry), and
-//!   `AtomicU8::from_ptr` for the unaligned edges of a copy. Concurrent accesses by other
-//!   atomics or by hardware are then well-defined in Rust's memory model (and clean under
-//!   Miri).
+//! - Every access is a relaxed atomic on an aligned 8-byte word (`AtomicU64::from_ptr`):
+//!   each EPT entry is one, so a CPU's page walker never sees a torn entry, and the
+//!   unaligned edges of a copy are read from their word, or merged into it with a
+//!   compare-exchange that keeps the word's other bytes. One access size only: Rust's
+//!   memory model gives no meaning to concurrent atomic accesses of different sizes to
+//!   the same bytes, and Miri rejects them (its weak-memory store buffers cannot hold a
+//!   byte store over a word store), so `AtomicU8` edges would not be Miri-clean. With one
+//!   size, concurrent accesses by other atomics or by hardware are well-defined.
 //! - Every offset is checked against the 4 KiB frame before a pointer is formed; an
 //!   offset outside the frame is an error, never an access.
 //!
@@ -23,7 +26,7 @@
 #![allow(unsafe_code)]
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::entry::EptEntry;
 use crate::error::EptError;
@@ -76,17 +79,6 @@ impl FramePtr {
         Some(unsafe { AtomicU64::from_ptr(self.0.as_ptr().add(index * 8).cast::<u64>()) })
     }
 
-    /// The byte at `offset` (0..4096).
-    fn byte(self, offset: usize) -> Option<&'static AtomicU8> {
-        if offset >= FRAME {
-            return None;
-        }
-        // SAFETY: `offset < 4096` lies inside the frame, valid for the rest of the program;
-        // alignment 1 always holds; every other access is atomic or by hardware (Platform
-        // contract 2), and `AtomicU8` has interior mutability.
-        Some(unsafe { AtomicU8::from_ptr(self.0.as_ptr().add(offset)) })
-    }
-
     /// Reads the 8-byte word at `index` (an EPT entry when the frame is a table).
     pub(crate) fn load(self, index: usize) -> Result<u64, EptError> {
         self.word(index)
@@ -101,11 +93,11 @@ impl FramePtr {
             .ok_or(EptError::OutsideFrame)
     }
 
-    /// Copies `buf.len()` bytes from `offset` into `buf`.
+    /// Copies `buf.len()` bytes from `offset` into `buf`, one aligned word load at a
+    /// time.
     ///
     /// # Errors
-    /// [`EptError::OutsideFrame`] (no byte copied) when the range leaves the
-    /// frame.
+    /// [`EptError::OutsideFrame`] (no byte copied) when the range leaves the frame.
     pub(crate) fn read(self, offset: usize, buf: &mut [u8]) -> Result<(), EptError> {
         let end = offset
             .checked_add(buf.len())
@@ -114,25 +106,25 @@ impl FramePtr {
         let mut at = offset;
         let mut out = buf.iter_mut();
         while at < end {
-            if at.is_multiple_of(8) && end - at >= 8 {
-                let word = self.word(at / 8).map_or(0, |w| w.load(Ordering::Relaxed));
-                for b in word.to_le_bytes() {
-                    if let Some(o) = out.next() {
-                        *o = b;
-                    }
+            let word = self.word(at / 8).map_or(0, |w| w.load(Ordering::Relaxed));
+            let bytes = word.to_le_bytes();
+            let first = at % 8;
+            let last = (end - (at - first)).min(8);
+            for &b in bytes.get(first..last).unwrap_or(&[]) {
+                if let Some(o) = out.next() {
+                    *o = b;
                 }
-                at += 8;
-            } else {
-                if let (Some(o), Some(b)) = (out.next(), self.byte(at)) {
-                    *o = b.load(Ordering::Relaxed);
-                }
-                at += 1;
             }
+            at += last - first;
         }
         Ok(())
     }
 
-    /// Copies `data` to `offset`.
+    /// Copies `data` to `offset`: whole words with one store each, the partial words at
+    /// the edges with a compare-exchange that keeps the word's other bytes (so a guest
+    /// write to them in between is not lost). A compare-exchange that keeps failing
+    /// (the guest rewriting the word without pause) gives up after a fixed number of tries
+    /// and merges with `fetch_and` plus `fetch_or`, which keeps the other bytes too.
     ///
     /// # Errors
     /// As [`FramePtr::read`] (nothing written).
@@ -144,21 +136,28 @@ impl FramePtr {
         let mut at = offset;
         let mut input = data.iter();
         while at < end {
-            if at.is_multiple_of(8) && end - at >= 8 {
-                let mut raw = [0u8; 8];
-                for r in &mut raw {
-                    *r = input.next().copied().unwrap_or(0);
-                }
-                if let Some(w) = self.word(at / 8) {
-                    w.store(u64::from_le_bytes(raw), Ordering::Relaxed);
-                }
-                at += 8;
-            } else {
-                if let (Some(&d), Some(b)) = (input.next(), self.byte(at)) {
-                    b.store(d, Ordering::Relaxed);
-                }
-                at += 1;
+            let first = at % 8;
+            let last = (end - (at - first)).min(8);
+            let mut bytes = [0u8; 8];
+            let mut mask = [0u8; 8];
+            for (b, m) in bytes
+                .iter_mut()
+                .zip(mask.iter_mut())
+                .take(last)
+                .skip(first)
+            {
+                *b = input.next().copied().unwrap_or(0);
+                *m = 0xff;
             }
+            let (value, mask) = (u64::from_le_bytes(bytes), u64::from_le_bytes(mask));
+            if let Some(w) = self.word(at / 8) {
+                if mask == u64::MAX {
+                    w.store(value, Ordering::Relaxed);
+                } else {
+                    merge(w, value, mask);
+                }
+            }
+            at += last - first;
         }
         Ok(())
     }
@@ -171,6 +170,24 @@ impl FramePtr {
             }
         }
     }
+}
+
+/// How often a partial-word write retries its compare-exchange before it merges with two
+/// read-modify-writes instead.
+const MERGE_TRIES: usize = 16;
+
+/// Writes the bytes of `value` that `mask` selects into `word`, keeping the others.
+fn merge(word: &AtomicU64, value: u64, mask: u64) {
+    let mut current = word.load(Ordering::Relaxed);
+    for _ in 0..MERGE_TRIES {
+        let new = (current & !mask) | (value & mask);
+        match word.compare_exchange_weak(current, new, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(seen) => current = seen,
+        }
+    }
+    word.fetch_and(!mask, Ordering::Relaxed);
+    word.fetch_or(value & mask, Ordering::Relaxed);
 }
 
 /// Reads entry `index` of the EPT table at `table`.
@@ -196,9 +213,9 @@ pub(crate) fn write_entry<P: Platform + ?Sized>(
 /// words at a fixed host-physical base; every platform call is logged.
 #[cfg(test)]
 pub(crate) mod testing {
+    use core::sync::atomic::{AtomicU64, Ordering};
     use std::boxed::Box;
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::vec::Vec;
 
     use introvisor::VcpuId;
@@ -388,5 +405,31 @@ mod tests {
         );
         // An empty read at the end is fine.
         frame.read(4096, &mut []).unwrap();
+    }
+
+    #[test]
+    fn a_partial_word_write_keeps_the_other_bytes_even_under_concurrent_writes() {
+        let p = TestPlatform::new(0x10_0000, 1, 1);
+        let frame = FramePtr::of(&p, Hpa(0x10_0000)).unwrap();
+        frame.store(1, 0x1111_1111_1111_1111).unwrap();
+        frame.write(11, &[0xaa, 0xbb]).unwrap();
+        assert_eq!(p.peek(0x10_0008), 0x1111_11bb_aa11_1111);
+        // A "guest" thread keeps rewriting byte 0 of word 0 while the backend writes
+        // bytes 4..8 of it: neither side's bytes are lost.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..50u64 {
+                    p.mem[0].fetch_and(!0xff, Ordering::Relaxed);
+                    p.mem[0].fetch_or(i & 0x7f, Ordering::Relaxed);
+                }
+            });
+            for i in 0..50u8 {
+                frame.write(4, &[i, i, i, i]).unwrap();
+            }
+        });
+        let word = p.peek(0x10_0000);
+        assert_eq!(word >> 32, 0x3131_3131, "the backend's last write");
+        assert_eq!(word & 0xff, 49, "the guest's last write");
+        assert_eq!(word & 0xffff_ff00, 0);
     }
 }

@@ -11,7 +11,30 @@
 //! The crate is `#![no_std]`, allocates nothing (every capacity is a const generic), and
 //! denies `unsafe` everywhere but `hostmem`, the one module that touches host memory.
 //!
-//! See the README (below, when rendered) for an example hypervisor.
+//! The README has a compiled example: a hypervisor implementing [`Platform`], handing
+//! over the frame pool and calling the exit entry point.
+//!
+//! ## Modules, and the rules each writes down
+//! - [`platform`]: the [`Platform`] contract (its safety contract, controls as requests).
+//! - [`caps`], [`entry`]: the SDM's capability, entry and EPTP encodings.
+//! - [`table`]: hierarchies (walk, split, merge), bounded and atomic.
+//! - [`views`] (the invalidation rule, as a table), [`events`] (the exit path, the step
+//!   state machine that never touches IF, the delivery modes and the full-queue policy).
+//! - [`exit`]: what the hypervisor passes in, decoded per the SDM.
+//!
+//! ## Deadlocks
+//! The classic (HyperDbg #182): CPU A holds a lock and sends a shootdown IPI, waiting for
+//! every CPU's acknowledgement; CPU B, in its exit handler with interrupts off, spins on
+//! A's lock and never takes the IPI. Neither moves. Here:
+//! 1. No lock is held across [`Platform::shootdown`]: a change edits the tables under the
+//!    state lock, drops it, shoots down, and only then takes the lock again to free
+//!    retired frames.
+//! 2. No lock is held across a handler call (which may change rights and so shoot down),
+//!    and locks are held for a few loads and stores, never while waiting on another CPU.
+//! 3. Every busy-wait of the backend (a contended lock, a queued event's response, a full
+//!    queue) calls [`Platform::relax`] in each iteration, whose contract is to serve a
+//!    shootdown aimed at the waiting CPU. So a CPU waiting inside the backend always
+//!    acknowledges, and a shootdown always completes.
 //!
 //! ## Features
 //! - `defmt`: `defmt::Format` on the public types, logging through defmt.
@@ -43,13 +66,21 @@ pub mod caps;
 mod driver;
 pub mod entry;
 pub mod error;
-mod events;
+pub mod events;
 pub mod exit;
 mod hostmem;
 pub mod platform;
 mod pool;
 pub mod table;
-mod views;
+pub mod views;
+
+#[cfg(test)]
+mod tests;
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use backend::{
     Config, EptBackend, EptTranslation, ExitAction, FramePool, GuestRegion, InlineHandler,

@@ -199,10 +199,20 @@ pub unsafe trait Platform: Sync {
     /// The number of vCPUs; they are numbered `0..vcpu_count()`.
     fn vcpu_count(&self) -> u16;
 
-    /// Sets the EPT pointer of `vcpu` (the VMCS EPTP field, SDM Vol. 3C §25.6.11). The
-    /// backend calls it for the vCPU whose exit the calling CPU handles, or for another
-    /// vCPU while every vCPU is paused ([`Platform::pause_all`]); it is in effect at that
-    /// vCPU's next VM entry.
+    /// Sets the EPT pointer of `vcpu` (the VMCS EPTP field, SDM Vol. 3C §25.6.11).
+    ///
+    /// For the vCPU whose exit the calling CPU is handling, it takes effect at that
+    /// vCPU's next VM entry. For any other vCPU (the introspection side switching every
+    /// vCPU's view, or moving the vCPUs out of a view it destroys) the platform makes it
+    /// take effect before returning: a vCPU in guest mode is made to exit (an IPI) and
+    /// loads the new EPTP before it runs another guest instruction; a vCPU in root mode
+    /// loads it at its next VM entry. Once the call returns, `vcpu` no longer walks the
+    /// old EPTP's tables (the backend frees them after a destroy).
+    ///
+    /// The backend makes this call holding `vcpu`'s short slot lock, so the platform must
+    /// not wait for a vCPU that is in root mode (it may be spinning on that lock inside the
+    /// backend): it records the EPTP for that vCPU's next entry and returns. A kicked vCPU
+    /// acknowledges the kick in its exit handler before it calls into the backend.
     ///
     /// # Errors
     /// [`PlatformError::NoSuchVcpu`]; a platform failure.
@@ -223,8 +233,9 @@ pub unsafe trait Platform: Sync {
         Err(PlatformError::Unsupported("the VMFUNC EPTP list"))
     }
 
-    /// Turns `control` on or off for `vcpu` (a request: see the module docs). Same calling
-    /// rule as [`Platform::set_eptp`].
+    /// Turns `control` on or off for `vcpu` (a request: see the module docs). It takes
+    /// effect as [`Platform::set_eptp`] does: at the next VM entry of the vCPU whose exit
+    /// the calling CPU handles, before returning for any other vCPU.
     ///
     /// # Errors
     /// [`PlatformError::Unsupported`] for a control the platform does not offer;
@@ -246,9 +257,11 @@ pub unsafe trait Platform: Sync {
     /// [`PlatformError::NoSuchVcpu`].
     fn registers(&self, vcpu: VcpuId) -> Result<Registers, PlatformError>;
 
-    /// Writes the guest state of `vcpu`. The backend writes only the vCPU whose exit the
-    /// calling CPU handles, or any vCPU while all are paused. It changes RFLAGS only when
-    /// a handler's response asks for it, and never the interruptibility state.
+    /// Writes the guest state of `vcpu`. The backend writes the vCPU whose exit the
+    /// calling CPU handles (a handler's register response), or any vCPU when the
+    /// introspection side asks (`VmiDriver::set_registers`, meant for a paused VM). It
+    /// never changes the guest's RFLAGS.IF, and has no way to change its interruptibility
+    /// state.
     ///
     /// # Errors
     /// [`PlatformError::NoSuchVcpu`].

@@ -419,30 +419,23 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
                 if let Some(l) = t.leaf(v.root, gpa)? {
                     write_entry(&self.platform, l.table, l.index, EptEntry::EMPTY)?;
                 }
-                // Remaps onto the shadow frame go back to their own frames.
-                let mut fixes = heapless::Vec::<(Step, u64), 16>::new();
+                // Remaps onto the shadow frame go back to their own frames (rewritten in
+                // place: the visit does not descend into leaves).
+                let tables = &t;
                 let mut visit = |at: u64, step: Step| {
-                    if crate::table::is_leaf(step.entry, step.level)
-                        && step.level == 1
-                        && step.entry.address() == frame
-                    {
-                        fixes
-                            .push((step, at))
-                            .map_err(|_| EptError::CapacityExceeded)?;
+                    if step.level == 1 && step.entry.address() == frame {
+                        let own = tables
+                            .leaf(default_root, at)?
+                            .map(|l| Tables::<P, FRAMES>::hpa_of(l, at));
+                        let fixed = match own {
+                            Some(hpa) => step.entry.with_address(hpa),
+                            None => EptEntry::EMPTY,
+                        };
+                        write_entry(&self.platform, step.table, step.index, fixed)?;
                     }
                     Ok(())
                 };
                 t.visit(v.root, &mut visit)?;
-                for (step, at) in fixes {
-                    let own = t
-                        .leaf(default_root, at)?
-                        .map(|l| Tables::<P, FRAMES>::hpa_of(l, at));
-                    let fixed = match own {
-                        Some(hpa) => step.entry.with_address(hpa),
-                        None => EptEntry::EMPTY,
-                    };
-                    write_entry(&self.platform, step.table, step.index, fixed)?;
-                }
             }
             t.pool.retire(frame);
             frame
