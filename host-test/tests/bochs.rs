@@ -192,6 +192,7 @@ fn check(log: &str) {
         "write_watch",
         "breakpoint",
         "interrupt_step",
+        "vmfunc",
     ] {
         let l = line(log, &format!("SCENARIO {name} "));
         assert!(l.starts_with(&format!("SCENARIO {name} ok ")), "{l}");
@@ -267,8 +268,18 @@ fn check(log: &str) {
         .expect("the watch view's number");
     assert_eq!(num(&g, "isr_view"), watch_view);
 
+    // VMFUNC EPTP switching by the guest, without an exit: in the default view the hooked
+    // byte reads with no event, back in the breakpoint view the same read is an event; the
+    // VMCS's EPTP is the breakpoint view's again.
+    let s = fields(line(log, "SCENARIO vmfunc "));
+    assert_eq!(num(&s, "hook_reads"), 1);
+    assert_eq!(num(&s, "eptp"), num(&s, "watch_view_eptp"));
+    let g = fields(line(log, "GUEST vmfunc "));
+    assert_eq!(num(&g, "byte_in_view0"), HOOKED_BYTE);
+    assert_eq!(num(&g, "byte_in_view1"), HOOKED_BYTE);
+
     let summary = fields(line(log, "SUMMARY "));
-    assert_eq!(text(&summary, "scenarios_passed"), "6/6");
+    assert_eq!(text(&summary, "scenarios_passed"), "7/7");
     assert!(num(&summary, "host_stack_used") <= 64 * 1024);
     assert_eq!(line(log, "RESULT "), "RESULT pass");
 }
@@ -317,7 +328,9 @@ fn checks_reject_wrong_values() {
          SCENARIO breakpoint ok exits=6 insns=10 breakpoints=1 hook_reads=1 va=0xb000 if_at_break=0 mtf=2\n\
          GUEST interrupt_step call=0x600dc0de if=1 isr_count=1 isr_view=1 isr_rip=0xb000 isr_if=1\n\
          SCENARIO interrupt_step ok exits=9 insns=10 breakpoints=2 external_interrupt_exits=1 isr_view=Some(View(1)) mtf=1\n\
-         SUMMARY exits=40 external_interrupts=1 mtf=4 insns=100 scenarios_passed=6/6 host_stack_used=9000 of 65536\n\
+         GUEST vmfunc byte_in_view0=0xb8 byte_in_view1=0xb8\n\
+         SCENARIO vmfunc ok exits=3 insns=10 hook_reads=1 eptp=0x21a01e watch_view_eptp=0x21a01e\n\
+         SUMMARY exits=40 external_interrupts=1 mtf=4 insns=100 scenarios_passed=7/7 host_stack_used=9000 of 65536\n\
          RESULT pass\n"
     );
     check(&good);
@@ -335,6 +348,9 @@ fn checks_reject_wrong_values() {
         ("SCENARIO cpuid ok", "SCENARIO cpuid FAIL"),
         ("RESULT pass", "RESULT fail"),
         ("if=0\n", "if=1\n"),
+        ("hook_reads=1 eptp", "hook_reads=2 eptp"),
+        ("eptp=0x21a01e watch", "eptp=0x21401e watch"),
+        ("byte_in_view0=0xb8", "byte_in_view0=0xcc"),
     ] {
         assert!(good.contains(from), "{from}");
         let bad = good.replacen(from, to, 1);

@@ -90,6 +90,13 @@ fn vmcall(function: u64, arg: u64) {
     }
 }
 
+/// VMFUNC leaf 0: switch to EPTP-list entry `index`, without a VM exit.
+fn vmfunc_eptp(index: u32) {
+    // SAFETY: the hypervisor enabled VM functions with EPTP switching and filled the list
+    // (entry n = view n); an invalid entry would exit instead (reason 59).
+    unsafe { asm!("vmfunc", in("eax") 0u32, in("ecx") index, options(nostack)) }
+}
+
 /// CPUID `leaf` with RCX = 0 and RDX = `rdx`: (EAX, EBX, ECX, EDX).
 fn cpuid(leaf: u32, rdx: u64) -> [u32; 4] {
     let (a, b, c, d): (u32, u64, u32, u64);
@@ -529,6 +536,23 @@ pub extern "C" fn entry() -> ! {
             v.isr_view.load(Ordering::Relaxed),
             v.isr_rip.load(Ordering::Relaxed),
             v.isr_rflags.load(Ordering::Relaxed) >> 9 & 1
+        );
+    });
+
+    scenario(6, || {
+        cli();
+        let hooked = hooked_address() as *const u8;
+        // VMFUNC leaf 0 (EPTP switching, SDM Vol. 3C, 27.5.6.3) to entry 0 of the EPTP
+        // list, the default view: the hooked page is readable there, so the read makes no
+        // exit. Then back to entry 1, the breakpoint view, where the same read exits.
+        vmfunc_eptp(0);
+        // SAFETY: the hooked page is mapped (read-only) by the guest's tables.
+        let in_default = unsafe { hooked.read_volatile() };
+        vmfunc_eptp(1);
+        // SAFETY: as above.
+        let in_breakpoint_view = unsafe { hooked.read_volatile() };
+        gprintln!(
+            "GUEST vmfunc byte_in_view0={in_default:#x} byte_in_view1={in_breakpoint_view:#x}"
         );
     });
 

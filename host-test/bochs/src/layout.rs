@@ -73,13 +73,14 @@ pub mod call {
 }
 
 /// The scenarios, by number.
-pub const SCENARIOS: [&str; 6] = [
+pub const SCENARIOS: [&str; 7] = [
     "cr3_write",
     "cpuid",
     "read_string",
     "write_watch",
     "breakpoint",
     "interrupt_step",
+    "vmfunc",
 ];
 
 /// The string the guest places.

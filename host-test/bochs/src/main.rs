@@ -515,6 +515,19 @@ fn report(core: &VmiCore<Backend>, script: &Script, n: u64, d: Counters, insns: 
             );
             ok
         }
+        6 => {
+            let eptp = vmread(field::EPT_POINTER).unwrap_or(0);
+            let expect = core.driver().eptp(script.watch_view).map_or(0, |e| e.0);
+            let ok = s.hook_reads == 1 && eptp == expect && expect != 0;
+            let _ = write!(
+                w,
+                "{} exits={} insns={insns} hook_reads={} eptp={eptp:#x} watch_view_eptp={expect:#x}",
+                common(ok),
+                d.exits,
+                s.hook_reads
+            );
+            ok
+        }
         _ => false,
     };
     if s.unexpected != 0 {
