@@ -29,6 +29,16 @@ impl Line {
         }
     }
 
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Empties the line.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
     /// Sends the line and a newline to COM1.
     pub fn send(&self) {
         self.buf

@@ -90,12 +90,12 @@ pub const GUEST_STRING: &[u8] = b"introvisor walks the guest's own page tables";
 pub const HOOK_RESULT: u32 = 0x600D_C0DE;
 /// The local APIC timer's vector in the guest.
 pub const TIMER_VECTOR: u8 = 0x40;
-/// The timer's initial count (divide by 1): Bochs's APIC timer counts emulated
-/// instructions, so this fires a few hundred instructions after the guest arms it: after
-/// the guest reaches the breakpoint (a handful of instructions) and long before the
-/// hypervisor has handled the breakpoint's VM exit (thousands, printing included), so
-/// the interrupt is pending when the step's VM entry happens.
-pub const TIMER_COUNT: u32 = 400;
+/// The timer's initial count (divide by 1). Bochs's APIC timer counts emulated
+/// instructions, so this fires 200 instructions after the guest arms it: after the guest
+/// reaches the breakpoint (a handful of instructions) and before the hypervisor has
+/// handled the breakpoint's VM exit (about 1,600 instructions in the backend alone), so
+/// the interrupt is pending, with IF set, when the step's VM entry happens.
+pub const TIMER_COUNT: u32 = 200;
 
 /// FNV-1a, 32 bits: how the guest and the handler agree on a string's bytes.
 pub const fn fnv1a(bytes: &[u8]) -> u32 {

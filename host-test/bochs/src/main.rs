@@ -176,6 +176,7 @@ fn setup_views(core: &VmiCore<Backend>) -> Result<Script, VmiError> {
         watch_view,
         step_view,
         hooked_va,
+        log: guest::Line::new(),
     })
 }
 
@@ -186,6 +187,9 @@ struct Counters {
     external_interrupts: u64,
     mtf: u64,
     tf_steps: u64,
+    /// Bochs's instruction count (TSC) spent in `EptBackend::handle_exit`: decoding,
+    /// the handler, applying its response.
+    backend_insns: u64,
 }
 
 /// The exit loop: enter the guest, read the exit, hand it to the backend, act on its
@@ -265,7 +269,14 @@ fn run(core: &'static VmiCore<Backend>, script: &mut Script) -> ! {
             37 => total.mtf += 1,
             _ => {}
         }
-        let action = EptBackend::handle_exit(core, &NoOs, script, VcpuId(0), &info)
+        let before = cpu::rdtsc();
+        let action = EptBackend::handle_exit(core, &NoOs, script, VcpuId(0), &info);
+        total.backend_insns += cpu::rdtsc() - before;
+        if !script.log.is_empty() {
+            script.log.send();
+            script.log.clear();
+        }
+        let action = action
             .unwrap_or_else(|e| fail(format_args!("handle_exit (reason {:#x}): {e}", info.reason)));
         if cfg!(feature = "trace") {
             println!(
@@ -297,6 +308,7 @@ fn run(core: &'static VmiCore<Backend>, script: &mut Script) -> ! {
                                     - at_begin.0.external_interrupts,
                                 mtf: total.mtf - at_begin.0.mtf,
                                 tf_steps: total.tf_steps - at_begin.0.tf_steps,
+                                backend_insns: total.backend_insns - at_begin.0.backend_insns,
                             };
                             let insns = cpu::rdtsc() - at_begin.1;
                             if report(core, script, g.rbx, d, insns) {
@@ -307,10 +319,12 @@ fn run(core: &'static VmiCore<Backend>, script: &mut Script) -> ! {
                         call::DONE => {
                             let insns = cpu::rdtsc() - start_tsc;
                             println!(
-                                "SUMMARY exits={} external_interrupts={} mtf={} insns={insns} scenarios_passed={passed}/{} host_stack_used={} of {}",
+                                "SUMMARY exits={} external_interrupts={} mtf={} insns={insns} backend_insns={} tsc={} scenarios_passed={passed}/{} host_stack_used={} of {}",
                                 total.exits,
                                 total.external_interrupts,
                                 total.mtf,
+                                total.backend_insns,
+                                cpu::rdtsc(),
                                 layout::SCENARIOS.len(),
                                 boot::host_stack_used(),
                                 boot::HOST_STACK_SIZE
@@ -417,6 +431,9 @@ fn report(core: &VmiCore<Backend>, script: &Script, n: u64, d: Counters, insns: 
     let w = &mut line;
     use core::fmt::Write as _;
     let _ = write!(w, "SCENARIO {name} ");
+    let tail = |w: &mut guest::Line| {
+        let _ = write!(w, " backend_insns={}", d.backend_insns);
+    };
     let ok = match n {
         0 => {
             let expect = (layout::GUEST_BOOT_TABLES, layout::GUEST_OWN_TABLES);
@@ -530,6 +547,7 @@ fn report(core: &VmiCore<Backend>, script: &Script, n: u64, d: Counters, insns: 
         }
         _ => false,
     };
+    tail(w);
     if s.unexpected != 0 {
         let _ = write!(w, " unexpected={}", s.unexpected);
     }

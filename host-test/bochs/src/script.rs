@@ -53,11 +53,19 @@ pub struct Script {
     /// The hooked instruction's address (guest-virtual = guest-physical: the image is
     /// mapped one to one).
     pub hooked_va: u64,
+    /// The line the handler wrote about the last event, printed by the exit loop after it
+    /// has timed the exit (so the timing leaves the serial port out).
+    pub log: crate::guest::Line,
 }
 
 impl Script {
     fn hooked_gfn(&self) -> Gfn {
         Gfn(self.hooked_va >> 12)
+    }
+
+    /// Notes one line about the event, for the exit loop to print.
+    fn note(&mut self, args: core::fmt::Arguments<'_>) {
+        let _ = core::fmt::Write::write_fmt(&mut self.log, args);
     }
 }
 
@@ -76,12 +84,10 @@ impl VmiHandler<Backend, NoOs> for Script {
             EventReason::WriteControlRegister(e) if e.register == ControlRegister::Cr3 => {
                 self.seen.cr3 = Some((e.old, e.new));
                 self.seen.cr3_events += 1;
-                crate::println!(
+                self.note(format_args!(
                     "HV: event cr3_write old={:#x} new={:#x} rip={:#x}",
-                    e.old,
-                    e.new,
-                    regs.rip
-                );
+                    e.old, e.new, regs.rip
+                ));
                 VmiEventResponse::continue_()
             }
             EventReason::Cpuid(e) => {
@@ -104,7 +110,10 @@ impl VmiHandler<Backend, NoOs> for Script {
                                 gp.rbx = u64::from(hash(bytes));
                             }
                             Err(err) => {
-                                crate::println!("HV: read_string at {:#x} failed: {err}", regs.rdx);
+                                self.note(format_args!(
+                                    "HV: read_string at {:#x} failed: {err}",
+                                    regs.rdx
+                                ));
                                 self.seen.unexpected += 1;
                                 gp.rax = u64::MAX;
                                 gp.rbx = 0;
@@ -139,37 +148,37 @@ impl VmiHandler<Backend, NoOs> for Script {
                 if gfn == Gfn(layout::WATCHED_FRAME >> 12) && e.access.contains(MemoryAccess::W) {
                     self.seen.watch = Some((e.pa.0, e.va.map(|v| v.0)));
                     self.seen.watch_events += 1;
-                    crate::println!(
+                    self.note(format_args!(
                         "HV: event write_watch gpa={:#x} gva={:#x} access={} rip={:#x}",
                         e.pa.0,
                         e.va.map_or(0, |v| v.0),
                         e.access,
                         regs.rip
-                    );
+                    ));
                     // Allow the write: one instruction in the default view, where the page
                     // is writable, then back to the watch view with the watch still armed.
                     VmiEventResponse::continue_().fast_singlestep(self.step_view)
                 } else if gfn == self.hooked_gfn() && !e.access.contains(MemoryAccess::X) {
                     self.seen.hook_reads += 1;
-                    crate::println!(
+                    self.note(format_args!(
                         "HV: event hook_read gpa={:#x} gva={:#x} access={} rip={:#x}",
                         e.pa.0,
                         e.va.map_or(0, |v| v.0),
                         e.access,
                         regs.rip
-                    );
+                    ));
                     // The read runs in the default view, which maps the original frame.
                     VmiEventResponse::continue_().fast_singlestep(self.step_view)
                 } else {
                     self.seen.unexpected += 1;
-                    crate::println!(
+                    self.note(format_args!(
                         "HV: UNEXPECTED memory access gpa={:#x} gva={:#x} access={} view={:?} rip={:#x}",
                         e.pa.0,
                         e.va.map_or(0, |v| v.0),
                         e.access,
                         ctx.view(),
                         regs.rip
-                    );
+                    ));
                     VmiEventResponse::continue_().fast_singlestep(self.step_view)
                 }
             }
@@ -179,19 +188,22 @@ impl VmiHandler<Backend, NoOs> for Script {
                     self.seen.breakpoint_if |= 1 << n;
                 }
                 self.seen.breakpoints += 1;
-                crate::println!(
+                self.note(format_args!(
                     "HV: event breakpoint rip={:#x} view={:?} if={}",
                     regs.rip,
                     ctx.view(),
                     regs.rflags >> 9 & 1
-                );
+                ));
                 // Execute the original instruction once, in the default view, then return
                 // to the breakpoint view: the breakpoint stays invisible and armed.
                 VmiEventResponse::continue_().fast_singlestep(self.step_view)
             }
             other => {
                 self.seen.unexpected += 1;
-                crate::println!("HV: UNEXPECTED event {other:?} rip={:#x}", regs.rip);
+                self.note(format_args!(
+                    "HV: UNEXPECTED event {other:?} rip={:#x}",
+                    regs.rip
+                ));
                 VmiEventResponse::continue_().reinject_interrupt()
             }
         }
