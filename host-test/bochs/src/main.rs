@@ -247,14 +247,12 @@ fn run(core: &'static VmiCore<Backend>, script: &mut Script) -> ! {
                 continue;
             }
         }
-        if platform.translate_exit(&mut info) {
-            total.tf_steps += 1;
-        }
         if cfg!(feature = "trace") {
             println!(
-                "TRACE exit reason={:#x} qual={:#x} rip={:#x} eptp={:#x} proc={:#x} pin={:#x} intr={:#x} vect={:#x} ia={:#x}",
+                "TRACE exit (as Bochs gave it) reason={:#x} qual={:#x} len={} rip={:#x} eptp={:#x} proc={:#x} pin={:#x} intr={:#x} vect={:#x} ia={:#x}",
                 info.reason,
                 info.qualification,
+                info.instruction_length,
                 vmread(field::GUEST_RIP).unwrap_or(0),
                 vmread(field::EPT_POINTER).unwrap_or(0),
                 vmread(field::PROC_BASED_CONTROLS).unwrap_or(0),
@@ -263,6 +261,9 @@ fn run(core: &'static VmiCore<Backend>, script: &mut Script) -> ! {
                 info.idt_vectoring_information,
                 vmread(field::GUEST_INTERRUPTIBILITY).unwrap_or(0),
             );
+        }
+        if platform.translate_exit(&mut info) {
+            total.tf_steps += 1;
         }
         match info.reason & 0xFFFF {
             1 => total.external_interrupts += 1,
