@@ -14,6 +14,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 target_dir=${CARGO_TARGET_DIR:-$HOME/.cache/introvisor/bochs-target}
 elf=${1:-}
 if [ -z "$elf" ]; then
+    # The pinned toolchain's bare-metal target (rust-toolchain.toml lists it; a toolchain
+    # installed before that line may lack it).
+    if command -v rustup > /dev/null && ! (cd "$here" && rustup target list --installed | grep -qx x86_64-unknown-none); then
+        (cd "$here" && rustup target add x86_64-unknown-none)
+    fi
     (cd "$here" && CARGO_TARGET_DIR="$target_dir" cargo build --release)
     elf=$target_dir/x86_64-unknown-none/release/introvisor-bochs
 fi

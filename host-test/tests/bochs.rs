@@ -2,7 +2,7 @@
 //! `host-test/bochs/`, booted under Bochs.
 //!
 //! The test installs Bochs with apt when it is missing (`bochs bochsbios vgabios
-//! bochs-term`; CI runs as root), builds the hypervisor image (release, into
+//! bochs-term`, and `binutils` for objcopy; CI runs as root), builds the hypervisor image (release, into
 //! `$HOME/.cache/introvisor/bochs-target`, so repeat runs are fast), boots it headless
 //! with `host-test/bochs/run.sh` under a 120 s timeout, and reads the serial log. It
 //! fails unless every scenario reports the expected events and values, both as the
@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The Debian packages the run needs.
-const PACKAGES: [&str; 4] = ["bochs", "bochsbios", "vgabios", "bochs-term"];
+/// The Debian packages the run needs (binutils for `objcopy`, which makes the flat image).
+const PACKAGES: [&str; 5] = ["bochs", "bochsbios", "vgabios", "bochs-term", "binutils"];
 
 /// The guest's string (host-test/bochs/src/layout.rs, GUEST_STRING).
 const GUEST_STRING: &[u8] = b"introvisor walks the guest's own page tables";
