@@ -29,8 +29,8 @@ const WATCHED_GPA: u64 = 0x0104_0000 + 0x18;
 const WATCHED_GVA: u64 = 0x0000_7F00_0000_0000 + 0x18;
 const WATCHED_VALUE: u64 = 0x1122_3344_5566_7788;
 const HOOK_RESULT: u64 = 0x600D_C0DE;
-/// The first byte of the hooked function: `mov eax, imm32` (B8).
-const HOOKED_BYTE: u64 = 0xB8;
+/// The first byte of the hooked function: `inc qword [rdi]` (48 FF 07).
+const HOOKED_BYTE: u64 = 0x48;
 
 fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811C_9DC5u32, |h, &b| {
@@ -244,6 +244,7 @@ fn check(log: &str) {
     let g = fields(line(log, "GUEST breakpoint "));
     assert_eq!(num(&g, "byte"), HOOKED_BYTE);
     assert_eq!(num(&g, "call"), HOOK_RESULT);
+    assert_eq!(num(&g, "runs"), 1, "the hooked instruction ran once");
     assert_eq!(num(&g, "if"), 0);
 
     // The interrupt during the step: the timer's interrupt was held (an external-interrupt
@@ -255,6 +256,11 @@ fn check(log: &str) {
     assert!(num(&s, "external_interrupt_exits") >= 1);
     let g = fields(line(log, "GUEST interrupt_step "));
     assert_eq!(num(&g, "call"), HOOK_RESULT);
+    assert_eq!(
+        num(&g, "runs"),
+        1,
+        "the redone step ran the instruction once"
+    );
     assert_eq!(num(&g, "isr_count"), 1);
     assert_eq!(num(&g, "isr_rip"), hooked);
     assert_eq!(num(&g, "isr_if"), 1);
@@ -324,11 +330,11 @@ fn checks_reject_wrong_values() {
          SCENARIO read_string ok exits=3 insns=10 va=0xffff800012345ff3 len=44 hash={hash:#x} text=\"introvisor walks the guest's own\"\n\
          GUEST write_watch wrote=0x1122334455667788 va=0x7f0000000018 read_back=0x1122334455667788\n\
          SCENARIO write_watch ok exits=4 insns=10 events=1 gpa=0x1040018 gva=0x7f0000000018 value=0x1122334455667788 mtf=1\n\
-         GUEST breakpoint byte=0xb8 call=0x600dc0de if=0\n\
+         GUEST breakpoint byte=0x48 call=0x600dc0de runs=1 if=0\n\
          SCENARIO breakpoint ok exits=6 insns=10 breakpoints=1 hook_reads=1 va=0xb000 if_at_break=0 mtf=2\n\
-         GUEST interrupt_step call=0x600dc0de if=1 isr_count=1 isr_view=1 isr_rip=0xb000 isr_if=1\n\
+         GUEST interrupt_step call=0x600dc0de runs=1 if=1 isr_count=1 isr_view=1 isr_rip=0xb000 isr_if=1\n\
          SCENARIO interrupt_step ok exits=9 insns=10 breakpoints=2 external_interrupt_exits=1 isr_view=Some(View(1)) mtf=1\n\
-         GUEST vmfunc byte_in_view0=0xb8 byte_in_view1=0xb8\n\
+         GUEST vmfunc byte_in_view0=0x48 byte_in_view1=0x48\n\
          SCENARIO vmfunc ok exits=3 insns=10 hook_reads=1 eptp=0x21a01e watch_view_eptp=0x21a01e\n\
          SUMMARY exits=40 external_interrupts=1 mtf=4 insns=100 scenarios_passed=7/7 host_stack_used=9000 of 65536\n\
          RESULT pass\n"
@@ -340,7 +346,9 @@ fn checks_reject_wrong_values() {
         ("handler_len=44", "handler_len=43"),
         ("gpa=0x1040018", "gpa=0x1041018"),
         ("gva=0x7f0000000018 value", "gva=0x1040018 value"),
-        ("byte=0xb8", "byte=0xcc"),
+        ("byte=0x48", "byte=0xcc"),
+        ("runs=1 if=0", "runs=2 if=0"),
+        ("runs=1 if=1", "runs=0 if=1"),
         ("breakpoints=1 ", "breakpoints=2 "),
         ("isr_view=1", "isr_view=0"),
         ("isr_rip=0xb000", "isr_rip=0xb005"),
@@ -350,7 +358,7 @@ fn checks_reject_wrong_values() {
         ("if=0\n", "if=1\n"),
         ("hook_reads=1 eptp", "hook_reads=2 eptp"),
         ("eptp=0x21a01e watch", "eptp=0x21401e watch"),
-        ("byte_in_view0=0xb8", "byte_in_view0=0xcc"),
+        ("byte_in_view0=0x48", "byte_in_view0=0xcc"),
     ] {
         assert!(good.contains(from), "{from}");
         let bad = good.replacen(from, to, 1);

@@ -81,6 +81,8 @@ struct Vars {
     isr_rip: AtomicU64,
     /// The RFLAGS it interrupted.
     isr_rflags: AtomicU64,
+    /// Runs of the hooked function's first instruction.
+    hook_count: AtomicU64,
 }
 
 fn vars() -> &'static Vars {
@@ -145,9 +147,10 @@ fn apic_write(offset: u64, value: u32) {
 }
 
 unsafe extern "C" {
-    /// The hooked function (in `.guest.hook`, alone on its page): returns
-    /// [`layout::HOOK_RESULT`]. Its first byte is the breakpoint's address.
-    fn guest_hooked_fn() -> u32;
+    /// The hooked function (in `.guest.hook`, alone on its page): adds one to `*count`
+    /// (its first instruction, the breakpoint's address: so a step run twice or skipped
+    /// shows) and returns [`layout::HOOK_RESULT`].
+    fn guest_hooked_fn(count: *mut u64) -> u32;
     /// The guest's interrupt stubs.
     static guest_isr_table: [u64; 32];
     fn guest_timer_isr();
@@ -164,6 +167,7 @@ global_asm!(
     .section .guest.hook, "ax"
     .global guest_hooked_fn
 guest_hooked_fn:
+    incq (%rdi)
     movl ${result}, %eax
     ret
 
@@ -516,10 +520,14 @@ pub extern "C" fn entry() -> ! {
         cli();
         // SAFETY: the hooked function's page is mapped (read-only) by the guest's tables.
         let byte = unsafe { (hooked_address() as *const u8).read_volatile() };
-        // SAFETY: the hooked function takes nothing and returns a constant.
-        let result = unsafe { guest_hooked_fn() };
+        let count = &vars().hook_count;
+        let before = count.load(Ordering::Relaxed);
+        // SAFETY: the hooked function adds one to the counter (guest RAM) and returns a
+        // constant.
+        let result = unsafe { guest_hooked_fn(count.as_ptr()) };
         gprintln!(
-            "GUEST breakpoint byte={byte:#x} call={result:#x} if={}",
+            "GUEST breakpoint byte={byte:#x} call={result:#x} runs={} if={}",
+            count.load(Ordering::Relaxed) - before,
             rflags() >> 9 & 1
         );
     });
@@ -529,19 +537,22 @@ pub extern "C" fn entry() -> ! {
         apic_write(0xF0, 0x1FF); // spurious vector 0xFF, APIC software-enabled
         apic_write(0x3E0, 0xB); // divide by 1
         apic_write(0x320, u32::from(layout::TIMER_VECTOR)); // one-shot, unmasked
+        let count = &vars().hook_count;
+        let before = count.load(Ordering::Relaxed);
         // SAFETY: the IDT handles the timer's vector; arming the timer and calling the
         // hooked function follow at once, so the interrupt falls during the breakpoint's
-        // handling (see layout::TIMER_COUNT).
+        // handling (see layout::TIMER_COUNT); the function adds one to the counter.
         let result = unsafe {
             asm!("sti", options(nomem, nostack));
             apic_write(0x380, layout::TIMER_COUNT);
-            guest_hooked_fn()
+            guest_hooked_fn(count.as_ptr())
         };
         let if_after = rflags() >> 9 & 1;
         cli();
         let v = vars();
         gprintln!(
-            "GUEST interrupt_step call={result:#x} if={if_after} isr_count={} isr_view={} isr_rip={:#x} isr_if={}",
+            "GUEST interrupt_step call={result:#x} runs={} if={if_after} isr_count={} isr_view={} isr_rip={:#x} isr_if={}",
+            count.load(Ordering::Relaxed) - before,
             v.isr_count.load(Ordering::Relaxed),
             v.isr_view.load(Ordering::Relaxed),
             v.isr_rip.load(Ordering::Relaxed),
