@@ -19,7 +19,7 @@ pub static mut MSR_BITMAP: Frame = Frame([0; 4096]);
 pub static mut EPTP_LIST: Frame = Frame([0; 4096]);
 
 /// The capability MSRs the hypervisor reads once.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Caps {
     /// IA32_VMX_BASIC.
     pub basic: u64,

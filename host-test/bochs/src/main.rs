@@ -126,7 +126,9 @@ fn build_core(caps: hv::Caps) -> &'static VmiCore<Backend> {
     };
     let mut config = Config::new(EptCapabilities::from_msr(caps.ept_vpid), &regions, pool);
     config.eptp_list = caps.vmfunc & 1 != 0;
-    let backend = Backend::new(BochsPlatform::new(caps), &config)
+    let platform = BochsPlatform::new();
+    platform.set_caps(caps);
+    let backend = Backend::new(platform, &config)
         .unwrap_or_else(|e| fail(format_args!("EptBackend::new: {e}")));
     CORE.call_once(|| VmiCore::new(backend))
 }

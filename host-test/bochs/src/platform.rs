@@ -41,7 +41,9 @@ const CR4_VMXE: u64 = 1 << 13;
 /// The platform. It keeps only what the VMCS does not: whether the backend asked for
 /// CPUID exits, and the CR2 a #PF injection is to set.
 pub struct BochsPlatform {
-    caps: Caps,
+    /// The capability MSRs, read once VMX is on ([`BochsPlatform::set_caps`]); until
+    /// then every control is refused.
+    caps: spin::Once<Caps>,
     cpuid_to_backend: AtomicBool,
     /// The CR2 to load before the next VM entry (`u64::MAX`: none). VMX does not switch
     /// CR2 (SDM Vol. 3C, 28.3: it is not part of the guest-state area), so the guest's
@@ -58,10 +60,12 @@ pub struct BochsPlatform {
 }
 
 impl BochsPlatform {
-    /// The platform over the capabilities [`hv::enable`] read.
-    pub const fn new(caps: Caps) -> Self {
+    /// The platform, before VMX is on: a `const fn`, so that the platform (and, once the
+    /// backend and the core can be built in a constant, the whole core) can live in a
+    /// `static` built at compile time.
+    pub const fn new() -> Self {
         Self {
-            caps,
+            caps: spin::Once::new(),
             cpuid_to_backend: AtomicBool::new(false),
             pending_cr2: AtomicU64::new(u64::MAX),
             native_mtf: AtomicBool::new(true),
@@ -69,6 +73,16 @@ impl BochsPlatform {
             guest_tf: AtomicBool::new(false),
             db_wanted: AtomicBool::new(false),
         }
+    }
+
+    /// Records the capability MSRs [`hv::enable`] read (the first call wins).
+    pub fn set_caps(&self, caps: Caps) {
+        self.caps.call_once(|| caps);
+    }
+
+    /// The capability MSRs (all zero before [`BochsPlatform::set_caps`]: nothing allowed).
+    fn caps(&self) -> Caps {
+        self.caps.get().copied().unwrap_or_default()
     }
 
     /// Records whether the CPU delivers MTF exits (the hypervisor's probe at the first VM
@@ -324,7 +338,8 @@ unsafe impl Platform for BochsPlatform {
         index: u16,
         eptp: Option<EptPointer>,
     ) -> Result<(), PlatformError> {
-        if self.caps.vmfunc & 1 == 0 || !hv::allowed1(self.caps.proc2, hv::proc2::ENABLE_VMFUNC) {
+        let caps = self.caps();
+        if caps.vmfunc & 1 == 0 || !hv::allowed1(caps.proc2, hv::proc2::ENABLE_VMFUNC) {
             return Err(PlatformError::Unsupported("VMFUNC EPTP switching"));
         }
         if index >= 512 {
@@ -342,7 +357,7 @@ unsafe impl Platform for BochsPlatform {
 
     fn set_control(&self, vcpu: VcpuId, control: Control, on: bool) -> Result<(), PlatformError> {
         only_vcpu(vcpu)?;
-        let c = &self.caps;
+        let c = &self.caps();
         match control {
             Control::MonitorTrap if self.native_mtf() => set_bits(
                 field::PROC_BASED_CONTROLS,
