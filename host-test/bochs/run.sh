@@ -5,7 +5,8 @@
 #   Without ELF, builds the image first (release) into $CARGO_TARGET_DIR, by default
 #   ~/.cache/introvisor/bochs-target. As the crate's cargo runner (`cargo run --release`
 #   inside host-test/bochs), cargo passes the ELF it built.
-# Environment: BOCHS_TIMEOUT (seconds, default 120), BOCHS_OUT (output folder, default
+# Environment: BOCHS_TIMEOUT (seconds, default 120), BOCHS_CPU (Bochs CPU model, default
+#   corei7_icelake_u), BOCHS_OUT (output folder, default
 #   bochs-run/ beside the ELF). Output: $BOCHS_OUT/serial.txt (COM1), bochs.log, bochs.stdout.
 # Needs: apt-get install -y bochs bochsbios vgabios bochs-term
 # Exit status: 0 when the log ends with "RESULT pass", 1 otherwise.
@@ -46,7 +47,7 @@ display_library: term
 floppya: 1_44=$out/boot.img, status=inserted
 boot: floppy
 floppy_bootsig_check: disabled=0
-cpu: model=corei7_icelake_u, count=1, ips=50000000, reset_on_triple_fault=0, ignore_bad_msrs=1
+cpu: model=${BOCHS_CPU:-corei7_icelake_u}, count=1, ips=50000000, reset_on_triple_fault=0, ignore_bad_msrs=1
 clock: sync=none, time0=local
 com1: enabled=1, mode=file, dev=$out/serial.txt
 log: $out/bochs.log

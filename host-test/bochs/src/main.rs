@@ -203,21 +203,25 @@ fn run(core: &'static VmiCore<Backend>, script: &mut Script) -> ! {
     let mut passed = 0usize;
     let start_tsc = cpu::rdtsc();
     let platform = core.driver().platform();
-    // Does the CPU deliver MTF exits? The first VM entry runs with the monitor trap flag
-    // set: an MTF exit after the guest's first instruction says yes.
+    // Does the CPU deliver MTF exits? Where the control is allowed, the first VM entry
+    // runs with the monitor trap flag set: an MTF exit after the guest's first
+    // instruction says yes.
     let primary = vmread(field::PROC_BASED_CONTROLS).unwrap_or(0);
-    // SAFETY: the monitor trap flag for the first entry only (cleared below).
-    if unsafe {
-        vmx::vmwrite(
-            field::PROC_BASED_CONTROLS,
-            primary | u64::from(hv::proc::MONITOR_TRAP_FLAG),
-        )
+    let mtf_allowed = hv::allowed1(platform_caps_proc(), hv::proc::MONITOR_TRAP_FLAG);
+    if mtf_allowed {
+        let probe = primary | u64::from(hv::proc::MONITOR_TRAP_FLAG);
+        // SAFETY: the monitor trap flag for the first entry only (cleared below).
+        if unsafe { vmx::vmwrite(field::PROC_BASED_CONTROLS, probe) }.is_err() {
+            fail(format_args!("VMWRITE primary controls"));
+        }
     }
-    .is_err()
-    {
-        fail(format_args!("VMWRITE primary controls"));
+    if !mtf_allowed {
+        platform.set_native_mtf(false);
+        println!(
+            "HV: MTF: not offered by this CPU model: the monitor trap is done with RFLAGS.TF and #DB exiting"
+        );
     }
-    let mut probing = true;
+    let mut probing = mtf_allowed;
     loop {
         core.driver().platform().load_pending_cr2();
         // SAFETY: the VMCS is complete (setup_vmcs, and the backend's EPTP) with host RIP
@@ -354,6 +358,12 @@ fn run(core: &'static VmiCore<Backend>, script: &mut Script) -> ! {
             },
         }
     }
+}
+
+/// IA32_VMX_TRUE_PROCBASED_CTLS.
+fn platform_caps_proc() -> u64 {
+    // SAFETY: the MSR exists (hv::enable checked IA32_VMX_BASIC bit 55).
+    unsafe { cpu::rdmsr(vmx::msr::IA32_VMX_TRUE_PROCBASED_CTLS) }
 }
 
 /// The exit's VM-exit information fields (SDM Vol. 3C, 25.9).
