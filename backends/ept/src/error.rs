@@ -58,6 +58,9 @@ pub enum EptError {
     NotShadowFrame(Gfn),
     /// The frame is already backed (guest memory or a shadow frame).
     GfnInUse(Gfn),
+    /// An exception vector above 31 (the exception bitmap has 32 bits, SDM Vol. 3C
+    /// §25.6.3).
+    InvalidVector(u8),
     /// An offset or range outside a 4 KiB frame.
     OutsideFrame,
     /// A fixed-capacity table (monitored MSRs or ports) is full.
@@ -104,6 +107,7 @@ impl fmt::Display for EptError {
             Self::NoSuchVcpu(v) => write!(f, "no such vCPU: {v}"),
             Self::NotShadowFrame(g) => write!(f, "{g} is not a shadow frame"),
             Self::GfnInUse(g) => write!(f, "{g} is already backed"),
+            Self::InvalidVector(v) => write!(f, "exception vector {v} has no exception-bitmap bit"),
             Self::OutsideFrame => f.write_str("range outside the 4 KiB frame"),
             Self::CapacityExceeded => f.write_str("capacity exceeded"),
             Self::UnknownExitReason(r) => write!(f, "unknown VM-exit reason {r}"),
@@ -141,6 +145,7 @@ impl From<EptError> for VmiError {
             EptError::ViewLimit | EptError::CapacityExceeded => Self::CapacityExceeded,
             EptError::NotShadowFrame(_) => Self::InvalidArgument("not a shadow frame"),
             EptError::GfnInUse(_) => Self::InvalidArgument("frame already backed"),
+            EptError::InvalidVector(_) => Self::InvalidArgument("exception vector above 31"),
             EptError::OutsideFrame => Self::InvalidArgument("range outside the page"),
             EptError::UnknownExitReason(_) => Self::Driver("unknown VM-exit reason"),
             EptError::EntryFailure(_) => Self::Driver("VM-entry failure"),

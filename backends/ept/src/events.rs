@@ -267,6 +267,13 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
                         return Ok(ExitAction::Resume);
                     }
                     Ok(_) => {}
+                    // The view was destroyed while the vCPU ran in it: the vCPU is in the
+                    // default view now; let it retry there.
+                    Err(EptError::NoSuchView(_)) => {
+                        self.platform.invept(self.scope(None));
+                        self.reinject_vectoring(vcpu, exit)?;
+                        return Ok(ExitAction::Resume);
+                    }
                     Err(_) => return Ok(ExitAction::NotMine),
                 }
                 let regs = self.platform.registers(vcpu)?;
@@ -742,11 +749,7 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
             EventMonitor::Register(cr) => Some(Control::CrWrite(cr)),
             EventMonitor::Msr(i) => Some(Control::MsrWrite(i)),
             EventMonitor::Exception(v) if v < 32 => Some(Control::Exception(v)),
-            EventMonitor::Exception(_) => {
-                return Err(EptError::InvalidExitInformation(
-                    "exception vector above 31",
-                ));
-            }
+            EventMonitor::Exception(v) => return Err(EptError::InvalidVector(v)),
             EventMonitor::Singlestep => None,
             EventMonitor::Cpuid => Some(Control::Cpuid),
             EventMonitor::Io(p) => Some(Control::Io(p)),

@@ -8,14 +8,17 @@
 //!   guest (and, in a simulator, other threads) may change it at any moment, and a Rust
 //!   reference would promise it does not (vm-memory's rule, its `volatile_memory.rs`).
 //!   Bytes are copied in and out one atomic access at a time.
-//! - Every access is a relaxed atomic on an aligned 8-byte word (`AtomicU64::from_ptr`):
-//!   each EPT entry is one, so a CPU's page walker never sees a torn entry, and the
-//!   unaligned edges of a copy are read from their word, or merged into it with a
-//!   compare-exchange that keeps the word's other bytes. One access size only: Rust's
-//!   memory model gives no meaning to concurrent atomic accesses of different sizes to
-//!   the same bytes, and Miri rejects them (its weak-memory store buffers cannot hold a
-//!   byte store over a word store), so `AtomicU8` edges would not be Miri-clean. With one
-//!   size, concurrent accesses by other atomics or by hardware are well-defined.
+//! - Every access is an atomic on an aligned 8-byte word (`AtomicU64::from_ptr`). Each
+//!   EPT entry is one such word, loaded with acquire and stored with release ordering, so
+//!   a CPU's page walker never sees a torn entry and a new table is complete before the
+//!   store that links it (for the compiler as for the CPU: on x86 both are plain `mov`s).
+//!   Guest bytes are copied with relaxed word loads; the unaligned edges of a write are
+//!   merged into their word with a compare-exchange that keeps its other bytes.
+//! - One access size only. Rust's memory model gives no meaning to concurrent atomic
+//!   accesses of different sizes to the same bytes, and Miri rejects them (its
+//!   weak-memory store buffers cannot hold a byte store over a word store), so
+//!   `AtomicU8` edges would not be Miri-clean. With one size, concurrent accesses by
+//!   other atomics or by hardware are well-defined.
 //! - Every offset is checked against the 4 KiB frame before a pointer is formed; an
 //!   offset outside the frame is an error, never an access.
 //!
@@ -79,17 +82,22 @@ impl FramePtr {
         Some(unsafe { AtomicU64::from_ptr(self.0.as_ptr().add(index * 8).cast::<u64>()) })
     }
 
-    /// Reads the 8-byte word at `index` (an EPT entry when the frame is a table).
+    /// Reads the 8-byte word at `index` (an EPT entry when the frame is a table), with
+    /// acquire ordering: a table reached through an entry is read after the stores that
+    /// filled it.
     pub(crate) fn load(self, index: usize) -> Result<u64, EptError> {
         self.word(index)
-            .map(|w| w.load(Ordering::Relaxed))
+            .map(|w| w.load(Ordering::Acquire))
             .ok_or(EptError::OutsideFrame)
     }
 
-    /// Writes the 8-byte word at `index`.
+    /// Writes the 8-byte word at `index`, with release ordering: an entry that links a
+    /// new table is stored after every entry of that table (the compiler may not reorder
+    /// them; on x86 a release store is a plain `mov`, and TSO keeps the order for the
+    /// CPU's page walker).
     pub(crate) fn store(self, index: usize, value: u64) -> Result<(), EptError> {
         self.word(index)
-            .map(|w| w.store(value, Ordering::Relaxed))
+            .map(|w| w.store(value, Ordering::Release))
             .ok_or(EptError::OutsideFrame)
     }
 
@@ -140,12 +148,7 @@ impl FramePtr {
             let last = (end - (at - first)).min(8);
             let mut bytes = [0u8; 8];
             let mut mask = [0u8; 8];
-            for (b, m) in bytes
-                .iter_mut()
-                .zip(mask.iter_mut())
-                .take(last)
-                .skip(first)
-            {
+            for (b, m) in bytes.iter_mut().zip(mask.iter_mut()).take(last).skip(first) {
                 *b = input.next().copied().unwrap_or(0);
                 *m = 0xff;
             }
@@ -214,7 +217,6 @@ pub(crate) fn write_entry<P: Platform + ?Sized>(
 #[cfg(test)]
 pub(crate) mod testing {
     use core::sync::atomic::{AtomicU64, Ordering};
-    use std::boxed::Box;
     use std::sync::Mutex;
     use std::vec::Vec;
 
@@ -239,7 +241,13 @@ pub(crate) mod testing {
 
     pub(crate) struct TestPlatform {
         pub(crate) base: u64,
-        pub(crate) mem: Box<[AtomicU64]>,
+        /// The number of words of host memory.
+        words: usize,
+        /// Host memory: `words` zeroed `AtomicU64`s from the global allocator, held by raw
+        /// pointer (no `Box` or slice whose retagging would cost a pass over every word
+        /// on each access under Miri, or whose uniqueness a move would assert).
+        mem: core::ptr::NonNull<AtomicU64>,
+        layout: core::alloc::Layout,
         pub(crate) regs: Mutex<Vec<Registers>>,
         pub(crate) log: Mutex<Vec<Call>>,
         pub(crate) clock: AtomicU64,
@@ -259,9 +267,17 @@ pub(crate) mod testing {
                 rip: 0xffff_8000_0000_1000,
                 ..Registers::default()
             };
+            let words = frames * 512;
+            let layout = core::alloc::Layout::array::<AtomicU64>(words).unwrap();
+            assert!(layout.size() > 0);
+            // SAFETY: the layout has a non-zero size; zeroed bytes are valid `AtomicU64`s.
+            let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+            let mem = core::ptr::NonNull::new(raw.cast::<AtomicU64>()).unwrap();
             Self {
                 base,
-                mem: (0..frames * 512).map(|_| AtomicU64::new(0)).collect(),
+                words,
+                mem,
+                layout,
                 regs: Mutex::new(std::vec![regs; usize::from(vcpus)]),
                 log: Mutex::new(Vec::new()),
                 clock: AtomicU64::new(0),
@@ -269,9 +285,19 @@ pub(crate) mod testing {
             }
         }
 
+        /// Word `index` of host memory.
+        pub(crate) fn word(&self, index: usize) -> &AtomicU64 {
+            assert!(index < self.words);
+            // SAFETY: `index` is inside the allocation, which lives as long as `self` and
+            // holds initialised `AtomicU64`s; a shared reference to an atomic allows
+            // every other atomic access.
+            unsafe { &*self.mem.as_ptr().add(index) }
+        }
+
         /// The host word at `hpa` (8-aligned).
         pub(crate) fn peek(&self, hpa: u64) -> u64 {
-            self.mem[((hpa - self.base) / 8) as usize].load(Ordering::Relaxed)
+            self.word(((hpa - self.base) / 8) as usize)
+                .load(Ordering::Relaxed)
         }
 
         /// Takes the log.
@@ -290,6 +316,21 @@ pub(crate) mod testing {
         }
     }
 
+    impl Drop for TestPlatform {
+        fn drop(&mut self) {
+            // SAFETY: `mem` came from `alloc_zeroed` with `layout` and is freed once, here;
+            // the backend owning this platform is being dropped, so no pointer is used
+            // after this.
+            unsafe { std::alloc::dealloc(self.mem.as_ptr().cast::<u8>(), self.layout) }
+        }
+    }
+
+    // SAFETY: the raw pointer is to memory only ever accessed atomically; sharing it
+    // between threads shares atomic accesses only. Every other field is `Sync`.
+    unsafe impl Sync for TestPlatform {}
+    // SAFETY: as for `Sync`; the allocation is not tied to a thread.
+    unsafe impl Send for TestPlatform {}
+
     // SAFETY: `host_frame` returns pointers into `mem` only, to the first byte of a whole
     // frame inside it (bounds checked), 8-aligned (an `AtomicU64` buffer); the buffer
     // lives as long as the platform, and the backend that owns the platform is the only
@@ -301,8 +342,10 @@ pub(crate) mod testing {
         fn host_frame(&self, hpa: Hpa) -> Option<core::ptr::NonNull<u8>> {
             let offset = hpa.frame().0.checked_sub(self.base)?;
             let word = usize::try_from(offset / 8).ok()?;
-            let frame = self.mem.get(word..word + 512)?;
-            core::ptr::NonNull::new(frame.as_ptr().cast::<u8>().cast_mut())
+            if word.checked_add(512)? > self.words {
+                return None;
+            }
+            core::ptr::NonNull::new(self.mem.as_ptr().wrapping_add(word).cast::<u8>())
         }
         fn invept(&self, scope: Invept) {
             self.push(Call::Invept(scope));
@@ -419,8 +462,8 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| {
                 for i in 0..50u64 {
-                    p.mem[0].fetch_and(!0xff, Ordering::Relaxed);
-                    p.mem[0].fetch_or(i & 0x7f, Ordering::Relaxed);
+                    p.word(0).fetch_and(!0xff, Ordering::Relaxed);
+                    p.word(0).fetch_or(i & 0x7f, Ordering::Relaxed);
                 }
             });
             for i in 0..50u8 {

@@ -674,6 +674,15 @@ fn write_watch_reports_gpa_gva_and_access() {
         exit_with(&b, 7, &exit, VmiEventResponse::continue_(), &mut seen),
         Err(EptError::NoSuchVcpu(VcpuId(7)))
     );
+    // A vCPU whose view is being destroyed under it retries (in the default view the
+    // destruction moves it to) without an event.
+    log(&b);
+    b.vcpus[1].lock().view = View(3);
+    assert_eq!(
+        exit_with(&b, 1, &exit, VmiEventResponse::continue_(), &mut seen),
+        Ok(ExitAction::Resume)
+    );
+    assert_eq!(log(&b), [Call::Invept(Invept::AllContext)]);
     assert_eq!(seen.len(), 1);
 }
 
@@ -890,6 +899,78 @@ fn a_handler_step_switches_views_and_reports_the_single_step() {
     assert_eq!(
         exit_with(&b, 0, &mtf, back, &mut seen),
         Ok(ExitAction::NotMine)
+    );
+}
+
+#[test]
+fn a_handler_step_interrupted_is_redone_and_steps_survive_view_changes() {
+    let b = backend();
+    let exec = b.create(MemoryAccess::RWX).unwrap();
+    let other = b.create(MemoryAccess::RWX).unwrap();
+    b.set_access(View(0), Gfn(4), MemoryAccess::RW).unwrap();
+    log(&b);
+    let mut seen = Vec::new();
+    let fetch = violation(0x4000, 0, 0x34);
+    let irq = ExitInfo {
+        reason: 1,
+        ..ExitInfo::default()
+    };
+    let mtf = ExitInfo {
+        reason: 37,
+        ..ExitInfo::default()
+    };
+    let go = VmiEventResponse::continue_()
+        .switch_view(exec)
+        .toggle_singlestep();
+    exit_with(&b, 0, &fetch, go, &mut seen).unwrap();
+    // The interrupt ends the handler's step too: back home, single step off for now.
+    exit_with(&b, 0, &irq, go, &mut seen).unwrap();
+    assert_eq!(b.current_view(VcpuId(0)), Ok(View(0)));
+    let calls = log(&b);
+    assert!(calls.contains(&Call::Control(VcpuId(0), Control::MonitorTrap, false)));
+    assert_eq!(seen.len(), 1);
+    // Redone silently at the same instruction, then reported once the step is done.
+    exit_with(&b, 0, &fetch, go, &mut seen).unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(b.current_view(VcpuId(0)), Ok(exec));
+    let back = VmiEventResponse::continue_()
+        .switch_view(View(0))
+        .toggle_singlestep();
+    exit_with(&b, 0, &mtf, back, &mut seen).unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1].reason.is_singlestep());
+    assert_eq!(b.current_view(VcpuId(0)), Ok(View(0)));
+    log(&b);
+    // A fast step whose target view is destroyed mid-step: back to the home view.
+    let fast = VmiEventResponse::continue_().fast_singlestep(exec);
+    exit_with(&b, 0, &fetch, fast, &mut seen).unwrap();
+    assert_eq!(b.current_view(VcpuId(0)), Ok(exec));
+    log(&b);
+    b.destroy(exec).unwrap();
+    assert_eq!(b.current_view(VcpuId(0)), Ok(View(0)));
+    let calls = log(&b);
+    assert!(calls.contains(&Call::Control(VcpuId(0), Control::MonitorTrap, false)));
+    assert!(calls.contains(&Call::Control(
+        VcpuId(0),
+        Control::ExternalInterruptExiting,
+        false
+    )));
+    assert!(calls.contains(&Call::SetEptp(VcpuId(0), b.eptp(View(0)).unwrap())));
+    assert_eq!(
+        exit_with(&b, 0, &mtf, fast, &mut seen),
+        Ok(ExitAction::NotMine)
+    );
+    // A switch of every vCPU during a step takes effect when the step ends.
+    let fast = VmiEventResponse::continue_().fast_singlestep(other);
+    exit_with(&b, 0, &fetch, fast, &mut seen).unwrap();
+    b.switch_all(other).unwrap();
+    assert_eq!(b.current_view(VcpuId(0)), Ok(other), "still stepping");
+    assert_eq!(b.current_view(VcpuId(1)), Ok(other));
+    exit_with(&b, 0, &mtf, fast, &mut seen).unwrap();
+    assert_eq!(b.current_view(VcpuId(0)), Ok(other));
+    assert_eq!(
+        b.monitor(EventMonitor::Exception(32), true),
+        Err(EptError::InvalidVector(32))
     );
 }
 
