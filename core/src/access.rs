@@ -25,6 +25,7 @@ bitflags::bitflags! {
 }
 
 #[cfg(feature = "defmt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "defmt")))]
 impl defmt::Format for MemoryAccess {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(f, "MemoryAccess({=u8:#x})", self.bits())
@@ -141,7 +142,7 @@ pub struct VmiInfo {
     /// log2 of the page size.
     pub page_shift: u32,
     /// The highest guest frame number backed by memory (holes below it are possible).
-    pub max_gfn: crate::Gfn,
+    pub max_gfn: crate::addr::Gfn,
     /// The number of virtual CPUs.
     pub vcpus: u16,
 }

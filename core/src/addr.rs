@@ -86,6 +86,7 @@ macro_rules! address_type {
         }
 
         #[cfg(feature = "defmt")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "defmt")))]
         impl defmt::Format for $name {
             fn format(&self, f: defmt::Formatter<'_>) {
                 defmt::write!(f, "{=str}({=u64:#x})", stringify!($name), self.0)
@@ -187,6 +188,7 @@ impl<T: fmt::LowerHex> fmt::Display for Hex<T> {
 }
 
 #[cfg(feature = "defmt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "defmt")))]
 impl<T: defmt::Format> defmt::Format for Hex<T> {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(f, "{:#x}", self.0)

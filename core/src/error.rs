@@ -103,6 +103,9 @@ pub enum VmiError {
     Timeout,
     /// The driver failed, for the reason given.
     Driver(&'static str),
+    /// Guest data an OS layer read is malformed (a corrupt kernel table, a broken list),
+    /// for the reason given.
+    Malformed(&'static str),
 }
 
 impl VmiError {
@@ -138,6 +141,7 @@ impl fmt::Display for VmiError {
             }
             Self::Timeout => f.write_str("timed out"),
             Self::Driver(why) => write!(f, "driver error: {why}"),
+            Self::Malformed(why) => write!(f, "malformed guest data: {why}"),
         }
     }
 }

@@ -1,19 +1,24 @@
 //! The crate's one logging shim.
 //!
 //! Every other module logs through these macros; only this module knows whether the
-//! messages go to `defmt`, to `log`, or nowhere. Hot paths (translate, read, event
+//! messages go to `defmt`, to `log`, or nowhere. Hot paths (translate, read hits, event
 //! dispatch) do not log at all.
+//!
+//! The features are additive: with both `defmt` and `log` on (as `--all-features` does),
+//! **defmt wins** and the `log` facade gets nothing from this crate. A firmware build that
+//! asks for defmt wants its compact encoding on the wire, and a host build that only
+//! wants `log` has no reason to turn defmt on.
+//!
+//! A message's arguments must format under both: `{}` and `{:?}` with types that have
+//! `Display`/`Debug` and `defmt::Format`.
 
 #![allow(unused_macros)]
-
-#[cfg(all(feature = "defmt", feature = "log"))]
-compile_error!("the `defmt` and `log` features are mutually exclusive: enable one of them");
 
 macro_rules! log_trace {
     ($($arg:tt)*) => {{
         #[cfg(feature = "defmt")]
         ::defmt::trace!($($arg)*);
-        #[cfg(feature = "log")]
+        #[cfg(all(feature = "log", not(feature = "defmt")))]
         ::log::trace!($($arg)*);
         #[cfg(not(any(feature = "defmt", feature = "log")))]
         { let _ = ($crate::fmt::log_ignore!($($arg)*)); }
@@ -24,7 +29,7 @@ macro_rules! log_debug {
     ($($arg:tt)*) => {{
         #[cfg(feature = "defmt")]
         ::defmt::debug!($($arg)*);
-        #[cfg(feature = "log")]
+        #[cfg(all(feature = "log", not(feature = "defmt")))]
         ::log::debug!($($arg)*);
         #[cfg(not(any(feature = "defmt", feature = "log")))]
         { let _ = ($crate::fmt::log_ignore!($($arg)*)); }
@@ -35,7 +40,7 @@ macro_rules! log_warn {
     ($($arg:tt)*) => {{
         #[cfg(feature = "defmt")]
         ::defmt::warn!($($arg)*);
-        #[cfg(feature = "log")]
+        #[cfg(all(feature = "log", not(feature = "defmt")))]
         ::log::warn!($($arg)*);
         #[cfg(not(any(feature = "defmt", feature = "log")))]
         { let _ = ($crate::fmt::log_ignore!($($arg)*)); }

@@ -8,6 +8,26 @@
 //! A backend implements [`VmiDriver`] (two methods are required: [`VmiDriver::info`] and
 //! [`VmiDriver::read_page`]); [`VmiCore`] adds the caches and the whole read surface.
 //!
+//! ## Layers
+//! Each module is one layer, and imports only from itself and the layers listed before
+//! it (`.ci/check-layers` checks this). Everything a user needs is also re-exported at
+//! the crate root.
+//!
+//! - [`addr`], [`access`], [`error`]: address newtypes, rights and access contexts, and
+//!   [`VmiError`]. They import only one another.
+//! - [`cache`]: fixed-capacity containers that know no guest type ([`cache::Lru`],
+//!   [`cache::ClockCache`], [`cache::Tlb`]). Imports the layer above.
+//! - [`arch`]: the [`Architecture`] trait; [`arch::amd64`] has the paging modes, the
+//!   entries, the walker, the rights check, registers and events. Imports the layers above.
+//! - [`driver`]: all a backend implements or delivers: [`VmiDriver`], [`PageRef`],
+//!   [`VmiEvent`], [`VmiEventResponse`]. Imports the layers above.
+//! - [`vmi`]: [`VmiCore`], with its page and translation caches, translation, memory,
+//!   strings, and vCPU and view control. Imports the layers above.
+//! - [`os`]: [`VmiOs`], the trait an OS layer implements, and [`NoOs`]. Imports the
+//!   layers above.
+//! - [`session`]: [`VmiSession`] and its event loop, [`VmiHandler`], [`VmiContext`],
+//!   [`VmiProber`]. Imports every layer.
+//!
 //! ## Example: a driver over a byte slice
 //! ```
 //! use introvisor::{
@@ -68,20 +88,41 @@
 //! offers, or allocates without bound.
 //!
 //! ## Features
-//! - `alloc`: reads that return `Vec`/`String`.
-//! - `std`: implies `alloc`; for host builds.
+//! All are additive; `--all-features` builds (on a host target: `std` needs one).
+//! - `alloc`: reads that return `Vec`/`String`, and [`VmiDriver`] for `Arc<D>`.
+//! - `std`: implies `alloc`; for host builds. The page cache's locks then yield to the
+//!   operating system's scheduler while they wait, instead of spinning through a
+//!   preempted holder's time slice (without `std`, where the holder is another CPU in an
+//!   exit handler, they spin: see [`cache::ClockCache`]).
 //! - `defmt`: `defmt::Format` on the public types, logging through defmt.
-//! - `log`: logging through the `log` facade. `defmt` and `log` exclude each other.
+//! - `log`: logging through the `log` facade. With both `defmt` and `log` on, defmt wins:
+//!   the crate logs through defmt only.
+//!
+//! The crate logs what a user would want to know, never on a hot path (a translation, a
+//! read that hits): a failed resume when a [`PauseGuard`] drops (`warn`); a cache enabled,
+//! disabled, resized or (the page cache) flushed (`debug`); an evicted page-cache entry
+//! and a translation-cache flush (`trace`).
+//!
+//! ## A core in a static
+//! [`VmiCore::new`] is a `const fn`, so a hypervisor or firmware declares its core as
+//! static data, built by the compiler, on no stack:
+//! `static CORE: VmiCore<MyDriver> = VmiCore::new(MyDriver::new());` when the driver's
+//! constructor is `const`. The caches are sized by the type:
+//! `static SMALL: VmiCore<MyDriver, 64, 0> = VmiCore::sized(MyDriver::new());` holds 64
+//! translations and no page cache. See [`VmiCore`] for the sizes, and for drivers that
+//! learn their memory at boot.
 
 #![no_std]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     not(test),
     deny(
         clippy::unwrap_used,
         clippy::expect_used,
         clippy::panic,
-        clippy::indexing_slicing
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
     )
 )]
 
@@ -96,15 +137,11 @@ pub mod access;
 pub mod addr;
 pub mod arch;
 pub mod cache;
-pub mod context;
-mod core;
 pub mod driver;
 pub mod error;
-pub mod event;
-pub mod handler;
 pub mod os;
-pub mod page;
 pub mod session;
+pub mod vmi;
 
 pub use self::access::{
     AccessContext, AddressContext, MemoryAccess, TranslationMechanism, VmiInfo,
@@ -112,19 +149,22 @@ pub use self::access::{
 pub use self::addr::{Gfn, Hex, Pa, Va, VcpuId, View};
 pub use self::arch::{Architecture, PhysRead, Translation, WalkStep};
 pub use self::cache::CacheMetrics;
-pub use self::context::{PageFaults, Probed, VmiContext, VmiOsContext, VmiProber};
-pub use self::core::{
+pub use self::driver::{
+    PageRef, VmiDriver, VmiEvent, VmiEventFlags, VmiEventResponse, VmiEventResponseFlags,
+};
+pub use self::error::{FaultReason, PageFault, VmiError};
+pub use self::os::{NoOs, VmiOs};
+pub use self::session::{
+    DEFAULT_EVENT_TIMEOUT, PageFaults, Probed, VmiContext, VmiHandler, VmiOsContext, VmiProber,
+    VmiSession,
+};
+pub use self::vmi::{
     DEFAULT_STRING_LENGTH_LIMIT, GFN_CACHE_CAPACITY, PauseGuard, V2P_CACHE_CAPACITY, VmiCore,
 };
-pub use self::driver::VmiDriver;
-pub use self::error::{FaultReason, PageFault, VmiError};
-pub use self::event::{VmiEvent, VmiEventFlags, VmiEventResponse, VmiEventResponseFlags};
-pub use self::handler::VmiHandler;
-pub use self::os::{NoOs, VmiOs};
-pub use self::page::PageRef;
-pub use self::session::{DEFAULT_EVENT_TIMEOUT, VmiSession};
 
-/// The README's examples, compiled and run as doctests.
+/// The crate's README (`core/README.md`, packaged with the crate), its example compiled
+/// and run as a doctest both in the workspace and in the published package. The
+/// repository's README is tested by `introvisor-host-test`.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

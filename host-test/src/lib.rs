@@ -1,4 +1,16 @@
-//! Shared helpers of the cross-crate tests and benchmarks.
+//! Shared helpers of the cross-crate tests and benchmarks, and the test doubles they run
+//! against:
+//!
+//! - [`scripted`]: [`ScriptedDriver`](scripted::ScriptedDriver), an AMD64 guest whose
+//!   events come from a script, for handlers, sessions and probers without a hypervisor;
+//! - [`counting_alloc`]: a global allocator that counts a thread's allocations, for the
+//!   tests that prove a path allocates nothing;
+//! - [`Rng`] and [`seed`]: reproducible random layouts.
+
+pub mod counting_alloc;
+pub mod scripted;
+
+pub mod vmx_sim;
 
 /// A small, seeded pseudo-random generator (splitmix64): reproducible test layouts without
 /// a dependency.
@@ -34,3 +46,10 @@ pub fn seed(default: u64) -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
 }
+pub mod linux_fixture;
+
+/// The repository's README (`README.md` at the root, which no package ships), its
+/// examples compiled and run as doctests here.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct RootReadmeDoctests;

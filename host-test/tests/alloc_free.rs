@@ -1,67 +1,15 @@
 //! The hot paths allocate nothing: translate, `read_u64`, a bulk read and a string read
 //! into a buffer, cold (caches flushed) and warm, under both cache configurations. A
-//! counting global allocator proves it; and the core at its default capacities fits in
-//! 64 KiB of static data.
-
-use core::alloc::{GlobalAlloc, Layout};
-use core::cell::Cell;
-use std::alloc::System;
+//! counting global allocator (`introvisor_host_test::counting_alloc`) proves it; and the
+//! core at its default capacities fits in 64 KiB of static data.
 
 use introvisor::{AccessContext, Va, VmiCore};
 use introvisor_host::HostDriver;
 use introvisor_host::builder::{GuestBuilder, MapFlags, PageSize};
-
-/// Counts the allocations made by the current thread (the test harness runs other tests
-/// on other threads at the same time).
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count() {
-    // `try_with`: the thread's slot may be gone while the thread exits.
-    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-}
-
-// SAFETY: every method forwards to the system allocator with the caller's arguments
-// unchanged; counting touches only a const-initialised thread-local `Cell`, which neither
-// allocates nor unwinds.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller's contract for `alloc` is passed on as it is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: as `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: `ptr` was allocated by `System` (every allocation goes through it) with
-        // `layout`, as the caller guarantees.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as `realloc`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use introvisor_host_test::counting_alloc::{CountingAllocator, count_allocations};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// The allocations `f` makes on this thread.
-fn allocations_of(f: impl FnOnce()) -> u64 {
-    let before = ALLOCATIONS.with(Cell::get);
-    f();
-    ALLOCATIONS.with(Cell::get) - before
-}
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 const V4K: u64 = 0xffff_8000_0000_0000;
 const V2M: u64 = 0xffff_8000_4000_0000;
@@ -127,10 +75,10 @@ fn hot_paths_allocate_nothing_warm_or_cold() {
         let f = fixture(page_cache);
         let mut bulk = vec![0u8; 16 * 4096];
         // Cold: the first use fills both caches (walks, page handles, insertions).
-        let cold = allocations_of(|| hot_paths(&f, &mut bulk));
+        let cold = count_allocations(|| hot_paths(&f, &mut bulk));
         assert_eq!(cold, 0, "cold paths allocated (page cache: {page_cache})");
         // Warm: everything hits.
-        let warm = allocations_of(|| {
+        let warm = count_allocations(|| {
             for _ in 0..100 {
                 hot_paths(&f, &mut bulk);
             }
@@ -139,7 +87,7 @@ fn hot_paths_allocate_nothing_warm_or_cold() {
         // After a flush, misses again.
         f.core.flush_v2p_cache();
         f.core.flush_gfn_cache();
-        let flushed = allocations_of(|| hot_paths(&f, &mut bulk));
+        let flushed = count_allocations(|| hot_paths(&f, &mut bulk));
         assert_eq!(
             flushed, 0,
             "paths after a flush allocated (page cache: {page_cache})"
@@ -151,7 +99,7 @@ fn hot_paths_allocate_nothing_warm_or_cold() {
 /// The counter sees allocations: without this the test above would prove nothing.
 #[test]
 fn the_counter_counts() {
-    let n = allocations_of(|| {
+    let n = count_allocations(|| {
         core::hint::black_box(vec![1u8; 32]);
     });
     assert_eq!(n, 1);

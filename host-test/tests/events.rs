@@ -1,12 +1,9 @@
-//! The introspection loop end to end, on the host backend's scripted driver: every event
+//! The introspection loop end to end, on host-test's scripted driver: every event
 //! reason and every response kind through a session, reads through the event's address
 //! space, probers and the page-fault retry, the replay format, the session's clean-up,
 //! `Send`/`Sync` of the loop's types, and a warm loop that allocates nothing.
 
-use core::alloc::{GlobalAlloc, Layout};
-use core::cell::Cell;
 use core::ops::ControlFlow;
-use std::alloc::System;
 
 use introvisor::arch::amd64::{
     Amd64, ControlRegister, ControlRegisterEvent, CpuidEvent, EventMonitor, EventReason,
@@ -18,67 +15,13 @@ use introvisor::{
     Probed, Va, VcpuId, View, VmiContext, VmiCore, VmiError, VmiEvent, VmiEventFlags,
     VmiEventResponse, VmiHandler, VmiOsContext, VmiProber, VmiSession,
 };
-use introvisor_host::scripted::{
+use introvisor_host_test::counting_alloc::{CountingAllocator, count_allocations};
+use introvisor_host_test::scripted::{
     Action, NO_EVENTS_LEFT, ScriptedDriver, ScriptedEvent, Step, parse_script,
 };
 
-// ----- a counting allocator, per thread ------------------------------------------------
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Counts the allocations of the threads that asked for it; other test threads run
-/// uncounted.
-struct CountingAllocator;
-
-fn note_allocation() {
-    let _ = COUNTING.try_with(|on| {
-        if on.get() {
-            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        }
-    });
-}
-
-// SAFETY: every method forwards to the system allocator with the caller's arguments; the
-// counting touches only const-initialised thread-locals, which never allocate.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        // SAFETY: `ptr` and `layout` come from this allocator, which is the system's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` and `layout` come from this allocator, which is the system's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
-
-/// The allocations `f` makes on this thread.
-fn allocations_in(f: impl FnOnce()) -> usize {
-    ALLOCATIONS.with(|n| n.set(0));
-    COUNTING.with(|on| on.set(true));
-    f();
-    COUNTING.with(|on| on.set(false));
-    ALLOCATIONS.with(Cell::get)
-}
 
 // ----- the session loop's types are Send and Sync where expected ------------------------
 
@@ -1223,21 +1166,21 @@ fn a_warm_loop_iteration_allocates_nothing() {
     let timeout = introvisor::DEFAULT_EVENT_TIMEOUT;
     // The counter counts.
     assert_eq!(
-        allocations_in(|| drop(core::hint::black_box(Vec::<u8>::with_capacity(8)))),
+        count_allocations(|| drop(core::hint::black_box(Vec::<u8>::with_capacity(8)))),
         1
     );
     // Warm up: the caches fill.
     for _ in 0..16 {
         session.wait_for_event(timeout, &mut handler).unwrap();
     }
-    let iterations = allocations_in(|| {
+    let iterations = count_allocations(|| {
         for _ in 0..256 {
             session.wait_for_event(timeout, &mut handler).unwrap();
         }
     });
     assert_eq!(iterations, 0, "allocations in 256 warm loop iterations");
     // The whole loop to the end, with the clean-up (reset, pause, drain, resume).
-    let whole = allocations_in(|| session.handle(&mut handler).unwrap());
+    let whole = count_allocations(|| session.handle(&mut handler).unwrap());
     assert_eq!(whole, 0, "allocations in a warm session.handle");
     // The work was done: every event answered, #PFs injected, values read.
     assert_eq!(handler.events, 1000);

@@ -1,5 +1,6 @@
 //! The crate's one logging shim (as the core's): only this module knows whether messages
-//! go to `defmt`, to `log`, or nowhere. The exit path does not log.
+//! go to `defmt`, to `log`, or nowhere. The exit path does not log. With both features on,
+//! defmt wins, as in the core.
 
 #![allow(unused_macros)]
 
@@ -7,7 +8,7 @@ macro_rules! log_debug {
     ($($arg:tt)*) => {{
         #[cfg(feature = "defmt")]
         ::defmt::debug!($($arg)*);
-        #[cfg(feature = "log")]
+        #[cfg(all(feature = "log", not(feature = "defmt")))]
         ::log::debug!($($arg)*);
         #[cfg(not(any(feature = "defmt", feature = "log")))]
         { let _ = ($crate::fmt::log_ignore!($($arg)*)); }
@@ -18,7 +19,7 @@ macro_rules! log_warn {
     ($($arg:tt)*) => {{
         #[cfg(feature = "defmt")]
         ::defmt::warn!($($arg)*);
-        #[cfg(feature = "log")]
+        #[cfg(all(feature = "log", not(feature = "defmt")))]
         ::log::warn!($($arg)*);
         #[cfg(not(any(feature = "defmt", feature = "log")))]
         { let _ = ($crate::fmt::log_ignore!($($arg)*)); }

@@ -38,10 +38,12 @@
 //!
 //! ## Features
 //! - `defmt`: `defmt::Format` on the public types, logging through defmt.
-//! - `log`: logging through the `log` facade. `defmt` and `log` exclude each other.
+//! - `log`: logging through the `log` facade. With `defmt` also on, defmt wins (as in the
+//!   core): the features stay additive.
 //! - `fault-injection`: test-only `EptBackend::skip_shootdown`.
 
 #![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -55,9 +57,6 @@
 
 #[cfg(test)]
 extern crate std;
-
-#[cfg(all(feature = "defmt", feature = "log"))]
-compile_error!("the `defmt` and `log` features are mutually exclusive: enable one of them");
 
 mod fmt;
 

@@ -334,19 +334,56 @@ impl GuestBuilder {
     }
 
     /// Maps `len` bytes from `va` with fresh 4 KiB frames (`va` rounded down, the end
-    /// rounded up); returns the number of pages mapped.
+    /// rounded up); returns the number of pages mapped. The range may end exactly at
+    /// 2^64 (the last page of the address space).
+    ///
+    /// The range is checked before anything is mapped: one that runs past 2^64, or has a
+    /// page that is not canonical (in the hole between the halves), that overlaps an
+    /// earlier mapping, or that needs more frames than memory has left, maps nothing.
+    /// Only running out of memory for a page table can stop it part-way.
     ///
     /// # Errors
-    /// As [`GuestBuilder::map_new`].
+    /// [`BuildError::NonCanonical`] for a range past 2^64 or across the non-canonical
+    /// hole; [`BuildError::Overlap`]; [`BuildError::OutOfMemory`]; as
+    /// [`GuestBuilder::map_new`].
     pub fn map_range(&mut self, va: Va, len: u64, flags: MapFlags) -> Result<u64, BuildError> {
-        let start = va.0 & !0xfff;
-        let end = va.0.checked_add(len).ok_or(BuildError::NonCanonical)?;
-        let mut page = start;
-        let mut count = 0;
-        while page < end {
+        let Some(last) = len.checked_sub(1) else {
+            return Ok(0);
+        };
+        let last = va.0.checked_add(last).ok_or(BuildError::NonCanonical)?;
+        let first_page = va.0 & !0xfff;
+        let last_page = last & !0xfff;
+        // Canonical addresses are two runs, one in each half: a range whose ends are both
+        // canonical and in the same half (bit 63) has only canonical pages.
+        if !self.canonical(Va(first_page))
+            || !self.canonical(Va(last_page))
+            || (first_page ^ last_page) >> 63 != 0
+        {
+            return Err(BuildError::NonCanonical);
+        }
+        if let Some(m) = self.mapping_of(Va(first_page)).or_else(|| {
+            self.mappings
+                .range(first_page..=last_page)
+                .next()
+                .map(|(_, m)| m)
+        }) {
+            return Err(BuildError::Overlap(m.va));
+        }
+        // last_page >= first_page, both multiples of 4096: at most 2^52 pages.
+        let count = ((last_page - first_page) >> 12) + 1;
+        let free = self
+            .memory_size()
+            .saturating_sub(self.next_free.next_multiple_of(4096));
+        if count > free / 4096 {
+            return Err(BuildError::OutOfMemory);
+        }
+        let mut page = first_page;
+        for i in 0..count {
+            if i > 0 {
+                // Below last_page, so no overflow.
+                page += 4096;
+            }
             self.map_new(Va(page), PageSize::Size4K, flags)?;
-            page += 4096;
-            count += 1;
         }
         Ok(count)
     }
@@ -419,5 +456,66 @@ impl Guest {
             .checked_sub(1)?;
         let m = self.mappings.get(i)?;
         (va.0 - m.va.0 < m.size.bytes()).then(|| Pa(m.pa.0 + (va.0 - m.va.0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A range at the top of the address space, or across the non-canonical hole, is
+    /// refused before anything is mapped (issue 13, item 11).
+    #[test]
+    fn map_range_refuses_before_mapping_anything() {
+        for (va, len) in [
+            (0xffff_ffff_ffff_f000, 0x1001), // past 2^64
+            (0xffff_ffff_ffff_ffff, 2),      // past 2^64 from the last byte
+            (0x7fff_ffff_e000, 0x3000),      // from the low half into the hole
+            (0xffff_7fff_ffff_f000, 0x2000), // from the hole into the high half
+            (0x0000_8000_0000_0000, 1),      // inside the hole
+        ] {
+            let mut b = GuestBuilder::new(64 << 10);
+            let free = b.alloc(0, 1).unwrap();
+            let before = b.memory().to_vec();
+            assert!(
+                b.map_range(Va(va), len, MapFlags::KERNEL_DATA).is_err(),
+                "{va:#x}+{len:#x}"
+            );
+            assert_eq!(b.mapping_count(), 0, "{va:#x}+{len:#x}");
+            assert!(
+                b.memory() == &before[..],
+                "{va:#x}+{len:#x}: tables written"
+            );
+            assert_eq!(
+                b.alloc(0, 1).unwrap(),
+                free,
+                "{va:#x}+{len:#x}: frames taken"
+            );
+        }
+        // The last page of the address space maps, however the range ends in it.
+        for levels in [4, 5] {
+            for (va, len) in [
+                (0xffff_ffff_ffff_f000, 0xfff),
+                (0xffff_ffff_ffff_f000, 0x1000),
+                (0xffff_ffff_ffff_f800, 0x800),
+                (0xffff_ffff_ffff_ffff, 1),
+            ] {
+                let mut b = GuestBuilder::with_levels(64 << 10, levels);
+                assert_eq!(
+                    b.map_range(Va(va), len, MapFlags::KERNEL_DATA),
+                    Ok(1),
+                    "{levels}: {va:#x}+{len:#x}"
+                );
+                assert_eq!(b.mapping_count(), 1);
+                assert!(b.lookup(Va(u64::MAX)).is_some());
+                assert!(b.lookup(Va(0)).is_none());
+            }
+        }
+        let mut b = GuestBuilder::new(64 << 10);
+        assert_eq!(
+            b.map_range(Va(0xffff_ffff_ffff_e800), 0x1000, MapFlags::KERNEL_DATA),
+            Ok(2)
+        );
+        assert_eq!(b.map_range(Va(0x1000), 0, MapFlags::KERNEL_DATA), Ok(0));
     }
 }

@@ -1,4 +1,19 @@
 //! [`HostDriver`]: a [`VmiDriver`] over guest memory held by this process.
+//!
+//! # Contract
+//! Frames and addresses come from guest page tables and dump headers: for any of them,
+//! every method returns `Ok` or an error and never panics. A frame that memory holds only
+//! in part (a page split between two dump segments with a hole, the last page of memory
+//! whose size is not a page multiple) is still lent: its backed bytes read, and a read
+//! of a missing byte fails with [`VmiError::OutOfBounds`] naming it.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 use core::time::Duration;
 use std::collections::BTreeSet;
@@ -15,12 +30,15 @@ use crate::memory::{GuestMemory, MemoryRange};
 const PAGE_SIZE: u64 = 4096;
 const PAGE_SHIFT: u32 = 12;
 
-/// A handle to one frame of a [`HostDriver`]'s memory: an `Arc` to the memory and the
-/// frame's storage offset. Cloning it is one reference-count increment.
+/// A handle to one frame of a [`HostDriver`]'s memory: an `Arc` to the memory and, when
+/// one range holds the whole frame, its storage offset. Cloning it is one reference-count
+/// increment.
 #[derive(Clone)]
 pub struct HostPage {
     memory: Arc<GuestMemory>,
-    offset: usize,
+    /// `Some` when one range holds the whole frame; `None` for a frame assembled from
+    /// several ranges, or held only in part.
+    offset: Option<u64>,
     gfn: Gfn,
 }
 
@@ -34,9 +52,14 @@ impl PageRef for HostPage {
         if end.is_none_or(|end| end > PAGE_SIZE) {
             return Err(VmiError::InvalidArgument("range outside the page"));
         }
-        let pa = Pa((self.gfn.0 << PAGE_SHIFT) | offset);
-        self.memory
-            .read_storage(self.offset + offset as usize, pa, buf)
+        let pa = Pa(self.gfn.0.wrapping_shl(PAGE_SHIFT) | offset);
+        match self.offset {
+            Some(base) => {
+                let at = base.checked_add(offset).ok_or(VmiError::OutOfBounds(pa))?;
+                self.memory.read_storage(at, pa, buf)
+            }
+            None => self.memory.read(pa, buf),
+        }
     }
 }
 
@@ -76,8 +99,9 @@ impl HostDriver {
     /// A raw physical memory dump: byte `n` of the file is guest-physical address `n`.
     /// The file is memory-mapped, read-only unless `writable`.
     ///
-    /// The dump must not be truncated or rewritten by another process while it is open
-    /// (the usual caveat of memory-mapped files).
+    /// The dump must not be truncated or rewritten by another process while it is open:
+    /// a read past a new, shorter end raises SIGBUS (the caveat of memory-mapped files).
+    /// [`HostDriver::open_dump`] reads with `pread` instead and has no such caveat.
     ///
     /// # Errors
     /// The error of opening or mapping the file.
@@ -135,20 +159,25 @@ impl VmiDriver for HostDriver {
         Ok(VmiInfo {
             page_size: PAGE_SIZE,
             page_shift: PAGE_SHIFT,
-            max_gfn: Gfn(self.memory.end().saturating_sub(1) >> PAGE_SHIFT),
+            max_gfn: Gfn(self.memory.last_address().unwrap_or(0) >> PAGE_SHIFT),
             vcpus: u16::try_from(self.registers.len()).unwrap_or(u16::MAX),
         })
     }
 
+    /// A handle to the frame if memory holds any byte of it.
+    ///
+    /// # Errors
+    /// [`VmiError::GfnNotPresent`] if memory holds no byte of the frame.
     fn read_page(&self, gfn: Gfn) -> Result<HostPage, VmiError> {
-        let pa = gfn
+        let pa = Pa(gfn
             .0
             .checked_mul(PAGE_SIZE)
-            .ok_or(VmiError::GfnNotPresent(gfn))?;
-        let offset = self
-            .memory
-            .offset_of(Pa(pa), PAGE_SIZE)
-            .ok_or(VmiError::GfnNotPresent(gfn))?;
+            .ok_or(VmiError::GfnNotPresent(gfn))?);
+        let offset = match self.memory.storage_offset(pa, PAGE_SIZE) {
+            Some(offset) => Some(offset),
+            None if self.memory.holds_any(pa, PAGE_SIZE) => None,
+            None => return Err(VmiError::GfnNotPresent(gfn)),
+        };
         Ok(HostPage {
             memory: Arc::clone(&self.memory),
             offset,

@@ -1,9 +1,11 @@
 //! # introvisor-host
 //!
 //! introvisor on the host: a [`VmiDriver`](introvisor::VmiDriver) over guest-physical
-//! memory held by this process (a buffer, or a memory-mapped dump file), a
+//! memory held by this process (a buffer, or a dump file read with `pread`), a
 //! [`GuestBuilder`](builder::GuestBuilder) that lays out page tables and data for tests,
-//! and the `introvisor` command-line tool.
+//! and the dump readers and writer. The `introvisor` command-line tool is this package's
+//! binary (`src/bin/introvisor/`), built on this library's public API; it is not part of
+//! the API itself.
 //!
 //! ```
 //! use introvisor::{AccessContext, VmiCore, Va};
@@ -22,13 +24,18 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod builder;
-pub mod cli;
 mod driver;
 pub mod dump;
 pub mod memory;
-pub mod scripted;
 
 pub use driver::{HostDriver, HostPage};
-pub use dump::{DumpError, DumpFormat, DumpInfo};
+pub use dump::{DumpError, DumpFormat, DumpInfo, DumpKind};
 pub use memory::{GuestMemory, MemoryRange};
+
+/// The crate's README, its example compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

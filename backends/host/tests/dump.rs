@@ -223,11 +223,6 @@ fn raw_files_are_raw_and_foreign_formats_are_refused() {
     assert_eq!(info.ranges[0].len, mem.len() as u64);
     assert_eq!(driver.registers(VcpuId(0)), Err(VmiError::NotFound));
 
-    let empty = TempFile::new("empty.bin", &[]);
-    let (_, info) = HostDriver::open_dump(&empty.0).unwrap();
-    assert_eq!(info.format, DumpFormat::Raw);
-    assert!(info.ranges.is_empty());
-
     let kdump = TempFile::new("kdump", b"KDUMP   \x06\0\0\0rest");
     assert!(matches!(
         HostDriver::open_dump(&kdump.0),
@@ -371,13 +366,20 @@ fn pn_xnum_reads_the_count_from_section_header_zero() {
 fn segment_errors() {
     let v = valid();
     let len = v.len() as u64;
-    // PT_LOAD: past the end by one byte, and with an offset that overflows.
+    // PT_LOAD past the end by one byte: the file is truncated, the segment keeps what
+    // it holds, and a warning says what is lost.
     let mut b = v.clone();
     put64(&mut b, LOAD_PH + 32, 0x2001);
-    assert!(matches!(
-        parse(&b),
-        Err(ElfError::SegmentPastEnd { index: 1, .. })
-    ));
+    let core = parse(&b).unwrap();
+    assert_eq!(core.loads[0].filesz, 0x2000);
+    assert!(
+        core.warnings
+            .iter()
+            .any(|w| w.contains("its last 0x1 bytes are lost")),
+        "{:?}",
+        core.warnings
+    );
+    // An offset whose range overflows is absurd, not truncated.
     let mut b = v.clone();
     put64(&mut b, LOAD_PH + 8, u64::MAX);
     assert!(matches!(
@@ -385,9 +387,24 @@ fn segment_errors() {
         Err(ElfError::SegmentPastEnd { index: 1, .. })
     ));
     let mut b = v.clone();
+    put64(&mut b, LOAD_PH + 32, u64::MAX - 0x100);
+    assert!(matches!(
+        parse(&b),
+        Err(ElfError::SegmentPastEnd { index: 1, .. })
+    ));
+    // A segment that starts at the end of the file: all of it is lost.
+    let mut b = v.clone();
     put64(&mut b, LOAD_PH + 8, len);
     put64(&mut b, LOAD_PH + 32, 1);
-    assert!(matches!(parse(&b), Err(ElfError::SegmentPastEnd { .. })));
+    let core = parse(&b).unwrap();
+    assert!(core.loads.is_empty());
+    assert!(
+        core.warnings
+            .iter()
+            .any(|w| w.contains("all its 0x1 bytes are lost")),
+        "{:?}",
+        core.warnings
+    );
     // A physical range that wraps.
     let mut b = v.clone();
     put64(&mut b, LOAD_PH + 24, u64::MAX - 0x100);
@@ -535,7 +552,8 @@ fn other_notes_are_listed_and_prstatus_alone_gives_general_registers() {
     assert_eq!(v.registers.rax, 0xaaaa);
     assert_eq!(v.registers.cr3, 0);
     assert_eq!(core.other_notes.len(), 1);
-    assert_eq!(core.other_notes[0].name, "VMCOREINFO");
+    assert_eq!(core.other_notes[0].name, b"VMCOREINFO");
+    assert_eq!(core.other_notes[0].name_len, 10);
     assert!(core.warnings.iter().any(|w| w.contains("unknown layout")));
 }
 
@@ -649,10 +667,14 @@ fn five_level_vcpu_mode_comes_from_cr4() {
 fn truncations_and_corruptions_never_panic() {
     let v = valid();
     let header_and_notes = NOTES + 12 + 8 + 336 + 12 + 8 + 440;
-    for n in 0..=header_and_notes {
+    for n in 0..header_and_notes {
         let r = parse(&v[..n]);
         assert!(r.is_err(), "prefix of {n} bytes parsed");
     }
+    // Cut right after the notes: the headers are whole, the memory all lost.
+    let core = parse(&v[..header_and_notes]).unwrap();
+    assert!(core.loads.is_empty());
+    assert_eq!(core.vcpus.len(), 1);
     // A deterministic pseudo-random walk over the header and note bytes.
     let mut x = 0x2545_f491_4f6c_dd1du64;
     for _ in 0..20_000 {
@@ -683,14 +705,308 @@ fn many_short_segments_make_a_bounded_number_of_warnings() {
     put16(&mut b, 56, 1000); // e_phnum
     let core = parse(&b).unwrap();
     assert_eq!(core.loads.len(), 1000);
+    // 16 short segments and a count of the rest; the same for the overlaps (all 1000
+    // segments are at one address).
     assert!(
-        core.warnings.len() <= 17,
+        core.warnings.len() <= 2 * 17,
         "{} warnings",
         core.warnings.len()
     );
     assert!(
-        core.warnings.last().unwrap().contains("984 more"),
+        core.warnings
+            .iter()
+            .any(|w| w.contains("984 more segments are shorter")),
         "{:?}",
-        core.warnings.last()
+        core.warnings
     );
+    assert!(
+        core.warnings
+            .iter()
+            .any(|w| w.contains("983 more overlaps")),
+        "{:?}",
+        core.warnings
+    );
+}
+
+// ----- issue 13: what an adversarial pass broke ----------------------------------------
+
+/// Linux vmcores split pages between PT_LOADs: every byte a segment holds is readable,
+/// through the driver's page handles, its physical reads and the core, and a hole inside
+/// a page is reported at its first missing byte.
+#[test]
+fn pt_loads_that_split_a_page_are_read_whole() {
+    let mem: Vec<u8> = (0..0x5000u32).map(|i| (i * 13 + i / 4096) as u8).collect();
+    // Contiguous in guest-physical memory, but three segments whose edges fall inside
+    // pages 1 and 3; a fourth segment after a hole that starts inside page 5.
+    let runs = [
+        Run {
+            paddr: 0,
+            bytes: &mem[..0x1800],
+        },
+        Run {
+            paddr: 0x1800,
+            bytes: &mem[0x1800..0x3a00],
+        },
+        Run {
+            paddr: 0x3a00,
+            bytes: &mem[0x3a00..0x5000],
+        },
+        Run {
+            paddr: 0x5800,
+            bytes: &mem[..0x800],
+        },
+    ];
+    let file = TempFile::new("split.elf", &elf_of(&runs, &[]));
+    let (driver, info) = HostDriver::open_dump(&file.0).unwrap();
+    assert_eq!(info.ranges.len(), 4);
+    for gfn in 0..5u64 {
+        let page = driver.read_page(introvisor::Gfn(gfn)).unwrap();
+        let mut b = vec![0u8; 4096];
+        introvisor::PageRef::read(&page, 0, &mut b).unwrap();
+        assert_eq!(b, mem[gfn as usize * 4096..][..4096], "page {gfn}");
+        let mut b = [0u8; 16];
+        driver
+            .read_physical(Pa(gfn * 4096 + 0x7f8), &mut b)
+            .unwrap();
+        assert_eq!(b, mem[gfn as usize * 4096 + 0x7f8..][..16], "page {gfn}");
+    }
+    // Page 5: 0x5000..0x5800 is a hole, 0x5800.. is held.
+    let page = driver.read_page(introvisor::Gfn(5)).unwrap();
+    let mut b = [0u8; 8];
+    introvisor::PageRef::read(&page, 0x800, &mut b).unwrap();
+    assert_eq!(b, mem[..8]);
+    assert_eq!(
+        introvisor::PageRef::read(&page, 0x7fc, &mut b),
+        Err(VmiError::OutOfBounds(Pa(0x57fc)))
+    );
+    assert_eq!(
+        driver.read_physical(Pa(0x4ffc), &mut b),
+        Err(VmiError::OutOfBounds(Pa(0x5000)))
+    );
+    // Through the core, with and without its page cache.
+    for cached in [true, false] {
+        let core = VmiCore::new(HostDriver::open_dump(&file.0).unwrap().0);
+        if !cached {
+            core.disable_gfn_cache();
+        }
+        let mut b = vec![0u8; 0x3000];
+        core.read(AccessContext::direct(Pa(0x1100)), &mut b)
+            .unwrap();
+        assert_eq!(b, mem[0x1100..0x4100]);
+        let mut b = [0u8; 0x20];
+        assert_eq!(
+            core.read(AccessContext::direct(Pa(0x4ff0)), &mut b),
+            Err(VmiError::OutOfBounds(Pa(0x5000)))
+        );
+    }
+}
+
+/// Writable memory whose size is not a multiple of a page: the last, partial page is
+/// readable up to the end, and a read past it names the first missing byte.
+#[test]
+fn writable_memory_with_a_partial_last_page() {
+    let mem: Vec<u8> = (0..0x1800u32).map(|i| i as u8 ^ 0x5a).collect();
+    let driver = HostDriver::from_vec_writable(mem.clone());
+    let page = driver.read_page(introvisor::Gfn(1)).unwrap();
+    let mut b = vec![0u8; 0x800];
+    introvisor::PageRef::read(&page, 0, &mut b).unwrap();
+    assert_eq!(b, mem[0x1000..]);
+    let mut b = [0u8; 8];
+    assert_eq!(
+        introvisor::PageRef::read(&page, 0x7fc, &mut b),
+        Err(VmiError::OutOfBounds(Pa(0x1800)))
+    );
+    assert_eq!(
+        driver.read_physical(Pa(0x17fc), &mut b),
+        Err(VmiError::OutOfBounds(Pa(0x1800)))
+    );
+    driver.write_physical(Pa(0x17f8), &[1; 8]).unwrap();
+    assert!(driver.write_physical(Pa(0x17fc), &[1; 8]).is_err());
+    let core = VmiCore::new(driver);
+    let mut b = [0u8; 0x10];
+    core.read(AccessContext::direct(Pa(0x17f0)), &mut b)
+        .unwrap();
+    assert_eq!(b[..8], mem[0x17f0..0x17f8]);
+    assert_eq!(b[8..], [1; 8]);
+    assert_eq!(
+        core.read(AccessContext::direct(Pa(0x17f0)), &mut [0u8; 0x20]),
+        Err(VmiError::OutOfBounds(Pa(0x1800)))
+    );
+}
+
+/// A dump file that shrinks while it is open: reads of what is gone fail with an error,
+/// and the process is not killed by SIGBUS.
+#[test]
+fn a_dump_that_shrinks_while_open_gives_errors_not_sigbus() {
+    let (mem, root) = guest();
+    let elf = elf_of(
+        &[Run {
+            paddr: 0,
+            bytes: &mem,
+        }],
+        &[long_mode_registers(root.0, false)],
+    );
+    for (tag, bytes) in [("shrink.raw", &mem), ("shrink.elf", &elf)] {
+        let file = TempFile::new(tag, bytes);
+        let (driver, _) = HostDriver::open_dump(&file.0).unwrap();
+        let mut before = [0u8; 8];
+        driver.read_physical(Pa(0x10), &mut before).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file.0)
+            .unwrap()
+            .set_len(0x2000)
+            .unwrap();
+        let mut b = [0u8; 8];
+        let err = driver.read_physical(Pa(0x8_0000), &mut b).unwrap_err();
+        assert!(matches!(err, VmiError::Driver(_)), "{tag}: {err}");
+        assert!(err.to_string().contains("shorter"), "{tag}: {err}");
+        let page = driver.read_page(introvisor::Gfn(0x80)).unwrap();
+        assert!(
+            introvisor::PageRef::read(&page, 0, &mut b).is_err(),
+            "{tag}"
+        );
+    }
+}
+
+/// A dump cut inside a PT_LOAD opens: a warning says how much the cut lost, bytes before
+/// the cut read, bytes after it do not.
+#[test]
+fn a_dump_cut_inside_a_segment_opens_with_a_warning() {
+    let mem: Vec<u8> = (0..0x4000u32).map(|i| (i % 251) as u8).collect();
+    let runs = [
+        Run {
+            paddr: 0x10_0000,
+            bytes: &mem[..0x2000],
+        },
+        Run {
+            paddr: 0x20_0000,
+            bytes: &mem[0x2000..],
+        },
+    ];
+    let full = elf_of(&runs, &[long_mode_registers(0x1000, false)]);
+    // Cut 0x2800 bytes: all but 0x800 of the second segment's 0x2000 bytes.
+    let cut = &full[..full.len() - 0x1800];
+    let file = TempFile::new("cut.elf", cut);
+    let (driver, info) = HostDriver::open_dump(&file.0).unwrap();
+    assert!(
+        info.warnings
+            .iter()
+            .any(|w| w.contains("0x1800 bytes") && w.contains("truncated")),
+        "{:?}",
+        info.warnings
+    );
+    assert_eq!(info.ranges[1].len, 0x800);
+    let mut b = [0u8; 0x10];
+    driver.read_physical(Pa(0x20_07f0), &mut b).unwrap();
+    assert_eq!(b, mem[0x27f0..0x2800]);
+    assert_eq!(
+        driver.read_physical(Pa(0x20_07f8), &mut b),
+        Err(VmiError::OutOfBounds(Pa(0x20_0800)))
+    );
+    // Cut before the second segment starts: it is lost whole, the first one reads.
+    let cut = &full[..full.len() - 0x2000];
+    let file = TempFile::new("cut2.elf", cut);
+    let (driver, info) = HostDriver::open_dump(&file.0).unwrap();
+    assert!(
+        info.warnings.iter().any(|w| w.contains("0x2000 bytes")),
+        "{:?}",
+        info.warnings
+    );
+    assert_eq!(info.ranges.len(), 1);
+    driver.read_physical(Pa(0x10_1ff8), &mut [0u8; 8]).unwrap();
+}
+
+/// A segment that ends exactly at 2^64 holds the last bytes of the address space.
+#[test]
+fn a_segment_ending_at_the_top_of_the_address_space() {
+    let mem: Vec<u8> = (0..0x2000u32).map(|i| (i * 3) as u8).collect();
+    let top = 0u64.wrapping_sub(0x1000);
+    let runs = [
+        Run {
+            paddr: 0,
+            bytes: &mem[..0x1000],
+        },
+        Run {
+            paddr: top,
+            bytes: &mem[0x1000..],
+        },
+    ];
+    let file = TempFile::new("top.elf", &elf_of(&runs, &[]));
+    let (driver, info) = HostDriver::open_dump(&file.0).unwrap();
+    assert_eq!(info.ranges.len(), 2, "{:?}", info.warnings);
+    let mut b = [0u8; 8];
+    driver.read_physical(Pa(u64::MAX - 7), &mut b).unwrap();
+    assert_eq!(b, mem[0x1ff8..]);
+    let page = driver.read_page(introvisor::Gfn(top >> 12)).unwrap();
+    introvisor::PageRef::read(&page, 0xff8, &mut b).unwrap();
+    assert_eq!(b, mem[0x1ff8..]);
+    assert_eq!(driver.info().unwrap().max_gfn, introvisor::Gfn(top >> 12));
+    // One byte more is still refused.
+    let mut bytes = elf_of(&runs, &[]);
+    let second_load = PHOFF + 2 * PHENT;
+    put64(&mut bytes, second_load + 24, top + 1);
+    assert_eq!(
+        parse(&bytes).unwrap_err(),
+        ElfError::SegmentAddressOverflow { index: 2 }
+    );
+}
+
+/// Overlapping PT_LOADs are trimmed as before, and now say so.
+#[test]
+fn overlapping_segments_are_trimmed_with_a_warning() {
+    let a = vec![0xaau8; 0x2000];
+    let b = vec![0xbbu8; 0x2000];
+    let runs = [
+        Run {
+            paddr: 0x1000,
+            bytes: &a,
+        },
+        Run {
+            paddr: 0x2000,
+            bytes: &b,
+        },
+    ];
+    let file = TempFile::new("overlap.elf", &elf_of(&runs, &[]));
+    let (driver, info) = HostDriver::open_dump(&file.0).unwrap();
+    assert!(
+        info.warnings
+            .iter()
+            .any(|w| w.contains("overlap") && w.contains("0x1000 bytes")),
+        "{:?}",
+        info.warnings
+    );
+    let mut x = [0u8; 2];
+    driver.read_physical(Pa(0x2fff), &mut x).unwrap();
+    assert_eq!(x, [0xaa, 0xbb]);
+}
+
+/// A thousand vCPU notes of an unknown layout make a bounded number of warnings.
+#[test]
+fn many_bad_vcpu_notes_make_a_bounded_number_of_warnings() {
+    let notes = raw_note(b"CORE", 1, &[0u8; 100]).repeat(1000);
+    let core = parse(&with_notes(&notes)).unwrap();
+    assert_eq!(core.vcpus.len(), 1000);
+    assert!(
+        core.warnings.len() <= 18,
+        "{} warnings",
+        core.warnings.len()
+    );
+    assert!(
+        core.warnings.iter().any(|w| w.contains("984 more")),
+        "{:?}",
+        core.warnings
+    );
+}
+
+/// An empty file is not an empty dump, and neither is `/dev/zero`.
+#[test]
+fn empty_files_and_dev_zero_are_refused() {
+    let empty = TempFile::new("empty.bin", &[]);
+    let err = HostDriver::open_dump(&empty.0).err().expect("opened");
+    assert!(err.to_string().contains("empty"), "{err}");
+    if std::path::Path::new("/dev/zero").exists() {
+        let err = HostDriver::open_dump("/dev/zero").err().expect("opened");
+        assert!(err.to_string().contains("character device"), "{err}");
+    }
 }

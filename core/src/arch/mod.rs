@@ -182,6 +182,11 @@ pub trait Architecture: Sized + Send + Sync + 'static {
     type GpRegisters: Copy + Debug + Default + PartialEq + Send + Sync;
     /// How the page tables are to be read (mode, physical address width, ...).
     type Paging: Copy + Debug + Default + PartialEq + Send + Sync;
+    /// The paging a new core starts with (a `const`, so that [`VmiCore::new`] can be:
+    /// equal to `Paging::default()`).
+    ///
+    /// [`VmiCore::new`]: crate::VmiCore::new
+    const DEFAULT_PAGING: Self::Paging;
     /// An event source a driver can enable or disable.
     type EventMonitor: Copy + Debug + PartialEq + Send + Sync;
     /// The architecture-specific part of an event.
@@ -211,6 +216,19 @@ pub trait Architecture: Sized + Send + Sync + 'static {
     #[inline]
     fn va_align_down(va: Va) -> Va {
         Va(va.0 & Self::PAGE_MASK)
+    }
+
+    /// The top-level table a walk under `paging` reads for the translation root `root`
+    /// as given (AMD64: CR3 without its PCID, no-flush and LAM bits,
+    /// [`Paging::root_table`](amd64::Paging::root_table)): what names one address space.
+    /// The translation cache keys its entries by it, so every form of a root is one key
+    /// and a flush under any form drops them all. An architecture whose walk masks its
+    /// root must answer with the walk's own masking; the default, for one that reads the
+    /// root as it is, is `root`.
+    #[inline]
+    fn root_table(paging: &Self::Paging, root: Pa) -> Pa {
+        let _ = paging;
+        root
     }
 
     /// Translates `va` through the page tables rooted at `root`, read from `mem`.
@@ -247,7 +265,7 @@ pub(crate) const fn fault(
     level: u8,
     entry: Pa,
     value: u64,
-    reason: crate::FaultReason,
+    reason: crate::error::FaultReason,
 ) -> VmiError {
     VmiError::Translation(PageFault {
         va,

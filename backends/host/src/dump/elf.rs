@@ -22,7 +22,22 @@
 //! [`parse`] reads only the bytes it is given: for any input it returns `Ok` or an
 //! [`ElfError`] that says what is wrong, never panics, and allocates in proportion to the
 //! headers it accepts, which are capped ([`MAX_PROGRAM_HEADERS`], [`MAX_NOTES`],
-//! [`MAX_VCPUS`]) and must lie inside the input.
+//! [`MAX_VCPUS`], [`MAX_NOTE_BYTES`]) and must lie inside the input. Warnings are capped
+//! too ([`MAX_WARNINGS_PER_KIND`]).
+//!
+//! A file cut short inside or before a `PT_LOAD` segment (a copy interrupted, a disk
+//! filled) is read: each segment keeps the bytes the file holds, and a warning says how
+//! many were lost. Overlapping `PT_LOAD` segments are resolved as
+//! [`GuestMemory`](crate::memory::GuestMemory) resolves them (the one that starts first
+//! holds the shared bytes), with a warning.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 use core::fmt;
 
@@ -92,7 +107,9 @@ pub enum ElfError {
     BadProgramHeaderSize(u16),
     /// More program headers than [`MAX_PROGRAM_HEADERS`], or none at all.
     BadProgramHeaderCount(u64),
-    /// A segment's file range ends past the end of the file (or overflows).
+    /// A `PT_NOTE` segment's file range ends past the end of the file, or a segment's
+    /// file range overflows 64 bits. (A `PT_LOAD` segment cut by the end of the file is
+    /// kept, with a warning.)
     SegmentPastEnd {
         /// The index of the program header.
         index: u64,
@@ -101,7 +118,8 @@ pub enum ElfError {
         /// `p_filesz`.
         size: u64,
     },
-    /// A `PT_LOAD` segment's guest-physical range overflows 64 bits.
+    /// A `PT_LOAD` segment's guest-physical range runs past 2^64 (ending exactly at 2^64
+    /// is allowed).
     SegmentAddressOverflow {
         /// The index of the program header.
         index: u64,
@@ -117,6 +135,8 @@ pub enum ElfError {
     TooManyNotes,
     /// More vCPU notes than [`MAX_VCPUS`].
     TooManyVcpus,
+    /// The `PT_NOTE` segments hold more than [`MAX_NOTE_BYTES`] bytes in all.
+    NotesTooLarge(u64),
     /// A `QEMU` CPU-state note this reader cannot use.
     BadQemuCpuState {
         /// The index of the vCPU (the order of the `QEMU` notes).
@@ -155,14 +175,18 @@ impl fmt::Display for ElfError {
                 size,
             } => write!(
                 f,
-                "truncated file: segment {index} (offset {offset:#x}, {size:#x} bytes) ends past the end"
+                "segment {index} (offset {offset:#x}, {size:#x} bytes) does not fit in the file (truncated, or its range overflows)"
             ),
             Self::SegmentAddressOverflow { index } => {
-                write!(f, "segment {index}: physical range overflows 64 bits")
+                write!(f, "segment {index}: physical range runs past 2^64")
             }
             Self::BadNote { offset, why } => write!(f, "bad note at offset {offset:#x}: {why}"),
             Self::TooManyNotes => write!(f, "more than {MAX_NOTES} notes"),
             Self::TooManyVcpus => write!(f, "more than {MAX_VCPUS} vCPU notes"),
+            Self::NotesTooLarge(n) => write!(
+                f,
+                "note segments of {n:#x} bytes in all (at most {MAX_NOTE_BYTES:#x} are read)"
+            ),
             Self::BadQemuCpuState { vcpu, why } => {
                 write!(f, "bad QEMU CPU state of vCPU {vcpu}: {why}")
             }
@@ -261,8 +285,13 @@ impl ElfVcpu {
 /// A note that is neither a vCPU's `NT_PRSTATUS` nor its `QEMU` state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OtherNote {
-    /// The name, lossily decoded, without its NUL.
-    pub name: String,
+    /// The name's bytes as the file holds them, without the NUL, cut to its first
+    /// [`MAX_NOTE_NAME`] bytes. They come from the file: escape them before they reach a
+    /// terminal.
+    pub name: Vec<u8>,
+    /// The name's full length in bytes, without the NUL (more than `name.len()` when the
+    /// name was cut).
+    pub name_len: usize,
     /// `n_type`.
     pub kind: u32,
     /// `n_descsz`.
@@ -276,7 +305,8 @@ pub struct ElfCore {
     pub class: ElfClass,
     /// The machine.
     pub machine: Machine,
-    /// Every `PT_LOAD` segment with bytes in the file, in file order.
+    /// Every `PT_LOAD` segment with bytes in the file, in file order; `filesz` is cut to
+    /// what the file holds when the file ends inside the segment.
     pub loads: Vec<LoadSegment>,
     /// The vCPUs, in the order of their notes.
     pub vcpus: Vec<ElfVcpu>,
@@ -653,7 +683,8 @@ fn registers_from_prstatus(desc: &[u8]) -> Option<(Registers, u32)> {
         ..Segment::default()
     };
     let pid = |at: usize| {
-        desc.get(at..at + 4)
+        at.checked_add(4)
+            .and_then(|end| desc.get(at..end))
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
             .map(u32::from_le_bytes)
     };
@@ -721,26 +752,111 @@ fn registers_from_prstatus(desc: &[u8]) -> Option<(Registers, u32)> {
 
 // ----- the parser --------------------------------------------------------------------
 
-/// `len` bytes at `offset`, or [`ElfError::Truncated`].
-fn slice<'a>(
-    bytes: &'a [u8],
+/// Why a file could not be read.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    /// The file is not a usable core file.
+    Elf(ElfError),
+    /// Reading it failed (an I/O error, not a short file).
+    Io(std::io::Error),
+}
+
+impl From<ElfError> for Fail {
+    fn from(e: ElfError) -> Self {
+        Self::Elf(e)
+    }
+}
+
+/// Where the parser reads the file from: the bytes in memory, or a file read with
+/// positioned reads (so that nothing is mapped, and a file that shrinks gives an error).
+pub(crate) trait Source {
+    /// The file's length.
+    fn len(&self) -> u64;
+    /// Exactly `buf.len()` bytes at `offset`: `Ok(false)` if the file holds fewer.
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<bool>;
+}
+
+impl Source for [u8] {
+    fn len(&self) -> u64 {
+        <[u8]>::len(self) as u64
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<bool> {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|start| Some((start, start.checked_add(buf.len())?)))
+            .and_then(|(start, end)| self.get(start..end));
+        Ok(src.is_some_and(|src| {
+            buf.copy_from_slice(src);
+            true
+        }))
+    }
+}
+
+/// A file and its length when it was opened.
+pub(crate) struct FileSource<'a> {
+    pub(crate) file: &'a std::fs::File,
+    pub(crate) len: u64,
+}
+
+impl Source for FileSource<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<bool> {
+        #[cfg(unix)]
+        let result = std::os::unix::fs::FileExt::read_exact_at(self.file, buf, offset);
+        #[cfg(not(unix))]
+        let result = {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut file = self.file;
+            file.seek(SeekFrom::Start(offset))
+                .and_then(|_| file.read_exact(buf))
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// `len` bytes at `offset` into a new buffer, or [`ElfError::Truncated`]. The caller
+/// bounds `len`.
+fn bytes_at<S: Source + ?Sized>(
+    src: &S,
     offset: u64,
     len: u64,
     what: &'static str,
-) -> Result<&'a [u8], ElfError> {
+) -> Result<Vec<u8>, Fail> {
     let truncated = ElfError::Truncated { what, offset };
-    let start = usize::try_from(offset).map_err(|_| truncated)?;
-    let len = usize::try_from(len).map_err(|_| truncated)?;
-    start
-        .checked_add(len)
-        .and_then(|end| bytes.get(start..end))
-        .ok_or(truncated)
+    if offset.checked_add(len).is_none_or(|end| end > src.len()) {
+        return Err(truncated.into());
+    }
+    let mut buf = vec![0u8; usize::try_from(len).map_err(|_| truncated)?];
+    if src.read_exact_at(offset, &mut buf).map_err(Fail::Io)? {
+        Ok(buf)
+    } else {
+        Err(truncated.into())
+    }
 }
 
 /// A structure at `offset`.
-fn read_at<T: FromBytes>(bytes: &[u8], offset: u64, what: &'static str) -> Result<T, ElfError> {
-    let raw = slice(bytes, offset, size_of::<T>() as u64, what)?;
-    T::read_from_bytes(raw).map_err(|_| ElfError::Truncated { what, offset })
+fn read_at<T: FromBytes + IntoBytes, S: Source + ?Sized>(
+    src: &S,
+    offset: u64,
+    what: &'static str,
+) -> Result<T, Fail> {
+    let mut value = T::new_zeroed();
+    if src
+        .read_exact_at(offset, value.as_mut_bytes())
+        .map_err(Fail::Io)?
+    {
+        Ok(value)
+    } else {
+        Err(ElfError::Truncated { what, offset }.into())
+    }
 }
 
 /// Whether `bytes` start with the ELF magic.
@@ -757,22 +873,22 @@ struct Header {
     phnum: u64,
 }
 
-fn header(bytes: &[u8]) -> Result<Header, ElfError> {
-    let ident: Ident = read_at(bytes, 0, "ELF identification")?;
+fn header<S: Source + ?Sized>(src: &S) -> Result<Header, Fail> {
+    let ident: Ident = read_at(src, 0, "ELF identification")?;
     if &ident.magic != b"\x7fELF" {
-        return Err(ElfError::BadMagic);
+        return Err(ElfError::BadMagic.into());
     }
     let class = match ident.class {
         1 => ElfClass::Elf32,
         2 => ElfClass::Elf64,
-        c => return Err(ElfError::BadClass(c)),
+        c => return Err(ElfError::BadClass(c).into()),
     };
     if ident.data != 1 {
-        return Err(ElfError::NotLittleEndian(ident.data));
+        return Err(ElfError::NotLittleEndian(ident.data).into());
     }
     let (e_type, machine, phoff, phentsize, phnum, shoff, shentsize) = match class {
         ElfClass::Elf64 => {
-            let h: Ehdr64 = read_at(bytes, 0, "ELF header")?;
+            let h: Ehdr64 = read_at(src, 0, "ELF header")?;
             (
                 h.e_type.get(),
                 h.machine.get(),
@@ -784,7 +900,7 @@ fn header(bytes: &[u8]) -> Result<Header, ElfError> {
             )
         }
         ElfClass::Elf32 => {
-            let h: Ehdr32 = read_at(bytes, 0, "ELF header")?;
+            let h: Ehdr32 = read_at(src, 0, "ELF header")?;
             (
                 h.e_type.get(),
                 h.machine.get(),
@@ -797,19 +913,19 @@ fn header(bytes: &[u8]) -> Result<Header, ElfError> {
         }
     };
     if e_type != ET_CORE {
-        return Err(ElfError::NotCore(e_type));
+        return Err(ElfError::NotCore(e_type).into());
     }
     let machine = match machine {
         EM_X86_64 => Machine::X86_64,
         EM_386 => Machine::I386,
-        m => return Err(ElfError::UnsupportedMachine(m)),
+        m => return Err(ElfError::UnsupportedMachine(m).into()),
     };
     let min_phentsize = match class {
         ElfClass::Elf64 => size_of::<Phdr64>(),
         ElfClass::Elf32 => size_of::<Phdr32>(),
     };
     if usize::from(phentsize) < min_phentsize {
-        return Err(ElfError::BadProgramHeaderSize(phentsize));
+        return Err(ElfError::BadProgramHeaderSize(phentsize).into());
     }
     let phnum = if phnum == PN_XNUM {
         // The real count is in section header 0's sh_info (gABI, "Section Header").
@@ -818,16 +934,16 @@ fn header(bytes: &[u8]) -> Result<Header, ElfError> {
             ElfClass::Elf32 => size_of::<Shdr32>(),
         };
         if usize::from(shentsize) < min_shentsize {
-            return Err(ElfError::BadProgramHeaderCount(u64::from(PN_XNUM)));
+            return Err(ElfError::BadProgramHeaderCount(u64::from(PN_XNUM)).into());
         }
         match class {
             ElfClass::Elf64 => u64::from(
-                read_at::<Shdr64>(bytes, shoff, "section header 0")?
+                read_at::<Shdr64, S>(src, shoff, "section header 0")?
                     .info
                     .get(),
             ),
             ElfClass::Elf32 => u64::from(
-                read_at::<Shdr32>(bytes, shoff, "section header 0")?
+                read_at::<Shdr32, S>(src, shoff, "section header 0")?
                     .info
                     .get(),
             ),
@@ -836,13 +952,22 @@ fn header(bytes: &[u8]) -> Result<Header, ElfError> {
         u64::from(phnum)
     };
     if phnum == 0 || phnum > MAX_PROGRAM_HEADERS {
-        return Err(ElfError::BadProgramHeaderCount(phnum));
+        return Err(ElfError::BadProgramHeaderCount(phnum).into());
     }
-    // The whole table must be in the file before anything is allocated for it.
+    // The whole table must be in the file before anything is read or allocated for it.
     let table_len = phnum
         .checked_mul(u64::from(phentsize))
         .ok_or(ElfError::BadProgramHeaderCount(phnum))?;
-    slice(bytes, phoff, table_len, "program header table")?;
+    if phoff
+        .checked_add(table_len)
+        .is_none_or(|end| end > src.len())
+    {
+        return Err(ElfError::Truncated {
+            what: "program header table",
+            offset: phoff,
+        }
+        .into());
+    }
     Ok(Header {
         class,
         machine,
@@ -853,12 +978,19 @@ fn header(bytes: &[u8]) -> Result<Header, ElfError> {
 }
 
 /// One program header, whatever the class: (type, offset, vaddr, paddr, filesz, memsz).
-fn program_header(bytes: &[u8], h: &Header, index: u64) -> Result<(u32, LoadSegment), ElfError> {
-    // In bounds: `header` checked the whole table.
-    let at = h.phoff + index * h.phentsize;
+fn program_header<S: Source + ?Sized>(
+    src: &S,
+    h: &Header,
+    index: u64,
+) -> Result<(u32, LoadSegment), Fail> {
+    // In the file: `header` checked the whole table.
+    let at = index
+        .checked_mul(h.phentsize)
+        .and_then(|o| o.checked_add(h.phoff))
+        .ok_or(ElfError::BadProgramHeaderCount(h.phnum))?;
     Ok(match h.class {
         ElfClass::Elf64 => {
-            let p: Phdr64 = read_at(bytes, at, "program header")?;
+            let p: Phdr64 = read_at(src, at, "program header")?;
             (
                 p.p_type.get(),
                 LoadSegment {
@@ -871,7 +1003,7 @@ fn program_header(bytes: &[u8], h: &Header, index: u64) -> Result<(u32, LoadSegm
             )
         }
         ElfClass::Elf32 => {
-            let p: Phdr32 = read_at(bytes, at, "program header")?;
+            let p: Phdr32 = read_at(src, at, "program header")?;
             (
                 p.p_type.get(),
                 LoadSegment {
@@ -895,16 +1027,12 @@ struct Notes<'a> {
     count: usize,
 }
 
-fn read_notes<'a>(
-    bytes: &'a [u8],
-    segment: &LoadSegment,
-    notes: &mut Notes<'a>,
-) -> Result<(), ElfError> {
-    let data = slice(bytes, segment.offset, segment.filesz, "note segment")?;
+/// The notes of one `PT_NOTE` segment, `data`, which starts at file offset `base`.
+fn read_notes<'a>(data: &'a [u8], base: u64, notes: &mut Notes<'a>) -> Result<(), ElfError> {
     let mut pos = 0usize;
     // Each turn consumes at least the 12-byte header: bounded by the segment size.
     while pos < data.len() {
-        let offset = segment.offset + pos as u64;
+        let offset = base.saturating_add(pos as u64);
         let bad = |why| ElfError::BadNote { offset, why };
         let rest = data.get(pos..).unwrap_or_default();
         if rest.len() < size_of::<Nhdr>() {
@@ -918,8 +1046,9 @@ fn read_notes<'a>(
         let namesz = nhdr.namesz.get() as usize;
         let descsz = nhdr.descsz.get() as usize;
         let name_at = size_of::<Nhdr>();
-        let desc_at = name_at
-            .checked_add(namesz.next_multiple_of(4))
+        let desc_at = namesz
+            .checked_next_multiple_of(4)
+            .and_then(|n| n.checked_add(name_at))
             .ok_or(bad("name size overflows"))?;
         let end = desc_at
             .checked_add(descsz)
@@ -927,9 +1056,12 @@ fn read_notes<'a>(
         if end > rest.len() {
             return Err(bad("name or descriptor runs past the end of the segment"));
         }
-        let name = rest.get(name_at..name_at + namesz).unwrap_or_default();
+        let name = name_at
+            .checked_add(namesz)
+            .and_then(|name_end| rest.get(name_at..name_end))
+            .unwrap_or_default();
         let desc = rest.get(desc_at..end).unwrap_or_default();
-        notes.count += 1;
+        notes.count = notes.count.saturating_add(1);
         if notes.count > MAX_NOTES {
             return Err(ElfError::TooManyNotes);
         }
@@ -938,15 +1070,17 @@ fn read_notes<'a>(
             (b"CORE", NT_PRSTATUS) => notes.prstatus.push(desc),
             (b"QEMU", 0) => notes.qemu.push(desc),
             (name, kind) => notes.other.push(OtherNote {
-                name: String::from_utf8_lossy(name).into_owned(),
+                name: name.get(..MAX_NOTE_NAME).unwrap_or(name).to_vec(),
+                name_len: name.len(),
                 kind,
-                size: descsz as u32,
+                size: nhdr.descsz.get(),
             }),
         }
         if notes.prstatus.len() > MAX_VCPUS || notes.qemu.len() > MAX_VCPUS {
             return Err(ElfError::TooManyVcpus);
         }
-        pos = pos.saturating_add(end.next_multiple_of(4).max(end));
+        let next = end.checked_next_multiple_of(4).unwrap_or(end);
+        pos = pos.saturating_add(next);
     }
     Ok(())
 }
@@ -959,7 +1093,8 @@ fn qemu_state(desc: &[u8], vcpu: usize) -> Result<(QemuCpuState, bool, u32, u32)
     let mut state = QemuCpuState::default();
     let (version, size) = {
         let (head, _) = <[U32; 2]>::read_from_prefix(desc).map_err(|_| bad("header"))?;
-        (head[0].get(), head[1].get())
+        let [version, size] = head;
+        (version.get(), size.get())
     };
     if version != QEMU_CPU_STATE_VERSION {
         return Err(bad("unknown version (this reader knows version 1)"));
@@ -980,65 +1115,181 @@ fn qemu_state(desc: &[u8], vcpu: usize) -> Result<(QemuCpuState, bool, u32, u32)
     Ok((state, size_usize >= QEMU_CPU_STATE_SIZE, version, size))
 }
 
-/// At most this many per-segment warnings are kept; the rest are counted in one line, so a
-/// hostile file with a million short segments cannot make a million messages.
-const MAX_SEGMENT_WARNINGS: usize = 16;
+/// At most this many warnings of each kind (per segment, per vCPU, per overlap) are kept;
+/// the rest are counted in one line, so a hostile file with a million short segments or
+/// vCPU notes cannot make a million messages.
+pub const MAX_WARNINGS_PER_KIND: usize = 16;
+
+/// The most bytes of `PT_NOTE` segments read, over all of them. QEMU writes under a
+/// kilobyte per vCPU, Linux a few kilobytes in all; the notes are read into memory, so
+/// their size is capped.
+pub const MAX_NOTE_BYTES: u64 = 64 << 20;
+
+/// The most bytes of a note's name kept in [`OtherNote::name`].
+pub const MAX_NOTE_NAME: usize = 64;
+
+/// Warnings of one kind, capped at [`MAX_WARNINGS_PER_KIND`].
+#[derive(Default)]
+struct Capped {
+    shown: usize,
+    omitted: u64,
+}
+
+impl Capped {
+    fn push(&mut self, warnings: &mut Vec<String>, message: impl FnOnce() -> String) {
+        if self.shown < MAX_WARNINGS_PER_KIND {
+            self.shown = self.shown.saturating_add(1);
+            warnings.push(message());
+        } else {
+            self.omitted = self.omitted.saturating_add(1);
+        }
+    }
+
+    fn finish(&self, warnings: &mut Vec<String>, summary: impl FnOnce(u64) -> String) {
+        if self.omitted > 0 {
+            warnings.push(summary(self.omitted));
+        }
+    }
+}
 
 /// Parses an ELF core file held in `bytes`; see the module documentation.
 ///
 /// # Errors
 /// An [`ElfError`] naming what is wrong: not ELF, not a little-endian x86 core file,
-/// headers or segments past the end of the input, notes whose sizes do not fit, counts
-/// over the caps, or a `QEMU` CPU-state note of an unknown version or a bad size.
+/// headers or note segments past the end of the input, segments whose ranges overflow 64
+/// bits, notes whose sizes do not fit, counts or sizes over the caps, or a `QEMU`
+/// CPU-state note of an unknown version or a bad size.
 pub fn parse(bytes: &[u8]) -> Result<ElfCore, ElfError> {
-    let h = header(bytes)?;
-    let file_len = bytes.len() as u64;
+    parse_from(bytes).map_err(|fail| match fail {
+        Fail::Elf(e) => e,
+        // Bytes in memory cannot fail to read.
+        Fail::Io(_) => ElfError::Truncated {
+            what: "file",
+            offset: 0,
+        },
+    })
+}
+
+/// [`parse`] over any [`Source`].
+pub(crate) fn parse_from<S: Source + ?Sized>(src: &S) -> Result<ElfCore, Fail> {
+    let h = header(src)?;
+    let file_len = src.len();
     let mut loads = Vec::new();
-    let mut notes = Notes::default();
     let mut warnings = Vec::new();
     let mut note_segments = Vec::new();
-    let mut omitted_warnings = 0u64;
+    let mut short = Capped::default();
+    let mut cut = Capped::default();
+    let mut cut_count = 0u64;
+    let mut cut_bytes = 0u64;
     for index in 0..h.phnum {
-        let (p_type, seg) = program_header(bytes, &h, index)?;
+        let (p_type, mut seg) = program_header(src, &h, index)?;
         if p_type != PT_LOAD && p_type != PT_NOTE {
             continue;
         }
-        let end = seg.offset.checked_add(seg.filesz);
-        if end.is_none_or(|end| end > file_len) {
-            return Err(ElfError::SegmentPastEnd {
-                index,
-                offset: seg.offset,
-                size: seg.filesz,
-            });
-        }
+        let past_end = ElfError::SegmentPastEnd {
+            index,
+            offset: seg.offset,
+            size: seg.filesz,
+        };
+        let Some(end) = seg.offset.checked_add(seg.filesz) else {
+            return Err(past_end.into());
+        };
         if p_type == PT_NOTE {
+            if end > file_len {
+                return Err(past_end.into());
+            }
             note_segments.push(seg);
             continue;
         }
-        if seg.paddr.checked_add(seg.filesz).is_none() {
-            return Err(ElfError::SegmentAddressOverflow { index });
+        if let Some(n) = seg.filesz.checked_sub(1)
+            && seg.paddr.checked_add(n).is_none()
+        {
+            return Err(ElfError::SegmentAddressOverflow { index }.into());
         }
-        if seg.memsz > seg.filesz && warnings.len() >= MAX_SEGMENT_WARNINGS {
-            omitted_warnings += 1;
-        } else if seg.memsz > seg.filesz {
-            warnings.push(format!(
-                "segment {index} at {:#x}: {:#x} of its {:#x} bytes are not in the file and read as absent",
-                seg.paddr,
-                seg.memsz - seg.filesz,
-                seg.memsz
-            ));
+        if let Some(missing) = seg.memsz.checked_sub(seg.filesz).filter(|&m| m > 0) {
+            short.push(&mut warnings, || {
+                format!(
+                    "segment {index} at {:#x}: {missing:#x} of its {:#x} bytes are not in the file and read as absent",
+                    seg.paddr, seg.memsz
+                )
+            });
+        }
+        if end > file_len {
+            // A dump cut short: keep what the file holds, and say what is lost.
+            let kept = file_len.saturating_sub(seg.offset);
+            let lost = seg.filesz.saturating_sub(kept);
+            cut_count = cut_count.saturating_add(1);
+            cut_bytes = cut_bytes.saturating_add(lost);
+            cut.push(&mut warnings, || {
+                if kept == 0 {
+                    format!(
+                        "segment {index} at {:#x}: the file is truncated before it; all its {lost:#x} bytes are lost",
+                        seg.paddr
+                    )
+                } else {
+                    format!(
+                        "segment {index} at {:#x}: the file is truncated {kept:#x} bytes into it; its last {lost:#x} bytes are lost",
+                        seg.paddr
+                    )
+                }
+            });
+            seg.filesz = kept;
         }
         if seg.filesz > 0 {
             loads.push(seg);
         }
     }
-    if omitted_warnings > 0 {
+    short.finish(&mut warnings, |n| {
+        format!("{n} more segments are shorter in the file than in memory")
+    });
+    cut.finish(&mut warnings, |n| {
+        format!("{n} more segments are cut by the end of the file")
+    });
+    if cut_count > 1 {
         warnings.push(format!(
-            "{omitted_warnings} more segments are shorter in the file than in memory"
+            "the file is truncated at {file_len:#x} bytes: {cut_count} segments lose {cut_bytes:#x} bytes in all"
         ));
     }
+
+    // Overlaps, resolved as memory resolves them (the segment that starts first wins).
+    let ranges = loads
+        .iter()
+        .map(|l| MemoryRange {
+            start: Pa(l.paddr),
+            len: l.filesz,
+            offset: l.offset,
+        })
+        .collect();
+    let (_, overlaps) = crate::memory::normalize(ranges, file_len);
+    let mut overlap = Capped::default();
+    for o in &overlaps {
+        overlap.push(&mut warnings, || {
+            format!(
+                "segments overlap at {:#x}: {:#x} bytes of a later segment are ignored, an earlier one holds them",
+                o.start.0, o.len
+            )
+        });
+    }
+    overlap.finish(&mut warnings, |n| {
+        format!("{n} more overlaps between segments")
+    });
+
+    let note_bytes = note_segments
+        .iter()
+        .fold(0u64, |sum, s| sum.saturating_add(s.filesz));
+    if note_bytes > MAX_NOTE_BYTES {
+        return Err(ElfError::NotesTooLarge(note_bytes).into());
+    }
+    let mut note_data = Vec::with_capacity(note_segments.len());
     for seg in &note_segments {
-        read_notes(bytes, seg, &mut notes)?;
+        note_data.push((
+            bytes_at(src, seg.offset, seg.filesz, "note segment")?,
+            seg.offset,
+        ));
+    }
+    let mut notes = Notes::default();
+    for (data, base) in &note_data {
+        read_notes(data, *base, &mut notes)?;
     }
 
     let count = notes.prstatus.len().max(notes.qemu.len());
@@ -1049,6 +1300,7 @@ pub fn parse(bytes: &[u8]) -> Result<ElfCore, ElfError> {
             notes.qemu.len()
         ));
     }
+    let mut unknown_layout = Capped::default();
     let mut vcpus = Vec::with_capacity(count);
     for i in 0..count {
         let pr = notes.prstatus.get(i).copied();
@@ -1056,10 +1308,12 @@ pub fn parse(bytes: &[u8]) -> Result<ElfCore, ElfError> {
         if let Some(desc) = pr
             && from_pr.is_none()
         {
-            warnings.push(format!(
-                "vCPU {i}: NT_PRSTATUS of {} bytes has an unknown layout; ignored",
-                desc.len()
-            ));
+            unknown_layout.push(&mut warnings, || {
+                format!(
+                    "vCPU {i}: NT_PRSTATUS of {} bytes has an unknown layout; ignored",
+                    desc.len()
+                )
+            });
         }
         let pid = from_pr.map(|(_, pid)| pid);
         let vcpu = if let Some(desc) = notes.qemu.get(i) {
@@ -1078,6 +1332,9 @@ pub fn parse(bytes: &[u8]) -> Result<ElfCore, ElfError> {
         };
         vcpus.push(vcpu);
     }
+    unknown_layout.finish(&mut warnings, |n| {
+        format!("{n} more vCPUs have an NT_PRSTATUS of an unknown layout")
+    });
     if loads.is_empty() {
         warnings.push("no PT_LOAD segment holds memory".to_owned());
     }

@@ -1,4 +1,4 @@
-//! Writes ELF core files in the layout QEMU's `dump-guest-memory` uses: for fixtures and
+//! Writes LiME images ([`write_lime`]) and ELF core files in the layout QEMU's `dump-guest-memory` uses: for fixtures and
 //! tests (a guest built with [`GuestBuilder`](crate::builder::GuestBuilder), saved the
 //! way QEMU would save a real one), and for tools that cut a dump down.
 //!
@@ -29,11 +29,21 @@ pub struct Run<'a> {
     pub bytes: &'a [u8],
 }
 
-fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
+/// A sum or product that does not fit: the error of a layout too large to write.
+fn too_large() -> io::Error {
+    io::Error::other("the core file's layout overflows 64 bits")
+}
+
+fn note(name: &[u8], kind: u32, desc: &[u8]) -> io::Result<Vec<u8>> {
+    let namesz = u32::try_from(name.len())
+        .ok()
+        .and_then(|n| n.checked_add(1))
+        .ok_or_else(too_large)?;
+    let descsz = u32::try_from(desc.len()).map_err(|_| too_large())?;
     let mut out = Vec::new();
     let header = Nhdr {
-        namesz: U32::new(name.len() as u32 + 1),
-        descsz: U32::new(desc.len() as u32),
+        namesz: U32::new(namesz),
+        descsz: U32::new(descsz),
         n_type: U32::new(kind),
     };
     out.extend_from_slice(header.as_bytes());
@@ -42,7 +52,7 @@ fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
     out.resize(out.len().next_multiple_of(4), 0);
     out.extend_from_slice(desc);
     out.resize(out.len().next_multiple_of(4), 0);
-    out
+    Ok(out)
 }
 
 fn qemu_seg(s: &Segment) -> QemuSegment {
@@ -131,9 +141,21 @@ fn prstatus_note(r: &Registers, pid: u32) -> Vec<u8> {
         gs: U64::new(r.gs.selector.into()),
     };
     let mut desc = vec![0u8; PRSTATUS_X86_64_SIZE];
-    desc[PRSTATUS_X86_64_PID..PRSTATUS_X86_64_PID + 4].copy_from_slice(&pid.to_le_bytes());
+    // Both fields lie inside the 336-byte descriptor (pr_pid at 32, pr_reg at 112, 216
+    // bytes long): the `get_mut`s cannot fail.
+    if let Some(at) = desc
+        .get_mut(PRSTATUS_X86_64_PID..)
+        .and_then(|d| d.get_mut(..4))
+    {
+        at.copy_from_slice(&pid.to_le_bytes());
+    }
     let regs = regs.as_bytes();
-    desc[PRSTATUS_X86_64_REGS..PRSTATUS_X86_64_REGS + regs.len()].copy_from_slice(regs);
+    if let Some(at) = desc
+        .get_mut(PRSTATUS_X86_64_REGS..)
+        .and_then(|d| d.get_mut(..regs.len()))
+    {
+        at.copy_from_slice(regs);
+    }
     desc
 }
 
@@ -148,17 +170,20 @@ pub fn write_qemu_elf(
     vcpus: &[Registers],
 ) -> io::Result<u64> {
     let mut notes = Vec::new();
-    for (i, r) in vcpus.iter().enumerate() {
-        notes.extend(note(b"CORE", NT_PRSTATUS, &prstatus_note(r, i as u32 + 1)));
+    for (r, pid) in vcpus.iter().zip(1u32..) {
+        notes.extend(note(b"CORE", NT_PRSTATUS, &prstatus_note(r, pid))?);
     }
     for r in vcpus {
-        notes.extend(note(b"QEMU", 0, &qemu_note(r)));
+        notes.extend(note(b"QEMU", 0, &qemu_note(r))?);
     }
     let long_mode = vcpus.first().is_some_and(|r| r.efer & (1 << 10) != 0);
     let ehsize = size_of::<Ehdr64>() as u64;
     let phentsize = size_of::<Phdr64>() as u64;
-    let phnum = 1 + memory.len() as u64;
-    let mut offset = ehsize + phnum * phentsize;
+    let phnum = (memory.len() as u64).checked_add(1).ok_or_else(too_large)?;
+    let mut offset = phnum
+        .checked_mul(phentsize)
+        .and_then(|t| t.checked_add(ehsize))
+        .ok_or_else(too_large)?;
     let header = Ehdr64 {
         ident: *b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0",
         e_type: U16::new(ET_CORE),
@@ -187,7 +212,9 @@ pub fn write_qemu_elf(
         align: U64::new(0),
     };
     out.write_all(note_header.as_bytes())?;
-    offset += notes.len() as u64;
+    offset = offset
+        .checked_add(notes.len() as u64)
+        .ok_or_else(too_large)?;
     for run in memory {
         let len = run.bytes.len() as u64;
         let load = Phdr64 {
@@ -201,11 +228,35 @@ pub fn write_qemu_elf(
             align: U64::new(0),
         };
         out.write_all(load.as_bytes())?;
-        offset += len;
+        offset = offset.checked_add(len).ok_or_else(too_large)?;
     }
     out.write_all(&notes)?;
     for run in memory {
         out.write_all(run.bytes)?;
     }
     Ok(offset)
+}
+
+/// Writes a LiME image: for each run, a version-1 range header (`s_addr` = `paddr`,
+/// `e_addr` = its last byte's address) and the run's bytes (see [`lime`](super::lime)).
+/// Runs must be non-empty; their order is kept.
+///
+/// # Errors
+/// The writer's error; `InvalidInput` for an empty run or one whose end overflows.
+pub fn write_lime(out: &mut dyn Write, runs: &[Run<'_>]) -> io::Result<()> {
+    for run in runs {
+        let last = (run.bytes.len() as u64)
+            .checked_sub(1)
+            .and_then(|n| run.paddr.checked_add(n))
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "empty or overflowing run")
+            })?;
+        out.write_all(&super::lime::LIME_MAGIC.to_le_bytes())?;
+        out.write_all(&super::lime::LIME_VERSION.to_le_bytes())?;
+        out.write_all(&run.paddr.to_le_bytes())?;
+        out.write_all(&last.to_le_bytes())?;
+        out.write_all(&[0; 8])?;
+        out.write_all(run.bytes)?;
+    }
+    Ok(())
 }

@@ -10,7 +10,10 @@ pub use events::{
     InterruptEvent, InterruptType, IoDirection, IoEvent, MemoryAccessEvent, MsrEvent, vector,
 };
 pub use gp_registers::GpRegisters;
-pub use paging::{Access, AccessKind, EntryFlags, Paging, PagingMode, PfErrorCode, RightsPolicy};
+pub use paging::{
+    Access, AccessKind, EntryFlags, EntryNames, PageTableEntry, Paging, PagingMode, PfErrorCode,
+    RightsPolicy, TableIndex, level_name,
+};
 pub use registers::{DescriptorTable, Registers, Segment};
 
 use crate::addr::{Pa, Va};
@@ -29,9 +32,16 @@ impl Architecture for Amd64 {
     type Registers = Registers;
     type GpRegisters = GpRegisters;
     type Paging = Paging;
+    const DEFAULT_PAGING: Paging = Paging::new(PagingMode::Level4);
     type EventMonitor = EventMonitor;
     type EventReason = EventReason;
     type Interrupt = Interrupt;
+
+    /// [`Paging::root_table`], the masking the walker applies.
+    #[inline]
+    fn root_table(paging: &Paging, root: Pa) -> Pa {
+        paging.root_table(root)
+    }
 
     #[inline]
     fn translate_observed(

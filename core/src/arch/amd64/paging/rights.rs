@@ -148,6 +148,7 @@ bitflags::bitflags! {
 }
 
 #[cfg(feature = "defmt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "defmt")))]
 impl defmt::Format for PfErrorCode {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(f, "PfErrorCode({=u32:#x})", self.bits())
@@ -341,5 +342,219 @@ impl Amd64 {
                 FaultReason::AccessDenied,
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::walk::tests::{K, level4_fixture, w64};
+    use super::*;
+    use crate::arch::Architecture;
+    use crate::arch::amd64::PagingMode;
+
+    fn t(access: MemoryAccess, user: bool) -> Translation {
+        Translation {
+            pa: Pa(0x1000),
+            page_size: 0x1000,
+            access,
+            user,
+        }
+    }
+
+    const P: PfErrorCode = PfErrorCode::PRESENT;
+    const W: PfErrorCode = PfErrorCode::WRITE;
+    const U: PfErrorCode = PfErrorCode::USER;
+    const I: PfErrorCode = PfErrorCode::INSTRUCTION;
+
+    #[test]
+    fn rights_user_accesses() {
+        let p = Paging::default();
+        let r = RightsPolicy::new();
+        let read = Access::user(AccessKind::Read);
+        let write = Access::user(AccessKind::Write);
+        let fetch = Access::user(AccessKind::Fetch);
+        // A supervisor page is closed to user mode, whatever its other rights.
+        let kpage = t(MemoryAccess::RWX, false);
+        assert_eq!(p.check_access(&kpage, read, r), Err(P | U));
+        assert_eq!(p.check_access(&kpage, write, r), Err(P | W | U));
+        assert_eq!(p.check_access(&kpage, fetch, r), Err(P | U | I));
+        // A read-only, non-executable user page.
+        let upage = t(MemoryAccess::R, true);
+        assert_eq!(p.check_access(&upage, read, r), Ok(()));
+        assert_eq!(p.check_access(&upage, write, r), Err(P | W | U));
+        assert_eq!(p.check_access(&upage, fetch, r), Err(P | U | I));
+        // CR0.WP does not matter to user mode.
+        let no_wp = RightsPolicy { wp: false, ..r };
+        assert_eq!(p.check_access(&upage, write, no_wp), Err(P | W | U));
+        assert_eq!(
+            p.check_access(&t(MemoryAccess::RWX, true), write, r),
+            Ok(())
+        );
+        assert_eq!(
+            p.check_access(&t(MemoryAccess::RWX, true), fetch, r),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn rights_supervisor_wp_smep_smap() {
+        let p = Paging::default();
+        let read = Access::supervisor(AccessKind::Read);
+        let write = Access::supervisor(AccessKind::Write);
+        let fetch = Access::supervisor(AccessKind::Fetch);
+        let ro_k = t(MemoryAccess::RX, false);
+        let rw_u = t(MemoryAccess::RWX, true);
+        let ro_u = t(MemoryAccess::R, true);
+        let wp = RightsPolicy::new();
+        let no_wp = RightsPolicy { wp: false, ..wp };
+        assert_eq!(p.check_access(&ro_k, write, wp), Err(P | W));
+        assert_eq!(p.check_access(&ro_k, write, no_wp), Ok(()));
+        assert_eq!(p.check_access(&ro_u, write, no_wp), Ok(()));
+        assert_eq!(p.check_access(&ro_u, write, wp), Err(P | W));
+        assert_eq!(p.check_access(&ro_k, fetch, wp), Ok(()));
+        assert_eq!(p.check_access(&ro_u, fetch, wp), Err(P | I), "XD");
+        assert_eq!(p.check_access(&rw_u, fetch, wp), Ok(()), "no SMEP");
+        let smep = RightsPolicy { smep: true, ..wp };
+        assert_eq!(p.check_access(&rw_u, fetch, smep), Err(P | I));
+        assert_eq!(p.check_access(&ro_k, fetch, smep), Ok(()));
+        assert_eq!(
+            p.check_access(&rw_u, read, smep),
+            Ok(()),
+            "SMEP is fetches only"
+        );
+        let smap = RightsPolicy { smap: true, ..wp };
+        let smap_ac = RightsPolicy { ac: true, ..smap };
+        assert_eq!(p.check_access(&rw_u, read, smap), Err(P));
+        assert_eq!(p.check_access(&rw_u, write, smap), Err(P | W));
+        assert_eq!(p.check_access(&rw_u, read, smap_ac), Ok(()));
+        assert_eq!(p.check_access(&rw_u, write, smap_ac), Ok(()));
+        assert_eq!(
+            p.check_access(&ro_u, write, smap_ac),
+            Err(P | W),
+            "AC does not lift WP"
+        );
+        assert_eq!(
+            p.check_access(
+                &ro_u,
+                write,
+                RightsPolicy {
+                    wp: false,
+                    ..smap_ac
+                }
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            p.check_access(&ro_k, read, smap),
+            Ok(()),
+            "SMAP is user pages only"
+        );
+        assert_eq!(
+            p.check_access(&rw_u, fetch, smap),
+            Ok(()),
+            "SMAP is data only"
+        );
+    }
+
+    #[test]
+    fn error_code_instruction_bit() {
+        let fetch = Access::supervisor(AccessKind::Fetch);
+        let r = RightsPolicy::new();
+        let smep = RightsPolicy { smep: true, ..r };
+        let code = |mode, nxe, rights| {
+            PfErrorCode::for_access(&Paging::new(mode).with_nxe(nxe), fetch, rights)
+        };
+        // I/D: a fetch, and SMEP or (PAE-style entries and NXE) (§4.7).
+        assert_eq!(code(PagingMode::Bits32, true, r), PfErrorCode::empty());
+        assert_eq!(code(PagingMode::Bits32, true, smep), I);
+        assert_eq!(code(PagingMode::Pae, false, r), PfErrorCode::empty());
+        assert_eq!(code(PagingMode::Pae, true, r), I);
+        assert_eq!(code(PagingMode::Level4, true, r), I);
+        assert_eq!(code(PagingMode::Level5, false, smep), I);
+        // A 32-bit user fetch from a supervisor page: P|U, no I/D.
+        let p32 = Paging::new(PagingMode::Bits32);
+        assert_eq!(
+            p32.check_access(
+                &t(MemoryAccess::RWX, false),
+                Access::user(AccessKind::Fetch),
+                r
+            ),
+            Err(P | U)
+        );
+    }
+
+    #[test]
+    fn error_code_of_walk_faults() {
+        let p = Paging::default();
+        let r = RightsPolicy::new();
+        let m = level4_fixture();
+        let write = Access::user(AccessKind::Write);
+        let fault_of = |va: u64, mem: &[u8]| match Amd64::translate(mem, &p, Va(va), Pa(0x1000)) {
+            Err(VmiError::Translation(f)) => f,
+            other => panic!("{other:?}"),
+        };
+        let np = fault_of(0x1000, &m);
+        assert_eq!(p.fault_error_code(&np, write, r), Some(W | U));
+        let mut bad = m.clone();
+        w64(&mut bad, 0x1800, 0x2000 | 0x83);
+        let rsvd = fault_of(K, &bad);
+        assert_eq!(
+            p.fault_error_code(&rsvd, Access::supervisor(AccessKind::Fetch), r),
+            Some(P | PfErrorCode::RESERVED | I)
+        );
+        let nc = fault_of(1 << 47, &m);
+        assert_eq!(p.fault_error_code(&nc, write, r), None);
+        let oom = fault_of(K, &m[..0x1000]);
+        assert_eq!(oom.reason, FaultReason::OutOfMemory);
+        assert_eq!(p.fault_error_code(&oom, write, r), None);
+    }
+
+    #[test]
+    fn translate_access_names_the_leaf() {
+        let m = level4_fixture();
+        let p = Paging::default();
+        let r = RightsPolicy::new();
+        // The 2 MiB page is read-only: with CR0.WP, a supervisor write is denied at its PDE.
+        let va = K + 3 * 0x20_0000 + 0x10;
+        let write = Access::supervisor(AccessKind::Write);
+        let err = Amd64::translate_access(&m[..], &p, Va(va), Pa(0x1000), write, r).unwrap_err();
+        let f = *err.page_fault().unwrap();
+        assert_eq!(
+            (f.reason, f.level, f.entry, f.value),
+            (FaultReason::AccessDenied, 2, Pa(0x3018), 0x1234_5660_1085)
+        );
+        assert_eq!(p.fault_error_code(&f, write, r), Some(P | W));
+        // The PML4E is supervisor-only, so user mode may not even read.
+        let user_read = Access::user(AccessKind::Read);
+        let err = Amd64::translate_access(&m[..], &p, Va(va), Pa(0x1000), user_read, r);
+        assert_eq!(
+            err.unwrap_err().page_fault().unwrap().reason,
+            FaultReason::AccessDenied
+        );
+        let read = Access::supervisor(AccessKind::Read);
+        let ok = Amd64::translate_access(&m[..], &p, Va(va), Pa(0x1000), read, r).unwrap();
+        assert_eq!(ok.pa, Pa(0x1234_5660_0010));
+        // A walk failure comes back unchanged.
+        let err = Amd64::translate_access(&m[..], &p, Va(0x1000), Pa(0x1000), read, r);
+        assert_eq!(
+            err.unwrap_err().page_fault().unwrap().reason,
+            FaultReason::NotPresent
+        );
+    }
+
+    #[test]
+    fn rights_policy_from_registers() {
+        assert_eq!(
+            RightsPolicy::from_registers(0, 0, 0),
+            RightsPolicy {
+                wp: false,
+                smep: false,
+                smap: false,
+                ac: false
+            }
+        );
+        let p = RightsPolicy::from_registers(1 << 16, 1 << 21, 1 << 18);
+        assert!(p.wp && !p.smep && p.smap && p.ac);
+        assert_eq!(RightsPolicy::default(), RightsPolicy::new());
     }
 }

@@ -1,0 +1,871 @@
+//! The walker: one loop over a mode's description (see the [module documentation](super)).
+
+use super::entry::EntryFlags;
+use super::modes::{Bit7, LEVEL4, LEVEL5, ModeDesc, bit_range};
+use super::{Paging, PagingMode};
+use crate::access::MemoryAccess;
+use crate::addr::{Pa, Va};
+use crate::arch::{PhysRead, Translation, WalkStep, fault};
+use crate::error::FaultReason;
+use crate::error::VmiError;
+
+/// The walk itself; see the module documentation.
+///
+/// 4- and 5-level paging, by far the commonest, get a straight-line copy of the walk in
+/// which the mode's description is a constant: every per-level lookup and mask folds at
+/// compile time. The other modes run the same steps in a loop over their description.
+#[inline]
+pub(crate) fn walk(
+    mem: &(impl PhysRead + ?Sized),
+    paging: &Paging,
+    va: Va,
+    root: Pa,
+    observe: impl FnMut(WalkStep),
+) -> Result<Translation, VmiError> {
+    match paging.mode {
+        PagingMode::Level4 => walk_long::<4>(mem, paging, &LEVEL4, va, root, observe),
+        PagingMode::Level5 => walk_long::<5>(mem, paging, &LEVEL5, va, root, observe),
+        _ => walk_other(mem, paging, va, root, observe),
+    }
+}
+
+/// 4- or 5-level paging (`LEVELS`, described by `desc`): the levels written out.
+#[inline(always)]
+fn walk_long<const LEVELS: u8>(
+    mem: &(impl PhysRead + ?Sized),
+    paging: &Paging,
+    desc: &'static ModeDesc,
+    va: Va,
+    root: Pa,
+    observe: impl FnMut(WalkStep),
+) -> Result<Translation, VmiError> {
+    let mut w = Walker::new(mem, paging, desc, va, root, observe)?;
+    let mut table = paging.root_table(root);
+    // The levels one after the other, not in a loop, so that each is compiled with its
+    // level a constant. An entry the reader cannot read the fast way sends the rest of the
+    // walk out of line (`finish`): the fast path never rejoins the slow one, so what the
+    // reader loads once (its memory's bounds, say) stays loaded.
+    macro_rules! level {
+        ($level:expr) => {
+            let (shift, _, entry) = w.locate($level, table);
+            let Some(value) = w.mem.read_u64_fast(entry) else {
+                return w.finish($level, table);
+            };
+            match w.check($level, shift, entry, value)? {
+                Step::Table(next) => table = next,
+                Step::Leaf(t) => return Ok(t),
+            }
+        };
+    }
+    if LEVELS == 5 {
+        level!(5);
+    }
+    level!(4);
+    level!(3);
+    level!(2);
+    level!(1);
+    // Level 1 always maps a page; this is the bound made explicit.
+    Err(fault(va, root, 0, table, 0, FaultReason::NotPresent))
+}
+
+/// Paging disabled, 32-bit and PAE paging: the steps in a loop over the mode's description.
+#[inline(never)]
+fn walk_other(
+    mem: &(impl PhysRead + ?Sized),
+    paging: &Paging,
+    va: Va,
+    root: Pa,
+    observe: impl FnMut(WalkStep),
+) -> Result<Translation, VmiError> {
+    let desc = paging.mode.desc();
+    if paging.mode == PagingMode::Disabled {
+        if !paging.mode.is_valid_va(va) {
+            return Err(fault(va, root, 0, Pa(0), 0, FaultReason::NonCanonical));
+        }
+        return Ok(Translation {
+            pa: Pa(va.0),
+            page_size: 1 << 12,
+            access: MemoryAccess::RWX,
+            user: true,
+        });
+    }
+    let mut w = Walker::new(mem, paging, desc, va, root, observe)?;
+    let mut table = paging.root_table(root);
+    let mut level = desc.levels;
+    // One iteration per level, top to bottom: bounded by the level count.
+    for _ in 0..desc.levels {
+        match w.step(level, table)? {
+            Step::Leaf(t) => return Ok(t),
+            Step::Table(next) => table = next,
+        }
+        // At most `desc.levels` iterations from `desc.levels`: never below zero.
+        level = level.saturating_sub(1);
+    }
+    // Level 1 always returns above; this is the bound made explicit.
+    Err(fault(va, root, level, table, 0, FaultReason::NotPresent))
+}
+
+/// [`fault`], out of line: failures are the rare path.
+#[cold]
+#[inline(never)]
+fn cold_fault(va: Va, root: Pa, level: u8, entry: Pa, value: u64, reason: FaultReason) -> VmiError {
+    fault(va, root, level, entry, value, reason)
+}
+
+/// An entry read through [`PhysRead::read_u64`] or [`PhysRead::read_u32`] (8 or 4 bytes,
+/// `wide`), with a failure turned into the walk's error: the path a reader without
+/// [`PhysRead::read_u64_fast`] takes, and every failing read. Out of line, and without the
+/// walker's state, which so stays in registers.
+#[inline(never)]
+fn read_entry_slow(
+    mem: &(impl PhysRead + ?Sized),
+    wide: bool,
+    va: Va,
+    root: Pa,
+    level: u8,
+    entry: Pa,
+) -> Result<u64, VmiError> {
+    let read = if wide {
+        mem.read_u64(entry)
+    } else {
+        mem.read_u32(entry).map(u64::from)
+    };
+    match read {
+        Ok(value) => Ok(value),
+        Err(VmiError::OutOfBounds(_) | VmiError::GfnNotPresent(_)) => {
+            Err(fault(va, root, level, entry, 0, FaultReason::OutOfMemory))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What one level of the walk found.
+enum Step {
+    /// A table to read next.
+    Table(Pa),
+    /// The translation, at a leaf.
+    Leaf(Translation),
+}
+
+/// The state of one walk: what the paging says, computed once, and the rights combined so
+/// far.
+struct Walker<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> {
+    mem: &'a M,
+    paging: &'a Paging,
+    desc: &'static ModeDesc,
+    va: Va,
+    root: Pa,
+    observe: F,
+    /// Whether entries are 8 bytes wide.
+    wide: bool,
+    /// Bits below MAXPHYADDR.
+    phys_mask: u64,
+    /// The address bits of an entry that references a table.
+    table_mask: u64,
+    /// 8-byte entries: the reserved bits at or above MAXPHYADDR of a level with rights (bit
+    /// 63 included unless EFER.NXE = 1).
+    high_reserved: u64,
+    /// 8-byte entries: the same for a level without rights (bit 63 always reserved).
+    high_reserved_no_rights: u64,
+    /// The AND of the entries read so far at levels with rights (R/W and U/S).
+    rights_and: u64,
+    /// The OR of the same entries (XD).
+    rights_or: u64,
+}
+
+impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
+    /// Checks the linear address, before any memory is read: a non-canonical linear
+    /// address raises #GP or #SS, never a walk (SDM Vol. 1 §3.3.7.1, Vol. 3A §4.5).
+    #[inline(always)]
+    fn new(
+        mem: &'a M,
+        paging: &'a Paging,
+        desc: &'static ModeDesc,
+        va: Va,
+        root: Pa,
+        observe: F,
+    ) -> Result<Self, VmiError> {
+        if !paging.mode.is_valid_va(va) {
+            return Err(fault(
+                va,
+                root,
+                desc.levels,
+                Pa(0),
+                0,
+                FaultReason::NonCanonical,
+            ));
+        }
+        let maxphy = paging.maxphy();
+        let phys_mask = paging.phys_mask();
+        let wide = desc.entry_size == 8;
+        let high = bit_range(maxphy, u32::from(desc.high_reserved_end));
+        let xd = EntryFlags::EXECUTE_DISABLE.bits();
+        Ok(Self {
+            mem,
+            paging,
+            desc,
+            va,
+            root,
+            observe,
+            wide,
+            phys_mask,
+            table_mask: if wide {
+                phys_mask & !0xfff
+            } else {
+                0xffff_f000
+            },
+            high_reserved: if paging.nxe { high } else { high | xd },
+            high_reserved_no_rights: high | xd,
+            rights_and: u64::MAX,
+            rights_or: 0,
+        })
+    }
+
+    /// The entry of `level` (1 for the PTE) at `entry`, index `index` in its table.
+    #[inline(always)]
+    fn read_entry(&self, level: u8, index: u64, entry: Pa) -> Result<u64, VmiError> {
+        if let (PagingMode::Pae, 3, Some(pdptes)) = (self.paging.mode, level, self.paging.pdptes) {
+            return Ok(pdptes.get(index as usize).copied().unwrap_or(0));
+        }
+        if self.wide
+            && let Some(value) = self.mem.read_u64_fast(entry)
+        {
+            return Ok(value);
+        }
+        read_entry_slow(self.mem, self.wide, self.va, self.root, level, entry)
+    }
+
+    /// The shift of `level`'s index in the address (12 plus the index bits of the levels
+    /// below), the index, and the address of the entry in `table`.
+    #[inline(always)]
+    fn locate(&self, level: u8, table: Pa) -> (u32, u64, Pa) {
+        let desc = self.desc;
+        let at = usize::from(level).saturating_sub(1);
+        // The index widths are the constant mode tables' (at most 10 bits a level, 45 in
+        // all) and an entry is 4 or 8 bytes: no sum, shift or product here comes near
+        // wrapping, and the entry's address wraps as the hardware's would.
+        let shift = desc
+            .index_bits
+            .iter()
+            .take(at)
+            .fold(12u32, |sum, &b| sum.wrapping_add(u32::from(b)));
+        let bits = desc.index_bits.get(at).copied().unwrap_or(0);
+        let index = (self.va.0 >> shift) & (1u64 << bits).wrapping_sub(1);
+        let entry = Pa(table
+            .0
+            .wrapping_add(index.wrapping_mul(u64::from(desc.entry_size))));
+        (shift, index, entry)
+    }
+
+    /// One level: reads the entry that `table` holds for the address, checks it, and
+    /// says where the walk goes next.
+    #[inline(always)]
+    fn step(&mut self, level: u8, table: Pa) -> Result<Step, VmiError> {
+        let (shift, index, entry) = self.locate(level, table);
+        let value = self.read_entry(level, index, entry)?;
+        self.check(level, shift, entry, value)
+    }
+
+    /// The rest of a walk whose entry at `level` in `table` the reader could not read the
+    /// fast way: that entry through [`read_entry_slow`] (for its value or its error), the
+    /// levels below it with [`Walker::step`].
+    #[inline(never)]
+    fn finish(mut self, level: u8, table: Pa) -> Result<Translation, VmiError> {
+        let (shift, _, entry) = self.locate(level, table);
+        let value = read_entry_slow(self.mem, self.wide, self.va, self.root, level, entry)?;
+        let mut table = match self.check(level, shift, entry, value)? {
+            Step::Leaf(t) => return Ok(t),
+            Step::Table(next) => next,
+        };
+        // At most four more levels: bounded by `level`.
+        for below in (1..level).rev() {
+            match self.step(below, table)? {
+                Step::Leaf(t) => return Ok(t),
+                Step::Table(next) => table = next,
+            }
+        }
+        // Level 1 always maps a page; this is the bound made explicit.
+        Err(fault(
+            self.va,
+            self.root,
+            0,
+            table,
+            0,
+            FaultReason::NotPresent,
+        ))
+    }
+
+    /// Checks `value`, the entry of `level` at `entry` (`shift` as [`Walker::locate`]
+    /// gives it), and says where the walk goes next.
+    #[inline(always)]
+    fn check(&mut self, level: u8, shift: u32, entry: Pa, value: u64) -> Result<Step, VmiError> {
+        let desc = self.desc;
+        let va = self.va;
+        let at = usize::from(level).saturating_sub(1);
+        (self.observe)(WalkStep {
+            level,
+            entry,
+            value,
+        });
+        let paging = self.paging;
+        let ps_bit = value & EntryFlags::PAGE_SIZE.bits() != 0;
+        let has_rights = desc.rights.get(at).copied().unwrap_or(false);
+        let (ps, ps_reserved) = match desc.bit7.get(at).copied().unwrap_or(Bit7::Other) {
+            Bit7::Other => (false, false),
+            Bit7::Reserved => (false, true),
+            Bit7::PageSize => (ps_bit, false),
+            Bit7::PageSizeWithPse => (ps_bit && paging.pse, false),
+            Bit7::PageSizeWith1Gib => (ps_bit && paging.page_1gb, !paging.page_1gb),
+        };
+        let mut reserved = desc.fixed_reserved.get(at).copied().unwrap_or(0);
+        if ps_reserved {
+            reserved |= EntryFlags::PAGE_SIZE.bits();
+        }
+        if self.wide {
+            reserved |= if has_rights {
+                self.high_reserved
+            } else {
+                self.high_reserved_no_rights
+            };
+            if ps {
+                // Between the PAT bit 12 and the page base: bits 20:13 of a 2 MiB leaf,
+                // 29:13 of a 1 GiB leaf (Tables 4-9, 4-16, 4-18).
+                reserved |= bit_range(13, shift);
+            }
+        } else if ps {
+            // 4 MiB PDE (Table 4-4): bits 21:(M-19), M = min(MAXPHYADDR, 40).
+            // M is 32..=40: M - 19 is 13..=21.
+            reserved |= bit_range(paging.maxphy_pse36().wrapping_sub(19), 22);
+        }
+        // One test for both ways an entry can stop the walk: P = 0, or a reserved bit set.
+        // Reserved bits count only in a present entry (§4.7), so P decides which.
+        let present = EntryFlags::PRESENT.bits();
+        if (value ^ present) & (reserved | present) != 0 {
+            let reason = if value & present == 0 {
+                FaultReason::NotPresent
+            } else {
+                FaultReason::ReservedBit
+            };
+            return Err(self.fault(level, entry, value, reason));
+        }
+
+        // Rights combine over every level that has them (§4.6.1): kept as the AND and the
+        // OR of those entries, and read at the leaf.
+        if has_rights {
+            self.rights_and &= value;
+            self.rights_or |= value;
+        }
+
+        if level == 1 || ps {
+            // `shift` is 12..=48: the page size is a power of two, one less cannot wrap.
+            let page_size = 1u64 << shift;
+            let offset_mask = page_size.wrapping_sub(1);
+            let base = if self.wide {
+                // The frame bits only: not the PAT bit 12 of a large leaf, nor bit 63.
+                value & self.phys_mask & !offset_mask
+            } else if ps {
+                // PSE-36: PDE bits (M-20):13 are physical-address bits (M-1):32.
+                // M is 32..=40: M - 32 is 0..=8 bits.
+                let high_bits = paging.maxphy_pse36().wrapping_sub(32);
+                let high = (value >> 13) & (1u64 << high_bits).wrapping_sub(1);
+                (value & 0xffc0_0000) | (high << 32)
+            } else {
+                value & 0xffff_f000
+            };
+            // Writable if R/W = 1 and user if U/S = 1 at every level with rights;
+            // executable unless XD = 1 at one of them with EFER.NXE = 1.
+            // R/W is bit 1 of an entry and W bit 1 of the rights: the AND's bit is the
+            // answer as it is, without a branch.
+            const {
+                assert!(EntryFlags::WRITABLE.bits() == MemoryAccess::W.bits() as u64);
+            }
+            let no_exec =
+                self.wide && paging.nxe && self.rights_or & EntryFlags::EXECUTE_DISABLE.bits() != 0;
+            let access = MemoryAccess::from_bits_retain(
+                MemoryAccess::R.bits()
+                    | (self.rights_and & EntryFlags::WRITABLE.bits()) as u8
+                    | if no_exec { 0 } else { MemoryAccess::X.bits() },
+            );
+            return Ok(Step::Leaf(Translation {
+                pa: Pa(base | (va.0 & offset_mask)),
+                page_size,
+                access,
+                user: self.rights_and & EntryFlags::USER.bits() != 0,
+            }));
+        }
+        Ok(Step::Table(Pa(value & self.table_mask)))
+    }
+
+    /// The error of a walk that stopped at `level`.
+    #[inline(always)]
+    fn fault(&self, level: u8, entry: Pa, value: u64, reason: FaultReason) -> VmiError {
+        cold_fault(self.va, self.root, level, entry, value, reason)
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    //! Byte fixtures, one small set of tables per mode, each entry written out by hand.
+
+    use super::*;
+    use crate::arch::Architecture;
+    use crate::arch::amd64::Amd64;
+    use crate::arch::amd64::{Access, AccessKind, RightsPolicy};
+    use crate::error::PageFault;
+    use std::vec;
+    use std::vec::Vec;
+
+    fn w32(mem: &mut [u8], at: u64, v: u32) {
+        let at = at as usize;
+        mem[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    pub(in crate::arch::amd64::paging) fn w64(mem: &mut [u8], at: u64, v: u64) {
+        let at = at as usize;
+        mem[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// (level, entry address, value) of one walk step.
+    type Step = (u8, u64, u64);
+
+    fn walk_steps(
+        mem: &[u8],
+        paging: &Paging,
+        va: u64,
+        cr3: u64,
+    ) -> (Result<Translation, VmiError>, Vec<Step>) {
+        let mut steps = Vec::new();
+        let r = Amd64::translate_observed(mem, paging, Va(va), Pa(cr3), |s| {
+            steps.push((s.level, s.entry.0, s.value));
+        });
+        (r, steps)
+    }
+
+    fn pf(r: Result<Translation, VmiError>) -> (FaultReason, u8, u64) {
+        match r {
+            Err(VmiError::Translation(pf)) => (pf.reason, pf.level, pf.entry.0),
+            other => panic!("expected a page fault, got {other:?}"),
+        }
+    }
+
+    fn ok(r: Result<Translation, VmiError>) -> (u64, u64, MemoryAccess, bool) {
+        let t = r.expect("translation");
+        (t.pa.0, t.page_size, t.access, t.user)
+    }
+
+    /// A reader that must never be called.
+    struct Untouchable;
+    impl PhysRead for Untouchable {
+        fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
+            panic!("read_u64({pa:?}) before the canonical check")
+        }
+        fn read_u32(&self, pa: Pa) -> Result<u32, VmiError> {
+            panic!("read_u32({pa:?}) before the canonical check")
+        }
+    }
+    /// 32-bit paging: PD at 0x1000, a PT at 0x2000; a 4 MiB PSE-36 page at PDE 1.
+    fn bits32_fixture() -> Vec<u8> {
+        let mut m = vec![0u8; 0x3000];
+        w32(&mut m, 0x1000, 0x2000 | 0x7); // PDE 0 -> PT, P|RW|US
+        w32(&mut m, 0x2000 + 4, 0x0012_3000 | 0x1 | 0x4 | 0x180); // PTE 1: P|US, PAT, G
+        // PDE 1: 4 MiB page at 0x5_0080_0000 (bits 20:13 = 0x05 are PA 39:32), P|RW|PS,
+        // PAT bit 12 set (not part of the address).
+        w32(&mut m, 0x1004, 0x0080_0000 | (0x05 << 13) | 0x1000 | 0x83);
+        m
+    }
+
+    #[test]
+    fn bits32_4k_page() {
+        let m = bits32_fixture();
+        let p = Paging::new(PagingMode::Bits32);
+        // CR3 bits 3 and 4 (PWT, PCD) and 11:5 are not part of the root.
+        let (r, steps) = walk_steps(&m, &p, 0x1abc, 0x1000 | 0x18);
+        assert_eq!(ok(r), (0x12_3abc, 0x1000, MemoryAccess::RX, true));
+        assert_eq!(
+            steps,
+            [(2, 0x1000, 0x2007), (1, 0x2004, 0x0012_3185)],
+            "a PDE and a PTE, 4 bytes each"
+        );
+        // PTE 2 is empty: not present at level 1.
+        assert_eq!(
+            pf(Amd64::translate(&m[..], &p, Va(0x2000), Pa(0x1000))),
+            (FaultReason::NotPresent, 1, 0x2008)
+        );
+        // Above 4 GiB is no 32-bit address.
+        assert_eq!(
+            pf(Amd64::translate(&Untouchable, &p, Va(1 << 32), Pa(0x1000))),
+            (FaultReason::NonCanonical, 2, 0)
+        );
+    }
+
+    #[test]
+    fn bits32_4m_page_pse36() {
+        let m = bits32_fixture();
+        let va = 0x0040_0000 + 0x12_3456;
+        for (maxphy, pa) in [
+            (52, 0x5_0080_0000u64), // M' = 40: all of bits 20:13
+            (40, 0x5_0080_0000),
+            (36, 0x5_0080_0000), // 0x5 fits in bits 16:13
+            (35, 0x5_0080_0000), // bits 15:13 = 0b101
+        ] {
+            let p = Paging::new(PagingMode::Bits32).with_max_phys_addr(maxphy);
+            let (r, steps) = walk_steps(&m, &p, va, 0x1000);
+            assert_eq!(
+                ok(r),
+                (pa + 0x12_3456, 0x40_0000, MemoryAccess::RWX, false),
+                "MAXPHYADDR {maxphy}"
+            );
+            assert_eq!(steps.len(), 1);
+        }
+        // MAXPHYADDR 34: PDE bit 15 is reserved (21:15), and it is set.
+        let p = Paging::new(PagingMode::Bits32).with_max_phys_addr(34);
+        assert_eq!(
+            pf(Amd64::translate(&m[..], &p, Va(va), Pa(0x1000))),
+            (FaultReason::ReservedBit, 2, 0x1004)
+        );
+        // No PSE-36 (MAXPHYADDR 32): bits 21:13 reserved.
+        let p = Paging::new(PagingMode::Bits32).with_max_phys_addr(32);
+        assert_eq!(
+            pf(Amd64::translate(&m[..], &p, Va(va), Pa(0x1000))).0,
+            FaultReason::ReservedBit
+        );
+        // Bit 21 is reserved whatever MAXPHYADDR is.
+        let mut m2 = m.clone();
+        w32(&mut m2, 0x1004, 0x0080_0000 | (1 << 21) | 0x83);
+        let p = Paging::new(PagingMode::Bits32);
+        assert_eq!(
+            pf(Amd64::translate(&m2[..], &p, Va(va), Pa(0x1000))),
+            (FaultReason::ReservedBit, 2, 0x1004)
+        );
+        // CR4.PSE = 0: PS is ignored and the PDE references a "page table" at 0x80_b000
+        // (bits 31:12, PAT and PSE-36 bits included), outside this memory.
+        let p = Paging::new(PagingMode::Bits32).with_pse(false);
+        assert_eq!(
+            pf(Amd64::translate(&m[..], &p, Va(va), Pa(0x1000))),
+            (FaultReason::OutOfMemory, 1, 0x0080_b000 + 0x123 * 4)
+        );
+    }
+
+    /// PAE: PDPT at 0x1020 (32-byte aligned), PD at 0x2000, PT at 0x3000.
+    fn pae_fixture() -> Vec<u8> {
+        let mut m = vec![0u8; 0x4000];
+        w64(&mut m, 0x1020 + 2 * 8, 0x2000 | 0x1 | 0x18); // PDPTE 2: P, PWT, PCD
+        // PDE 1: 2 MiB page at 0x4_0000_0000, P|RW|US|PS, PAT (bit 12), XD.
+        w64(&mut m, 0x2008, (1 << 63) | 0x4_0000_0000 | 0x1000 | 0x87);
+        w64(&mut m, 0x2000, 0x3000 | 0x7); // PDE 0 -> PT
+        w64(&mut m, 0x3000 + 5 * 8, 0x7_6543_2000 | 0x3); // PTE 5: P|RW, supervisor
+        m
+    }
+
+    #[test]
+    fn pae_pages_from_memory_and_supplied_pdptes() {
+        let m = pae_fixture();
+        let p = Paging::new(PagingMode::Pae);
+        let va_2m = 0x8020_0000 + 0x1_2345;
+        // CR3 bits 4:0 are not part of the PDPT address.
+        let (r, steps) = walk_steps(&m, &p, va_2m, 0x1020 | 0x1f);
+        assert_eq!(ok(r), (0x4_0001_2345, 0x20_0000, MemoryAccess::RW, true));
+        assert_eq!(
+            steps.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(),
+            [(3, 0x1030), (2, 0x2008)]
+        );
+        let (r, steps) = walk_steps(&m, &p, 0x8000_5abc, 0x1020);
+        assert_eq!(ok(r), (0x7_6543_2abc, 0x1000, MemoryAccess::RWX, false));
+        assert_eq!(steps.len(), 3);
+        // NXE = 0: bit 63 of the 2 MiB PDE is reserved.
+        let p_nonx = p.with_nxe(false);
+        assert_eq!(
+            pf(Amd64::translate(&m[..], &p_nonx, Va(va_2m), Pa(0x1020))),
+            (FaultReason::ReservedBit, 2, 0x2008)
+        );
+        // PDPTE 0 is empty.
+        assert_eq!(
+            pf(Amd64::translate(&m[..], &p, Va(0x1000), Pa(0x1020))),
+            (FaultReason::NotPresent, 3, 0x1020)
+        );
+
+        // The same tables with the PDPTEs supplied, and the PDPT in memory wiped: the
+        // walk must not read it.
+        let mut wiped = m.clone();
+        w64(&mut wiped, 0x1030, 0);
+        let supplied = p.with_pdptes(Some([0, 0, 0x2001, 0]));
+        let (r, steps) = walk_steps(&wiped, &supplied, va_2m, 0x1020);
+        assert_eq!(ok(r).0, 0x4_0001_2345);
+        assert_eq!(steps[0], (3, 0x1030, 0x2001));
+        // And the memory PDPT is ignored even when it is valid.
+        let none = p.with_pdptes(Some([0; 4]));
+        assert_eq!(
+            pf(Amd64::translate(&m[..], &none, Va(va_2m), Pa(0x1020))),
+            (FaultReason::NotPresent, 3, 0x1030)
+        );
+    }
+
+    #[test]
+    fn pae_pdpte_reserved_bits() {
+        let p = Paging::new(PagingMode::Pae).with_max_phys_addr(40);
+        for bit in [1, 2, 5, 6, 7, 8, 40, 51, 62, 63] {
+            let mut m = pae_fixture();
+            w64(&mut m, 0x1030, 0x2001 | (1u64 << bit));
+            assert_eq!(
+                pf(Amd64::translate(&m[..], &p, Va(0x8000_5000), Pa(0x1020))),
+                (FaultReason::ReservedBit, 3, 0x1030),
+                "PDPTE bit {bit}"
+            );
+        }
+        for bit in [3, 4, 9, 10, 11, 39] {
+            let mut m = pae_fixture();
+            w64(&mut m, 0x1030, 0x2001 | (1u64 << bit));
+            let r = Amd64::translate(&m[..], &p, Va(0x8000_5000), Pa(0x1020));
+            assert!(
+                !matches!(r, Err(VmiError::Translation(PageFault { level: 3, .. }))),
+                "PDPTE bit {bit} is not reserved: {r:?}"
+            );
+        }
+    }
+
+    /// 4-level: PML4 at 0x1000, PDPT at 0x2000, PD at 0x3000, PT at 0x4000.
+    pub(in crate::arch::amd64::paging) fn level4_fixture() -> Vec<u8> {
+        let mut m = vec![0u8; 0x5000];
+        // VA 0xffff_8000_0000_0000: PML4 index 256.
+        w64(&mut m, 0x1000 + 256 * 8, 0x2000 | 0x3); // P|RW
+        // PDPTE 1: a 1 GiB page at 0x80_4000_0000 with PAT (bit 12), XD, P|RW|US|PS.
+        w64(&mut m, 0x2008, (1 << 63) | 0x80_4000_0000 | 0x1000 | 0x87);
+        w64(&mut m, 0x2000, 0x3000 | 0x7); // PDPTE 0 -> PD
+        // PDE 3: 2 MiB page at 0x1234_5600_0000 | PAT, P|US|PS (read-only).
+        w64(&mut m, 0x3000 + 3 * 8, 0x1234_5660_0000 | 0x1000 | 0x85);
+        w64(&mut m, 0x3000, 0x4000 | 0x7); // PDE 0 -> PT
+        // PTE 7: 4 KiB page at 0xf_edcb_a000, P|RW|US, bits 62:52 (ignored) set.
+        w64(
+            &mut m,
+            0x4000 + 7 * 8,
+            0x7ff0_0000_0000_0000 | 0xf_edcb_a000 | 0x7,
+        );
+        m
+    }
+
+    pub(in crate::arch::amd64::paging) const K: u64 = 0xffff_8000_0000_0000;
+
+    #[test]
+    fn level4_every_page_size() {
+        let m = level4_fixture();
+        let p = Paging::new(PagingMode::Level4);
+        // CR3 with PCID 0x123, LAM bits 61 and 62 and the no-flush bit 63.
+        let cr3 = 0xe000_0000_0000_1123;
+        let (r, steps) = walk_steps(&m, &p, K + 0x4000_0000 + 0x1234_5678, cr3);
+        assert_eq!(
+            ok(r),
+            (
+                0x80_4000_0000 + 0x1234_5678,
+                1 << 30,
+                MemoryAccess::RW,
+                false
+            )
+        );
+        assert_eq!(
+            steps.iter().map(|s| s.1).collect::<Vec<_>>(),
+            [0x1800, 0x2008]
+        );
+        let (r, _) = walk_steps(&m, &p, K + 3 * 0x20_0000 + 0x1_2345, cr3);
+        assert_eq!(
+            ok(r),
+            (
+                0x1234_5660_0000 + 0x1_2345,
+                1 << 21,
+                MemoryAccess::RX,
+                false
+            )
+        );
+        let (r, steps) = walk_steps(&m, &p, K + 0x7abc, cr3);
+        assert_eq!(ok(r), (0xf_edcb_aabc, 0x1000, MemoryAccess::RWX, false));
+        assert_eq!(
+            steps.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(),
+            [(4, 0x1800), (3, 0x2000), (2, 0x3000), (1, 0x4038)]
+        );
+        // The lower half is empty.
+        assert_eq!(
+            pf(Amd64::translate(&m[..], &p, Va(0x7fff_ffff_f000), Pa(cr3))),
+            (FaultReason::NotPresent, 4, 0x1000 + 255 * 8)
+        );
+    }
+
+    #[test]
+    fn level4_reserved_bits() {
+        let p = Paging::new(PagingMode::Level4).with_max_phys_addr(46);
+        let va_1g = K + 0x4000_0000;
+        let va_2m = K + 3 * 0x20_0000;
+        let va_4k = K + 0x7000;
+        let cases: &[(u64, u64, u64, u8)] = &[
+            // (entry address, bit to set, va, level)
+            (0x1800, 7, va_4k, 4),  // PS in a PML4E
+            (0x1800, 46, va_4k, 4), // address bit at MAXPHYADDR
+            (0x1800, 51, va_4k, 4),
+            (0x2008, 13, va_1g, 3), // 1 GiB leaf: bits 29:13
+            (0x2008, 29, va_1g, 3),
+            (0x3018, 13, va_2m, 2), // 2 MiB leaf: bits 20:13
+            (0x3018, 20, va_2m, 2),
+            (0x4038, 50, va_4k, 1),
+        ];
+        for &(entry, bit, va, level) in cases {
+            let mut m = level4_fixture();
+            let at = entry as usize;
+            let old = u64::from_le_bytes(m[at..at + 8].try_into().unwrap());
+            // Keep the fixture's addresses below MAXPHYADDR 46.
+            let old = old & !0x0000_3000_0000_0000;
+            w64(&mut m, entry, old | (1 << bit));
+            assert_eq!(
+                pf(Amd64::translate(&m[..], &p, Va(va), Pa(0x1000))),
+                (FaultReason::ReservedBit, level, entry),
+                "bit {bit} of the entry at {entry:#x}"
+            );
+        }
+        // Not present beats reserved: P = 0 with every other bit set.
+        for (entry, va, level) in [(0x1800, va_4k, 4), (0x2008, va_1g, 3), (0x4038, va_4k, 1)] {
+            let mut m = level4_fixture();
+            w64(&mut m, entry, !1);
+            assert_eq!(
+                pf(Amd64::translate(&m[..], &p, Va(va), Pa(0x1000))),
+                (FaultReason::NotPresent, level, entry)
+            );
+        }
+        // Bits 62:52 are ignored, not reserved (the PTE of the fixture sets them all).
+        let m = level4_fixture();
+        assert!(Amd64::translate(&m[..], &p, Va(va_4k), Pa(0x1000)).is_ok());
+        // NXE = 0: XD is reserved (the 1 GiB leaf has it).
+        let p_nonx = Paging::new(PagingMode::Level4).with_nxe(false);
+        assert_eq!(
+            pf(Amd64::translate(&m[..], &p_nonx, Va(va_1g), Pa(0x1000))),
+            (FaultReason::ReservedBit, 3, 0x2008)
+        );
+        // No 1 GiB pages on this CPU: PS in a PDPTE is reserved.
+        let p_no1g = Paging::new(PagingMode::Level4).with_page_1gb(false);
+        assert_eq!(
+            pf(Amd64::translate(&m[..], &p_no1g, Va(va_1g), Pa(0x1000))),
+            (FaultReason::ReservedBit, 3, 0x2008)
+        );
+        // ... but a PDPTE that references a PD is fine.
+        assert!(Amd64::translate(&m[..], &p_no1g, Va(va_4k), Pa(0x1000)).is_ok());
+    }
+
+    #[test]
+    fn level5_walk_and_canonical_bound() {
+        // PML5 at 0x1000, then the 4-level fixture's tables shifted by one page.
+        let mut m = vec![0u8; 0x6000];
+        let l4 = level4_fixture();
+        for (i, chunk) in l4.chunks(8).enumerate() {
+            let v = u64::from_le_bytes(chunk.try_into().unwrap());
+            // Move table pointers (not leaf frames) one page up.
+            let moved = if (v & 1 != 0)
+                && (0x2000..0x5000).contains(&(v & 0xf000))
+                && v & 0x80 == 0
+                && v >> 52 == 0
+            {
+                v + 0x1000
+            } else {
+                v
+            };
+            w64(&mut m, 0x1000 + i as u64 * 8, moved);
+        }
+        // PML5E 0x1ff (VA bits 56:48 all ones) -> PML4 at 0x2000.
+        w64(&mut m, 0x1000 + 0x1ff * 8, 0x2000 | 0x7);
+        let p = Paging::new(PagingMode::Level5);
+        let va = 0xffff_8000_0000_7abc; // canonical for 57 bits too
+        let (r, steps) = walk_steps(&m, &p, va, 0x1000);
+        assert_eq!(ok(r).0, 0xf_edcb_aabc);
+        assert_eq!(
+            steps.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(),
+            [
+                (5, 0x1ff8),
+                (4, 0x2800),
+                (3, 0x3000),
+                (2, 0x4000),
+                (1, 0x5038)
+            ]
+        );
+        // PS in a PML5E is reserved.
+        w64(&mut m, 0x1ff8, 0x2000 | 0x87);
+        assert_eq!(
+            pf(Amd64::translate(&m[..], &p, Va(va), Pa(0x1000))),
+            (FaultReason::ReservedBit, 5, 0x1ff8)
+        );
+        // Canonical for 48 bits is not the bound in 5-level paging, 57 bits is: bit 47 is
+        // an index bit of the PML4 (PML5 index 0, empty here).
+        assert_eq!(
+            pf(Amd64::translate(
+                &m[..],
+                &p,
+                Va(0x0000_8000_0000_0000),
+                Pa(0x1000)
+            )),
+            (FaultReason::NotPresent, 5, 0x1000)
+        );
+        for va in [
+            0x0100_0000_0000_0000u64,
+            0xfeff_ffff_ffff_ffff,
+            0x8000_0000_0000_0000,
+        ] {
+            assert_eq!(
+                pf(Amd64::translate(&Untouchable, &p, Va(va), Pa(0x1000))),
+                (FaultReason::NonCanonical, 5, 0),
+                "{va:#x}"
+            );
+        }
+        let p4 = Paging::new(PagingMode::Level4);
+        for va in [0x0000_8000_0000_0000u64, 0xffff_7fff_ffff_ffff, 1 << 63] {
+            assert_eq!(
+                pf(Amd64::translate(&Untouchable, &p4, Va(va), Pa(0x1000))),
+                (FaultReason::NonCanonical, 4, 0),
+                "{va:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn paging_disabled_is_identity() {
+        let p = Paging::new(PagingMode::Disabled);
+        let t = Amd64::translate(&Untouchable, &p, Va(0x1234_5678), Pa(0)).unwrap();
+        assert_eq!(
+            (t.pa, t.access, t.user),
+            (Pa(0x1234_5678), MemoryAccess::RWX, true)
+        );
+        let any = Access::supervisor(AccessKind::Fetch);
+        let strict = RightsPolicy {
+            wp: true,
+            smep: true,
+            smap: true,
+            ac: false,
+        };
+        assert_eq!(p.check_access(&t, any, strict), Ok(()));
+    }
+
+    #[test]
+    fn mode_from_control_registers() {
+        let pg = 1 << 31;
+        let pae = 1 << 5;
+        let la57 = 1 << 12;
+        let lma = 1 << 10;
+        assert_eq!(
+            PagingMode::from_control_registers(0, pae, lma),
+            PagingMode::Disabled
+        );
+        assert_eq!(
+            PagingMode::from_control_registers(pg, 0, 0),
+            PagingMode::Bits32
+        );
+        assert_eq!(
+            PagingMode::from_control_registers(pg, pae, 0),
+            PagingMode::Pae
+        );
+        assert_eq!(
+            PagingMode::from_control_registers(pg, pae, lma),
+            PagingMode::Level4
+        );
+        assert_eq!(
+            PagingMode::from_control_registers(pg, pae | la57, lma),
+            PagingMode::Level5
+        );
+        let p = Paging::from_control_registers(pg, pae | (1 << 4), lma | (1 << 11));
+        assert!(p.nxe && p.pse && p.page_1gb);
+        let p = Paging::from_control_registers(pg, pae, lma);
+        assert!(!p.nxe && !p.pse);
+    }
+}

@@ -1,0 +1,214 @@
+//! Fixed-capacity caches that know no guest type: an LRU ([`Lru`]), a set-associative
+//! cache with one lock per entry that many vCPUs use at once ([`ClockCache`], the page
+//! cache), and [`Tlb`], a set-associative translation cache whose lookups take no lock
+//! (the translation cache, read on every access, by every vCPU).
+//!
+//! Each takes its capacity as a const generic, has a `const fn new`, and accepts a
+//! capacity of 0 (a cache that holds nothing).
+//!
+//! This module holds what they share: the key trait, the hash and the counters.
+//!
+//! Layer: may import only `addr`, `access` and `error` (and imports none of them today).
+
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+mod clock;
+mod lru;
+mod tlb;
+
+pub use self::clock::ClockCache;
+pub use self::lru::Lru;
+pub use self::tlb::Tlb;
+
+/// A key of a fixed-capacity cache: copyable, comparable, and hashable to 64 bits.
+///
+/// The hash need not be strong; [`Lru`] mixes it again before use.
+pub trait CacheKey: Copy + Eq {
+    /// A 64-bit hash of the key.
+    fn hash64(&self) -> u64;
+}
+
+impl CacheKey for u64 {
+    #[inline]
+    fn hash64(&self) -> u64 {
+        *self
+    }
+}
+
+/// The splitmix64 finaliser: a cheap, well-distributed 64-bit mix.
+#[inline]
+pub(crate) const fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// How a thread waits for another to finish a short critical section (a seqlock write):
+/// spin a little, then, under `std`, yield to the scheduler. On a host the other thread
+/// may be preempted in the middle, and a waiter that only spins would burn its whole time
+/// slice; without `std` (a hypervisor, firmware) the other side is a CPU that runs with
+/// preemption off, so spinning ends within a few stores.
+pub(crate) struct Backoff {
+    spins: u32,
+}
+
+impl Backoff {
+    /// Spins before the first yield.
+    const SPINS: u32 = 64;
+
+    pub(crate) const fn new() -> Self {
+        Self { spins: 0 }
+    }
+
+    /// Waits a little.
+    #[inline]
+    pub(crate) fn relax(&mut self) {
+        if self.spins < Self::SPINS {
+            self.spins = self.spins.saturating_add(1);
+            core::hint::spin_loop();
+            return;
+        }
+        #[cfg(feature = "std")]
+        std::thread::yield_now();
+        #[cfg(not(feature = "std"))]
+        core::hint::spin_loop();
+    }
+}
+
+/// Counter stripes of [`Counters`]: a count goes to the stripe of the calling thread's
+/// stack, so that vCPUs on different CPUs rarely write the same cache line.
+const STRIPES: usize = 8;
+
+/// One stripe of counters, alone on its pair of cache lines (128 bytes: the adjacent-line
+/// prefetcher of some CPUs pulls lines in pairs).
+#[repr(align(128))]
+struct Stripe {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+}
+
+impl Stripe {
+    const fn new() -> Self {
+        Self {
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Adds one to a counter with a plain load and store: no locked instruction, so neither
+/// a wait for the store buffer to drain (after a page copy, a locked add costs as much as
+/// the walk) nor a bus lock. Two threads that share a stripe may, rarely, lose one
+/// another's increment: the counters are statistics, exact for a single thread.
+#[inline]
+fn bump(counter: &AtomicU64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
+}
+
+/// The hit, miss and eviction counters a shared cache keeps, striped by the calling
+/// thread's stack address (1 KiB whatever the capacity). Exact for a single thread; with
+/// several, an increment is lost only if two threads share a stripe at the same instant.
+pub(crate) struct Counters {
+    stripes: [Stripe; STRIPES],
+}
+
+impl Counters {
+    pub(crate) const fn new() -> Self {
+        Self {
+            stripes: [const { Stripe::new() }; STRIPES],
+        }
+    }
+
+    /// The calling thread's stripe, chosen by the address of a local variable: threads
+    /// have distinct stacks, whole pages apart.
+    #[inline]
+    fn stripe(&self) -> &Stripe {
+        let marker = 0u8;
+        let page = core::ptr::from_ref(&marker).addr() >> 12;
+        // `STRIPES` is a power of two: consecutive stacks get consecutive stripes.
+        let [first, ..] = &self.stripes;
+        self.stripes.get(page % STRIPES).unwrap_or(first)
+    }
+
+    /// Counts one lookup: a hit if `hit`, else a miss. O(1), no locked instruction.
+    #[inline]
+    pub(crate) fn record(&self, hit: bool) {
+        let stripe = self.stripe();
+        if hit {
+            bump(&stripe.hits);
+        } else {
+            bump(&stripe.misses);
+        }
+    }
+
+    /// Counts one eviction.
+    #[inline]
+    pub(crate) fn eviction(&self) {
+        bump(&self.stripe().evictions);
+    }
+
+    /// Adds the counts of every stripe to `m`.
+    pub(crate) fn add_to(&self, m: &mut CacheMetrics) {
+        for s in &self.stripes {
+            m.hits = m.hits.saturating_add(s.hits.load(Ordering::Relaxed));
+            m.misses = m.misses.saturating_add(s.misses.load(Ordering::Relaxed));
+            m.evictions = m
+                .evictions
+                .saturating_add(s.evictions.load(Ordering::Relaxed));
+        }
+    }
+
+    /// Sets every count to zero.
+    pub(crate) fn reset(&self) {
+        for s in &self.stripes {
+            s.hits.store(0, Ordering::Relaxed);
+            s.misses.store(0, Ordering::Relaxed);
+            s.evictions.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Hit, miss and eviction counters of a cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct CacheMetrics {
+    /// Lookups that found their key.
+    pub hits: u64,
+    /// Lookups that did not.
+    pub misses: u64,
+    /// Entries removed to make room for new ones (not counting explicit flushes).
+    pub evictions: u64,
+    /// Entries held now.
+    pub len: usize,
+    /// The effective capacity.
+    pub capacity: usize,
+}
+
+impl CacheMetrics {
+    /// Adds another cache's counters to these (for sharded caches).
+    pub fn merge(&mut self, other: &CacheMetrics) {
+        self.hits = self.hits.saturating_add(other.hits);
+        self.misses = self.misses.saturating_add(other.misses);
+        self.evictions = self.evictions.saturating_add(other.evictions);
+        self.len = self.len.saturating_add(other.len);
+        self.capacity = self.capacity.saturating_add(other.capacity);
+    }
+}
+
+impl fmt::Display for CacheMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} hits, {} misses, {} evictions, {}/{} entries",
+            self.hits, self.misses, self.evictions, self.len, self.capacity
+        )
+    }
+}

@@ -1,0 +1,682 @@
+//! [`Tlb`]: a set-associative translation cache whose lookups take no lock.
+
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+
+use super::{Backoff, CacheMetrics, Counters, mix64};
+
+/// A key word no key can have: the virtual page number of an empty slot.
+const EMPTY: u64 = u64::MAX;
+
+/// The low bits of the generation word count removals, the bits above them count
+/// flushes: an entry is current while its flush count is the cache's, and an insertion
+/// lands only if the whole word is unchanged since the caller read it (see the
+/// concurrency notes of [`Tlb`]).
+const REMOVAL_BITS: u32 = 16;
+/// One flush, as an increment of the generation word.
+const FLUSH: u64 = 1 << REMOVAL_BITS;
+
+/// Whether two generation words count the same flushes.
+#[inline]
+const fn same_flush(a: u64, b: u64) -> bool {
+    (a ^ b) >> REMOVAL_BITS == 0
+}
+
+/// One way of a [`Tlb`] set, guarded by its own sequence number (a seqlock): odd while a
+/// writer holds it, bumped by two for each completed write.
+struct TlbSlot {
+    seq: AtomicU64,
+    root: AtomicU64,
+    vpn: AtomicU64,
+    value: AtomicU64,
+    generation: AtomicU64,
+}
+
+impl TlbSlot {
+    const fn new() -> Self {
+        Self {
+            seq: AtomicU64::new(0),
+            root: AtomicU64::new(0),
+            vpn: AtomicU64::new(EMPTY),
+            value: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The value and generation if the slot holds `(root, vpn)`, read consistently. The
+    /// page number is compared first, so a slot holding another key costs two loads.
+    /// Reads only: a hit writes nothing to the slot.
+    #[inline]
+    fn lookup(&self, root: u64, vpn: u64) -> Option<(u64, u64)> {
+        let before = self.seq.load(Ordering::Acquire);
+        if self.vpn.load(Ordering::Relaxed) != vpn || before & 1 != 0 {
+            return None;
+        }
+        let r = self.root.load(Ordering::Relaxed);
+        let value = self.value.load(Ordering::Relaxed);
+        let generation = self.generation.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        let consistent = self.seq.load(Ordering::Relaxed) == before;
+        // The page number read before the fence belongs to the same write when the
+        // sequence number did not move.
+        (consistent && r == root).then_some((value, generation))
+    }
+
+    /// A consistent snapshot `(root, vpn, generation)`, or `None` while a writer holds
+    /// the slot. Reads only; an insertion chooses its slot by it, and decides again
+    /// under the slot's lock.
+    #[inline]
+    fn read(&self) -> Option<(u64, u64, u64)> {
+        let before = self.seq.load(Ordering::Acquire);
+        if before & 1 != 0 {
+            return None;
+        }
+        let snapshot = (
+            self.root.load(Ordering::Relaxed),
+            self.vpn.load(Ordering::Relaxed),
+            self.generation.load(Ordering::Relaxed),
+        );
+        // The data loads above happen before the second sequence load.
+        fence(Ordering::Acquire);
+        (self.seq.load(Ordering::Relaxed) == before).then_some(snapshot)
+    }
+
+    /// Runs `f` with the slot held for writing, unless another writer holds it (then
+    /// nothing runs: this is a cache, and `None` comes back). `f` may read the slot's
+    /// fields as they are (no other writer can change them) and store new ones.
+    #[inline]
+    fn write<R>(&self, f: impl FnOnce(&Self) -> R) -> Option<R> {
+        let seq = self.seq.load(Ordering::Relaxed);
+        if seq & 1 != 0
+            || self
+                .seq
+                .compare_exchange(
+                    seq,
+                    seq.wrapping_add(1),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return None;
+        }
+        // The odd sequence number is visible before any data store.
+        fence(Ordering::Release);
+        let result = f(self);
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+        Some(result)
+    }
+
+    /// [`TlbSlot::write`], waiting for a writer that holds the slot: for removals, which
+    /// must not be skipped. A writer holds a slot for a few stores, never for a lookup or
+    /// a walk, so the wait is bounded by another thread's four stores.
+    #[inline]
+    fn write_waiting<R>(&self, f: impl FnOnce(&Self) -> R) -> R {
+        let mut f = Some(f);
+        let mut backoff = Backoff::new();
+        loop {
+            // `f` runs once: the first time the slot is ours, and then we return.
+            if let Some(Some(result)) = self.write(|s| f.take().map(|f| f(s))) {
+                return result;
+            }
+            // Under `std` the wait yields after a few spins: the writer may be preempted.
+            backoff.relax();
+        }
+    }
+
+    /// Empties the slot if it holds `(root, vpn)` (any key, with `None`); the caller holds
+    /// it. Returns whether an entry went.
+    #[inline]
+    fn clear_locked(&self, key: Option<(u64, u64)>) -> bool {
+        let vpn = self.vpn.load(Ordering::Relaxed);
+        let matches = match key {
+            Some((root, want)) => vpn == want && self.root.load(Ordering::Relaxed) == root,
+            None => vpn != EMPTY,
+        };
+        if matches {
+            self.vpn.store(EMPTY, Ordering::Relaxed);
+        }
+        matches
+    }
+}
+
+/// A fixed-capacity, set-associative translation cache whose lookups take no lock and
+/// write nothing shared: a software TLB for many vCPUs at once.
+///
+/// Keys are a translation root and a virtual page number; values are one opaque word.
+/// Entries carry the cache's generation when they were looked up for: [`Tlb::flush`]
+/// moves the generation on, so every older entry misses from then on, in O(1).
+///
+/// `N` slots in sets of [`Tlb::WAYS`] (the last set holds the rest when `N` is not a
+/// multiple); a key's hash chooses its set. Each slot is a seqlock over atomics, so a
+/// reader sees a whole entry or none (it then counts a miss), and never blocks. Writers
+/// that meet on one slot skip their insertion rather than wait. `N = 0` is valid: a cache
+/// that holds nothing.
+///
+/// Eviction: a new key goes into its set's slot holding the same key, else an empty or
+/// stale slot, else the slot the set's round-robin pointer names (the oldest insertion,
+/// unless a replacement or removal reused a slot since), which is then counted as an
+/// eviction (the pointer moves without a locked instruction, so racing insertions may
+/// pick the same victim). Counters are exact for a single thread; with several they
+/// spread over stripes chosen by the calling thread's stack address, and an increment is
+/// lost only if two threads share a stripe at the same instant. `len` is exact: it moves
+/// only under a slot's lock.
+///
+/// # Concurrency
+/// The generation word ([`Tlb::generation`]) counts flushes in its high bits and
+/// removals in its low 16 (every 65,536th removal carries into the flush count, which
+/// is a flush). A caller reads it before it walks the tables and passes it back with the
+/// walk's result. An entry is current while its flush count is the cache's; an
+/// insertion is *in flight* from the caller's read of the generation until it unlocks
+/// its slot, and lands only if, under the slot's lock, the whole word is unchanged.
+///
+/// What each operation can see when they race:
+/// - **A lookup** ([`Tlb::get`], [`Tlb::probe`]) sees each slot either as a complete
+///   write left it or not at all (a miss), never a torn entry. A lookup concurrent with a
+///   flush, removal or resize may answer as if it ran just before it; one that starts
+///   after the operation returned (that happens after it) sees its effect.
+/// - **An insertion** ([`Tlb::insert`], [`Tlb::offer`]) that races a **flush** lands
+///   (if its lock comes first) with the old flush count, so no later lookup serves it, or
+///   is cancelled (if the flush's increment is visible under its lock).
+/// - **An insertion racing a removal** ([`Tlb::remove`], which increments the word
+///   *before* it visits the slots, and locks every slot of the key's set, waiting for a
+///   writer that holds one): either the removal locks the slot after the insertion
+///   unlocked it, and sees and empties the entry; or it locked it before, so its
+///   increment happens before the insertion's lock and the insertion sees it and does
+///   not land. Either way, after `remove` returns, no lookup serves a value inserted for
+///   a generation read before `remove` began; and a caller whose read of the generation
+///   saw the increment (an `Acquire` load of a `SeqCst` write) walks after it, so its
+///   walk sees what was written before `remove` was called. [`Tlb::cancel_insertions`]
+///   is the first half alone, for a caller that must cancel before it knows which keys
+///   to remove.
+/// - **A resize** ([`Tlb::set_capacity`]) stores the new set count, then flushes and
+///   empties every slot (waiting for writers): an insertion that read the generation
+///   before the flush is cancelled or emptied; one that read it after also sees the new
+///   set count (the flush orders it). Lookups during the resize may look in a set the
+///   new count does not use, and miss.
+///
+/// The generation word is read with `Acquire` and changed with `SeqCst`, and an
+/// insertion re-reads it `SeqCst` under the lock, so a caller may build on these
+/// guarantees with `SeqCst` operations of its own (the translation cache of
+/// [`VmiCore`](crate::VmiCore) does, for its mask of large-page sizes). The flush count
+/// has 48 bits: an entry left untouched in its slot through 2^48 flushes would look
+/// current again (at one flush a microsecond, after nine years).
+pub struct Tlb<const N: usize> {
+    /// Set `i` is `slots[i * WAYS..]`, `WAYS` slots or what is left.
+    slots: [TlbSlot; N],
+    /// The round-robin victim of each set, at the set's index (stable Rust cannot size an
+    /// array `N / WAYS`: the entries past the last set are unused).
+    next: [AtomicU8; N],
+    /// The fingerprint (32 bits) of the last key [`Tlb::offer`] turned away from each set,
+    /// at the set's index.
+    doorkeeper: [AtomicU32; N],
+    /// The sets in use: the effective capacity divided by `WAYS`.
+    sets_in_use: AtomicUsize,
+    generation: AtomicU64,
+    len: AtomicUsize,
+    counters: Counters,
+}
+
+impl<const N: usize> Default for Tlb<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> Tlb<N> {
+    /// The compile-time capacity, `N`.
+    pub const CAPACITY: usize = N;
+    /// Slots per set (the last set may have fewer).
+    pub const WAYS: usize = 4;
+    /// The number of sets: `N / WAYS`, rounded up.
+    const SETS: usize = N.div_ceil(Self::WAYS);
+
+    /// An empty cache at full capacity. `const`: it can initialise a `static`.
+    pub const fn new() -> Self {
+        Self {
+            slots: [const { TlbSlot::new() }; N],
+            next: [const { AtomicU8::new(0) }; N],
+            doorkeeper: [const { AtomicU32::new(0) }; N],
+            sets_in_use: AtomicUsize::new(Self::SETS),
+            generation: AtomicU64::new(0),
+            len: AtomicUsize::new(0),
+            counters: Counters::new(),
+        }
+    }
+
+    /// The index of the set of `(root, vpn)`, and the set.
+    #[inline]
+    fn set_of(&self, root: u64, vpn: u64) -> Option<(usize, &[TlbSlot])> {
+        let sets = self.sets_in_use.load(Ordering::Relaxed);
+        if sets == 0 {
+            // Capacity zero: no set is in use, so nothing is stored or found.
+            return None;
+        }
+        // Lemire's multiply-shift reduction of a well-mixed hash: always < sets. A 64-bit
+        // hash times a set count below 2^64 fits in 128 bits.
+        let h = mix64(root.rotate_left(29) ^ vpn);
+        let index = (u128::from(h).wrapping_mul(sets as u128) >> 64) as usize;
+        Some((index, self.set(index)?))
+    }
+
+    /// Set `index`: [`Tlb::WAYS`] slots, or fewer for the last set.
+    #[inline]
+    fn set(&self, index: usize) -> Option<&[TlbSlot]> {
+        let start = index.checked_mul(Self::WAYS)?;
+        let end = start.saturating_add(Self::WAYS).min(N);
+        self.slots.get(start..end)
+    }
+
+    /// The current generation, to pass to [`Tlb::get`] and [`Tlb::insert`]. Read it
+    /// before walking the tables, so that a flush or a removal during the walk outdates
+    /// the result (see the concurrency notes of [`Tlb`]).
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The value cached for `(root, vpn)` in `generation`; counts a hit or a miss. O(WAYS),
+    /// no lock, and no write but the counter.
+    #[inline]
+    pub fn get(&self, root: u64, vpn: u64, generation: u64) -> Option<u64> {
+        let found = self.probe(root, vpn, generation);
+        self.record(found.is_some());
+        found
+    }
+
+    /// The value cached for `(root, vpn)` in `generation`, as [`Tlb::get`] but counting
+    /// nothing: for a caller that probes several keys for one lookup and counts it once
+    /// with [`Tlb::record`]. O(WAYS), no lock, no write.
+    #[inline]
+    pub fn probe(&self, root: u64, vpn: u64, generation: u64) -> Option<u64> {
+        self.set_of(root, vpn).and_then(|(_, set)| {
+            set.iter().find_map(|slot| match slot.lookup(root, vpn) {
+                Some((value, g)) if same_flush(g, generation) => Some(value),
+                _ => None,
+            })
+        })
+    }
+
+    /// Counts one lookup: a hit if `hit`, else a miss. O(1), no locked instruction.
+    #[inline]
+    pub fn record(&self, hit: bool) {
+        self.counters.record(hit);
+    }
+
+    /// Caches `value` for `(root, vpn)` in `generation`, replacing as the type documents.
+    /// O(WAYS). A key whose `vpn` is `u64::MAX` is not stored; nor is anything while the
+    /// effective capacity is zero, while another thread writes the chosen slot, or if the
+    /// cache was flushed or had an entry removed since `generation` was read.
+    pub fn insert(&self, root: u64, vpn: u64, value: u64, generation: u64) {
+        self.store(root, vpn, value, generation, false);
+    }
+
+    /// [`Tlb::insert`] with an admission filter on eviction: when the key's set has no
+    /// slot holding the key, empty or stale, the key is stored only if it was the last one
+    /// turned away from that set (it missed twice in a row there); otherwise it is
+    /// remembered and turned away, and nothing is evicted. O(WAYS).
+    ///
+    /// A scan over more pages than the cache holds then evicts nothing and takes no
+    /// locked instruction (a slot write's compare-and-swap is a full fence, which would
+    /// stop the CPU overlapping the scan's memory accesses), while a working set that
+    /// misses repeatedly still gets in. The filter is one word per set, written with a
+    /// plain store: racing offers may overwrite each other's, which only delays admission.
+    pub fn offer(&self, root: u64, vpn: u64, value: u64, generation: u64) {
+        self.store(root, vpn, value, generation, true);
+    }
+
+    #[inline]
+    fn store(&self, root: u64, vpn: u64, value: u64, generation: u64, filtered: bool) {
+        if vpn == EMPTY {
+            return;
+        }
+        let Some((set_index, set)) = self.set_of(root, vpn) else {
+            return;
+        };
+        let current = self.generation();
+        if current != generation {
+            // Flushed or removed from since the walk began: the insertion could only be
+            // cancelled under the lock.
+            return;
+        }
+        let mut target = None;
+        let mut free = None;
+        for (i, slot) in set.iter().enumerate() {
+            match slot.read() {
+                Some((r, v, _)) if r == root && v == vpn => {
+                    target = Some(i);
+                    break;
+                }
+                Some((_, v, _)) if v == EMPTY => {
+                    free = free.or(Some(i));
+                }
+                Some((_, _, g)) if !same_flush(g, current) => {
+                    free = free.or(Some(i));
+                }
+                _ => {}
+            }
+        }
+        let (index, evicts) = match target.or(free) {
+            Some(i) => (i, false),
+            None => {
+                if filtered && let Some(door) = self.doorkeeper.get(set_index) {
+                    // A fingerprint collision only admits a key early: it evicts an
+                    // entry, as an unfiltered insertion always does.
+                    // 32 bits of the mix: the upper half.
+                    let mixed = mix64(root.rotate_left(17) ^ vpn ^ 0x9e37_79b9_7f4a_7c15);
+                    let print = (mixed >> 32) as u32;
+                    if door.load(Ordering::Relaxed) != print {
+                        door.store(print, Ordering::Relaxed);
+                        return;
+                    }
+                    door.store(0, Ordering::Relaxed);
+                }
+                let victim = match self.next.get(set_index) {
+                    Some(n) => {
+                        let v = n.load(Ordering::Relaxed);
+                        n.store(v.wrapping_add(1), Ordering::Relaxed);
+                        usize::from(v).checked_rem(set.len()).unwrap_or(0)
+                    }
+                    None => 0,
+                };
+                (victim, true)
+            }
+        };
+        let Some(slot) = set.get(index) else {
+            return;
+        };
+        let landed = slot.write(|s| {
+            // Under the lock: cancelled if a flush or a removal came since `generation`
+            // was read (the concurrency notes of the type say why this suffices).
+            if self.generation.load(Ordering::SeqCst) != generation {
+                return false;
+            }
+            if s.vpn.load(Ordering::Relaxed) == EMPTY {
+                self.len.fetch_add(1, Ordering::Relaxed);
+            }
+            s.root.store(root, Ordering::Relaxed);
+            s.vpn.store(vpn, Ordering::Relaxed);
+            s.value.store(value, Ordering::Relaxed);
+            s.generation.store(generation, Ordering::Relaxed);
+            true
+        });
+        if landed == Some(true) && evicts {
+            self.counters.eviction();
+        }
+    }
+
+    /// Cancels every insertion in flight: one whose generation was read before this call
+    /// does not land, unless it had already (then [`Tlb::remove`] finds it). Counts as a
+    /// removal in the generation word. O(1).
+    pub fn cancel_insertions(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Drops the entry of `(root, vpn)` (and any duplicate two racing insertions left),
+    /// whatever its generation, and cancels insertions in flight
+    /// ([`Tlb::cancel_insertions`]): once it returns, no value inserted for a generation
+    /// read before the call is served. Waits for a writer that holds a slot of the set.
+    /// O(WAYS).
+    pub fn remove(&self, root: u64, vpn: u64) {
+        self.cancel_insertions();
+        self.remove_cancelled(root, vpn);
+    }
+
+    /// [`Tlb::remove`] without its cancellation, for a caller that called
+    /// [`Tlb::cancel_insertions`] itself before it chose the keys to remove.
+    pub(crate) fn remove_cancelled(&self, root: u64, vpn: u64) {
+        let Some((_, set)) = self.set_of(root, vpn) else {
+            return;
+        };
+        for slot in set {
+            slot.write_waiting(|s| {
+                if s.clear_locked(Some((root, vpn))) {
+                    self.len.fetch_sub(1, Ordering::Relaxed);
+                }
+            });
+        }
+    }
+
+    /// Outdates every entry. O(1).
+    pub fn flush(&self) {
+        self.generation.fetch_add(FLUSH, Ordering::SeqCst);
+    }
+
+    /// Empties every slot, after a flush (so insertions in flight do not land).
+    /// Waits for writers that hold a slot. O(capacity).
+    pub fn clear(&self) {
+        self.flush();
+        for slot in &self.slots {
+            slot.write_waiting(|s| {
+                if s.clear_locked(None) {
+                    self.len.fetch_sub(1, Ordering::Relaxed);
+                }
+            });
+        }
+    }
+
+    /// Sets the effective capacity: `capacity` rounded down to whole sets (at least one
+    /// set unless `capacity` is zero), at most `N`. Empties the cache. O(N).
+    pub fn set_capacity(&self, capacity: usize) {
+        let sets = if capacity == 0 {
+            0
+        } else if capacity >= N {
+            Self::SETS
+        } else {
+            (capacity / Self::WAYS).clamp(1, Self::SETS)
+        };
+        self.sets_in_use.store(sets, Ordering::Relaxed);
+        self.clear();
+    }
+
+    /// The counters, summed over the stripes. O(1).
+    pub fn metrics(&self) -> CacheMetrics {
+        let mut m = CacheMetrics {
+            len: self.len.load(Ordering::Relaxed),
+            capacity: self
+                .sets_in_use
+                .load(Ordering::Relaxed)
+                .saturating_mul(Self::WAYS)
+                .min(N),
+            ..CacheMetrics::default()
+        };
+        self.counters.add_to(&mut m);
+        m
+    }
+
+    /// Resets the counters to zero. O(1).
+    pub fn reset_metrics(&self) {
+        self.counters.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tlb_hits_misses_generations_and_removal() {
+        let tlb: Tlb<8> = Tlb::new();
+        let g = tlb.generation();
+        assert_eq!(tlb.get(0x1000, 7, g), None);
+        tlb.insert(0x1000, 7, 70, g);
+        tlb.insert(0x2000, 7, 71, g);
+        assert_eq!(tlb.get(0x1000, 7, g), Some(70));
+        assert_eq!(tlb.get(0x2000, 7, g), Some(71));
+        // Replacing a key keeps one entry.
+        tlb.insert(0x1000, 7, 72, g);
+        assert_eq!(tlb.get(0x1000, 7, g), Some(72));
+        let m = tlb.metrics();
+        assert_eq!((m.hits, m.misses, m.len, m.capacity), (3, 1, 2, 8));
+        // A flush outdates everything in O(1); stale slots are reused without eviction.
+        tlb.flush();
+        let g2 = tlb.generation();
+        assert_ne!(g, g2);
+        assert_eq!(tlb.get(0x1000, 7, g2), None);
+        tlb.insert(0x1000, 7, 73, g2);
+        assert_eq!(tlb.get(0x1000, 7, g2), Some(73));
+        // An entry looked up for an older generation is stale from the start.
+        tlb.insert(0x3000, 1, 9, g);
+        assert_eq!(tlb.get(0x3000, 1, g2), None);
+        tlb.remove(0x1000, 7);
+        assert_eq!(tlb.get(0x1000, 7, g2), None);
+        assert_eq!(tlb.metrics().evictions, 0);
+        // The empty marker is never stored.
+        tlb.insert(0, u64::MAX, 1, g2);
+        assert_eq!(tlb.get(0, u64::MAX, g2), None);
+    }
+
+    #[test]
+    fn tlb_evicts_round_robin_within_a_set_and_honours_capacity() {
+        // One set of two slots: every key meets in it.
+        let tlb: Tlb<2> = Tlb::new();
+        let g = tlb.generation();
+        for vpn in 0..5 {
+            tlb.insert(1, vpn, vpn * 10, g);
+        }
+        let m = tlb.metrics();
+        assert_eq!((m.len, m.evictions), (2, 3));
+        let held = (0..5).filter(|&v| tlb.get(1, v, g).is_some()).count();
+        assert_eq!(held, 2);
+        // The two most recent insertions survive round-robin replacement.
+        assert_eq!(tlb.get(1, 4, g), Some(40));
+        assert_eq!(tlb.get(1, 3, g), Some(30));
+        tlb.set_capacity(0);
+        tlb.insert(1, 9, 90, g);
+        assert_eq!(tlb.get(1, 9, tlb.generation()), None);
+        assert_eq!(tlb.metrics().capacity, 0);
+        tlb.set_capacity(usize::MAX);
+        assert_eq!(tlb.metrics().capacity, 2);
+        tlb.reset_metrics();
+        assert_eq!(tlb.metrics().hits + tlb.metrics().misses, 0);
+    }
+
+    #[test]
+    fn tlb_offer_evicts_only_a_key_turned_away_just_before() {
+        let tlb: Tlb<2> = Tlb::new();
+        let g = tlb.generation();
+        // Free slots take offers at once.
+        tlb.offer(1, 0, 0, g);
+        tlb.offer(1, 1, 10, g);
+        assert_eq!(tlb.probe(1, 0, g), Some(0));
+        // A full set turns a new key away once, then takes it.
+        tlb.offer(1, 2, 20, g);
+        assert_eq!(tlb.probe(1, 2, g), None);
+        assert_eq!(tlb.metrics().evictions, 0);
+        tlb.offer(1, 2, 20, g);
+        assert_eq!(tlb.probe(1, 2, g), Some(20));
+        assert_eq!(tlb.metrics().evictions, 1);
+        // A scan of keys that never repeat evicts nothing.
+        for vpn in 100..200 {
+            tlb.offer(1, vpn, vpn, g);
+        }
+        let m = tlb.metrics();
+        assert_eq!((m.evictions, m.len), (1, 2));
+        assert_eq!(tlb.probe(1, 2, g), Some(20));
+        // Replacing a held key needs no admission.
+        tlb.offer(1, 2, 21, g);
+        assert_eq!(tlb.probe(1, 2, g), Some(21));
+        // Stale slots are free: after a flush, offers go straight in.
+        tlb.flush();
+        let g2 = tlb.generation();
+        tlb.offer(1, 300, 3, g2);
+        assert_eq!(tlb.probe(1, 300, g2), Some(3));
+        // probe counts nothing; record counts one lookup.
+        let before = tlb.metrics();
+        tlb.record(true);
+        tlb.record(false);
+        let after = tlb.metrics();
+        assert_eq!(
+            (after.hits - before.hits, after.misses - before.misses),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn tlb_insertions_in_flight_do_not_outlive_a_removal() {
+        let tlb: Tlb<4> = Tlb::new();
+        // Read before a removal: the insertion is cancelled, for any key.
+        let g = tlb.generation();
+        tlb.remove(1, 5);
+        tlb.insert(1, 5, 50, g);
+        tlb.insert(2, 6, 60, g);
+        assert_eq!(tlb.probe(1, 5, tlb.generation()), None);
+        assert_eq!(tlb.metrics().len, 0);
+        // Read after it: the insertion lands, and other entries stay current.
+        let g = tlb.generation();
+        tlb.insert(1, 5, 51, g);
+        tlb.insert(2, 6, 61, g);
+        tlb.cancel_insertions();
+        tlb.remove(3, 3);
+        assert_eq!(tlb.probe(1, 5, tlb.generation()), Some(51));
+        assert_eq!(tlb.probe(2, 6, tlb.generation()), Some(61));
+        assert_eq!(tlb.metrics().len, 2);
+        // Removing what is not there changes no count; removing twice counts once.
+        tlb.remove(1, 5);
+        tlb.remove(1, 5);
+        assert_eq!(tlb.metrics().len, 1);
+        // Every 65,536th removal carries into the flush count: a flush.
+        for _ in 0..FLUSH {
+            tlb.cancel_insertions();
+        }
+        assert_eq!(tlb.probe(2, 6, tlb.generation()), None);
+        tlb.clear();
+        assert_eq!(tlb.metrics().len, 0);
+    }
+
+    /// An insertion racing a removal: once `remove` returns, the value it served for the
+    /// key is never older than the version current when it began.
+    #[test]
+    fn tlb_removal_racing_insertions_leaves_nothing_stale() {
+        use core::sync::atomic::AtomicBool;
+        static TLB: Tlb<2> = Tlb::new();
+        static VERSION: AtomicU64 = AtomicU64::new(0);
+        static DONE: AtomicBool = AtomicBool::new(false);
+        let rounds = if cfg!(miri) { 100u64 } else { 50_000 };
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !DONE.load(Ordering::SeqCst) {
+                    let g = TLB.generation();
+                    let v = VERSION.load(Ordering::SeqCst);
+                    TLB.insert(7, 9, v, g);
+                }
+            });
+            for v in 1..=rounds {
+                VERSION.store(v, Ordering::SeqCst);
+                TLB.remove(7, 9);
+                if let Some(seen) = TLB.probe(7, 9, TLB.generation()) {
+                    assert!(seen >= v, "served version {seen} after removing at {v}");
+                }
+            }
+            DONE.store(true, Ordering::SeqCst);
+        });
+    }
+
+    /// Readers racing writers on the same slots never see a torn entry: every value a hit
+    /// returns is the one written for that key.
+    #[test]
+    fn tlb_readers_never_see_torn_entries() {
+        static TLB: Tlb<4> = Tlb::new();
+        let rounds = if cfg!(miri) { 200u64 } else { 200_000 };
+        std::thread::scope(|scope| {
+            for t in 0..2u64 {
+                scope.spawn(move || {
+                    let mut x = t;
+                    for i in 0..rounds {
+                        x = mix64(x.wrapping_add(i));
+                        let (root, vpn) = (x & 3, (x >> 8) & 15);
+                        let g = TLB.generation();
+                        match TLB.get(root, vpn, g) {
+                            Some(v) => assert_eq!(v, root * 1000 + vpn),
+                            None => TLB.insert(root, vpn, root * 1000 + vpn, g),
+                        }
+                        if i % 97 == 0 {
+                            TLB.remove(root, vpn);
+                        }
+                    }
+                });
+            }
+        });
+        let m = TLB.metrics();
+        assert!(m.hits + m.misses <= 2 * rounds && m.hits > 0 && m.misses > 0);
+    }
+}

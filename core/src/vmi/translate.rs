@@ -1,0 +1,247 @@
+//! Virtual-to-physical translation: through the translation cache, or a walk.
+
+use core::sync::atomic::Ordering;
+
+use super::VmiCore;
+use crate::access::{AccessContext, AddressContext, TranslationMechanism};
+use crate::addr::{Pa, Va};
+use crate::arch::{Architecture, PhysRead, Translation, WalkStep};
+use crate::cache::CacheMetrics;
+use crate::driver::VmiDriver;
+use crate::error::VmiError;
+use crate::fmt::{log_debug, log_trace};
+
+/// Reads page-table entries for the walker through the core's page path.
+pub(super) struct CoreReader<'a, D: VmiDriver, const TLB: usize, const PAGES: usize>(
+    pub(super) &'a VmiCore<D, TLB, PAGES>,
+);
+
+impl<D: VmiDriver, const TLB: usize, const PAGES: usize> PhysRead
+    for CoreReader<'_, D, TLB, PAGES>
+{
+    #[inline(always)]
+    fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
+        let mut raw = [0u8; 8];
+        self.0.read_physical_in_page(pa, &mut raw)?;
+        Ok(u64::from_le_bytes(raw))
+    }
+
+    #[inline]
+    fn read_u32(&self, pa: Pa) -> Result<u32, VmiError> {
+        let mut raw = [0u8; 4];
+        self.0.read_physical_in_page(pa, &mut raw)?;
+        Ok(u32::from_le_bytes(raw))
+    }
+}
+
+/// Reads page-table entries for the walker straight from the driver, for a core whose page
+/// cache is disabled: from the driver's [`VmiDriver::physical_memory`] when it lends one,
+/// through [`VmiDriver::read_physical`] otherwise (and for the errors).
+pub(super) struct DirectReader<'a, D: VmiDriver> {
+    driver: &'a D,
+    memory: Option<&'a [u8]>,
+}
+
+impl<D: VmiDriver> PhysRead for DirectReader<'_, D> {
+    #[inline]
+    fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
+        let mut raw = [0u8; 8];
+        self.driver.read_physical(pa, &mut raw)?;
+        Ok(u64::from_le_bytes(raw))
+    }
+
+    #[inline]
+    fn read_u32(&self, pa: Pa) -> Result<u32, VmiError> {
+        let mut raw = [0u8; 4];
+        self.driver.read_physical(pa, &mut raw)?;
+        Ok(u32::from_le_bytes(raw))
+    }
+
+    #[inline(always)]
+    fn read_u64_fast(&self, pa: Pa) -> Option<u64> {
+        self.memory?.read_u64_fast(pa)
+    }
+}
+
+impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> {
+    /// Sets how page tables are read (AMD64: the paging mode, MAXPHYADDR, NXE, ...).
+    pub fn with_paging(mut self, paging: <D::Architecture as Architecture>::Paging) -> Self {
+        self.set_paging(paging);
+        self
+    }
+
+    /// Sets how page tables are read, and flushes the translation cache.
+    pub fn set_paging(&mut self, paging: <D::Architecture as Architecture>::Paging) {
+        self.paging = paging;
+        self.flush_v2p_cache();
+    }
+
+    /// How page tables are read.
+    pub fn paging(&self) -> &<D::Architecture as Architecture>::Paging {
+        &self.paging
+    }
+
+    /// Enables the translation cache with an effective capacity of `size` entries, as
+    /// [`VmiCore::resize_v2p_cache`].
+    pub fn with_v2p_cache(self, size: usize) -> Self {
+        self.resize_v2p_cache(size);
+        self.enable_v2p_cache();
+        self
+    }
+
+    /// Enables the translation cache.
+    pub fn enable_v2p_cache(&self) {
+        if !self.v2p_cache_enabled.swap(true, Ordering::Relaxed) {
+            log_debug!("translation cache: enabled");
+        }
+    }
+
+    /// Disables the translation cache and flushes it.
+    pub fn disable_v2p_cache(&self) {
+        self.v2p_cache_enabled.store(false, Ordering::Relaxed);
+        self.flush_v2p_cache();
+        log_debug!("translation cache: disabled");
+    }
+
+    /// Sets the translation cache's effective capacity: `size` rounded down to whole sets
+    /// of four, at least one set unless `size` is zero, at most `TLB` (the type's
+    /// capacity), base and large pages together. Empties the cache. O(`TLB`).
+    pub fn resize_v2p_cache(&self, size: usize) {
+        self.v2p_cache.set_capacity(size);
+        log_debug!(
+            "translation cache: resized to {} entries (asked {}, at most {})",
+            self.v2p_cache.metrics().capacity,
+            size,
+            TLB
+        );
+    }
+
+    /// Drops the cached translation of the page that holds `ctx.va` under `ctx.root`,
+    /// whatever the page's size.
+    ///
+    /// The root is compared as the walker reads it
+    /// ([`Architecture::root_table`]): on AMD64, a CR3 with PCID, no-flush or LAM bits
+    /// names the same entries as the CR3 without them.
+    pub fn flush_v2p_cache_entry(&self, ctx: AddressContext) {
+        self.v2p_cache
+            .flush_entry(self.root_table(ctx.root), ctx.va);
+    }
+
+    /// The key of the translation cache for the root `root`: the top-level table the
+    /// walker reads for it, so that every form of one root is one key.
+    #[inline]
+    fn root_table(&self, root: Pa) -> Pa {
+        <D::Architecture as Architecture>::root_table(&self.paging, root)
+    }
+
+    /// Drops every cached translation. O(1): the cache's generation moves on, and older
+    /// entries are never returned again.
+    pub fn flush_v2p_cache(&self) {
+        self.v2p_cache.flush();
+        // At `trace`: sessions flush at every event, and writes through the core flush.
+        log_trace!("translation cache: flushed");
+    }
+
+    /// The translation cache's counters. Each translation counts one hit or one miss,
+    /// whichever part answered; `len`, `capacity` and `evictions` add both parts up, a
+    /// large page being one entry.
+    pub fn v2p_cache_metrics(&self) -> CacheMetrics {
+        self.v2p_cache.metrics()
+    }
+
+    /// Translates a virtual address through the translation cache.
+    ///
+    /// # Errors
+    /// [`VmiError::Translation`] naming the level, entry and reason of the failure.
+    pub fn translate_address(&self, ctx: AddressContext) -> Result<Pa, VmiError> {
+        self.translate(ctx.va, ctx.root).map(|t| t.pa)
+    }
+
+    /// Resolves an access context to a guest-physical address (identity for direct
+    /// contexts).
+    ///
+    /// # Errors
+    /// As [`VmiCore::translate_address`].
+    pub fn translate_access_context(&self, ctx: AccessContext) -> Result<Pa, VmiError> {
+        match ctx.mechanism {
+            TranslationMechanism::Direct => Ok(Pa(ctx.address)),
+            TranslationMechanism::Paging { root } => {
+                self.translate(Va(ctx.address), root).map(|t| t.pa)
+            }
+        }
+    }
+
+    /// Translates `va` under `root`, through the translation cache, with the page size and
+    /// the effective rights. Cached translations are keyed by the root as the walker
+    /// reads it ([`Architecture::root_table`]), so every form of one root shares them.
+    ///
+    /// # Errors
+    /// As [`VmiCore::translate_address`].
+    #[inline]
+    pub fn translate(&self, va: Va, root: Pa) -> Result<Translation, VmiError> {
+        if !self.v2p_cache_enabled.load(Ordering::Relaxed) {
+            return self.translate_uncached(va, root);
+        }
+        self.v2p_cache.translate(self.root_table(root), va, || {
+            self.translate_uncached(va, root)
+        })
+    }
+
+    /// The walker's reader for a core whose page cache is disabled.
+    #[inline]
+    fn direct_reader(&self) -> DirectReader<'_, D> {
+        DirectReader {
+            driver: &self.driver,
+            memory: self.driver.physical_memory(),
+        }
+    }
+
+    /// Walks the page tables for `va` under `root`, bypassing the translation cache (the
+    /// tables themselves are read through the page cache when it is in use).
+    ///
+    /// # Errors
+    /// As [`VmiCore::translate_address`].
+    pub fn translate_uncached(&self, va: Va, root: Pa) -> Result<Translation, VmiError> {
+        let memory = self.driver.physical_memory();
+        if memory.is_none() && self.gfn_cache_enabled.load(Ordering::Relaxed) {
+            <D::Architecture as Architecture>::translate(&CoreReader(self), &self.paging, va, root)
+        } else {
+            let reader = DirectReader {
+                driver: &self.driver,
+                memory,
+            };
+            <D::Architecture as Architecture>::translate(&reader, &self.paging, va, root)
+        }
+    }
+
+    /// Walks the page tables with an explicit paging configuration, calling `observe` on
+    /// every entry read (for a detailed walk). Bypasses the translation cache.
+    ///
+    /// # Errors
+    /// As [`VmiCore::translate_address`].
+    pub fn translate_with(
+        &self,
+        paging: &<D::Architecture as Architecture>::Paging,
+        va: Va,
+        root: Pa,
+        observe: impl FnMut(WalkStep),
+    ) -> Result<Translation, VmiError> {
+        if self.page_cache_in_use() {
+            <D::Architecture as Architecture>::translate_observed(
+                &CoreReader(self),
+                paging,
+                va,
+                root,
+                observe,
+            )
+        } else {
+            <D::Architecture as Architecture>::translate_observed(
+                &self.direct_reader(),
+                paging,
+                va,
+                root,
+                observe,
+            )
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! [`TranslationCache`]: the core's cache of translations, over one [`Tlb`] of `N`
+//! entries that holds base and large pages alike.
+//!
+//! # The TLB word
+//! A cached translation of one virtual page is packed in one word: the leaf's frame
+//! (aligned to the leaf's size), then in the low bits W, X and U (bits 0..=2) and log2 of
+//! the leaf's size (bits 3..=8).
+//!
+//! A base page is keyed by its virtual page number (below 2^52). A large page is one
+//! entry, keyed by `va >> log2(size)` with log2(size) (nonzero) in bits 58..=63, so a
+//! large-page key is never a base-page key, and a 2 MiB and a 1 GiB page never share one.
+//! After a base-page miss, the large-page key is looked up for each size the cache has
+//! held (`large_shifts`). One array rather than one per page size (as hardware TLBs
+//! have) because stable Rust cannot split a const capacity `N` in two.
+
+use core::marker::PhantomData;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::access::MemoryAccess;
+use crate::addr::{Pa, Va};
+use crate::arch::{Architecture, Translation};
+use crate::cache::{CacheMetrics, Tlb};
+use crate::error::VmiError;
+
+/// The default capacity: base and large pages together.
+pub(crate) const CAPACITY: usize = 1024;
+
+const TLB_W: u64 = 1 << 0;
+const TLB_X: u64 = 1 << 1;
+const TLB_U: u64 = 1 << 2;
+const TLB_SHIFT: u32 = 3;
+const TLB_SHIFT_MASK: u64 = 0x3f << TLB_SHIFT;
+/// Where a large-page key keeps log2 of the page size.
+const TLB_LARGE_TAG: u32 = 58;
+
+/// Up to `N` translations of architecture `A`, keyed by root and virtual page, read
+/// without a lock. `N = 0` caches nothing.
+///
+/// Flushes are O(1) (the generation moves on); a walk's result is offered under the
+/// generation read before the walk, so a flush during the walk outdates it.
+///
+/// # Concurrency
+/// The cache is a [`Tlb`], with the guarantees its documentation gives for racing
+/// lookups, insertions, flushes, removals and resizes. What this type adds is the mask of
+/// large-page sizes (`large_shifts`), and one invariant over it: *a large page's entry
+/// can exist only once its size is in the mask*, so [`TranslationCache::flush_entry`],
+/// which visits the sizes in the mask, cannot miss it.
+/// - **A translation** is a lookup of the base-page key, then of the large-page key for
+///   each size in the mask, then a walk whose result is offered under the generation read
+///   before the walk. A large page's size is set in the mask (`SeqCst`) before its entry
+///   is offered.
+/// - **A single-entry flush** removes the base-page key ([`Tlb::remove`], which first
+///   cancels insertions in flight), then reads the mask (`SeqCst`) and removes the
+///   large-page key of each size in it. An insertion of a size the mask read did not show
+///   set that size after the cancellation (the `SeqCst` order of the four operations),
+///   so its lock-time check sees the cancellation and it does not land; one whose size
+///   was shown is handled by the removal ([`Tlb`]'s argument). Once the flush returns, no
+///   translation walked before it began is served.
+/// - **A flush** moves the generation on: lookups after it miss everything before it,
+///   and walks in flight are outdated.
+/// - **A resize** resizes and empties the [`Tlb`] ([`Tlb::set_capacity`]) and leaves the
+///   mask as it is. Before issue 13 it cleared the mask after emptying the cache: a
+///   2 MiB translation inserted in between lost its size from the mask, a later
+///   single-entry flush skipped it, and the old frame came back once another 2 MiB page
+///   put the size back.
+/// - **Enabling and disabling** are [`VmiCore`](crate::VmiCore)'s: a disabled cache is
+///   flushed and not consulted; a translation already past the check finishes through
+///   the cache, with the guarantees above.
+pub(crate) struct TranslationCache<A: Architecture, const N: usize> {
+    tlb: Tlb<N>,
+    /// Bit `s` is set once a page of `1 << s` bytes was offered: the sizes a base-page
+    /// miss probes and a single-entry flush visits. Never cleared (a stale bit costs a
+    /// probe; an architecture has a handful of page sizes).
+    large_shifts: AtomicU64,
+    arch: PhantomData<fn() -> A>,
+}
+
+impl<A: Architecture, const N: usize> TranslationCache<A, N> {
+    const PAGE_SIZE: u64 = A::PAGE_SIZE;
+    const PAGE_SHIFT: u32 = A::PAGE_SHIFT;
+    /// The offset bits of an address in a base page (`PAGE_SIZE - 1`).
+    const OFFSET_MASK: u64 = !A::PAGE_MASK;
+
+    /// An empty cache at full capacity.
+    pub(crate) const fn new() -> Self {
+        Self {
+            tlb: Tlb::new(),
+            large_shifts: AtomicU64::new(0),
+            arch: PhantomData,
+        }
+    }
+
+    /// The translation of `va` under `root`: from the cache when it holds one, else from
+    /// `walk`, whose result is offered to the cache (a large page as one entry).
+    ///
+    /// # Errors
+    /// As `walk`'s.
+    #[inline]
+    pub(crate) fn translate(
+        &self,
+        root: Pa,
+        va: Va,
+        walk: impl FnOnce() -> Result<Translation, VmiError>,
+    ) -> Result<Translation, VmiError> {
+        let vpn = va.0 >> Self::PAGE_SHIFT;
+        let generation = self.tlb.generation();
+        match self.tlb.probe(root.0, vpn, generation) {
+            Some(entry) => {
+                self.tlb.record(true);
+                Ok(Self::unpack(entry, va, Self::OFFSET_MASK))
+            }
+            None => self.miss(root, va, vpn, generation, walk),
+        }
+    }
+
+    /// The miss path of [`TranslationCache::translate`]: the large-page key for each
+    /// size the cache holds, then a walk. An offer evicts only for a page that missed twice in a
+    /// row in its set ([`Tlb::offer`]), so a scan over more pages than the cache holds (a
+    /// bulk read, random reads over a large range) neither flushes the working set out
+    /// nor pays a slot write's locked instruction per page.
+    #[inline(never)]
+    fn miss(
+        &self,
+        root: Pa,
+        va: Va,
+        vpn: u64,
+        generation: u64,
+        walk: impl FnOnce() -> Result<Translation, VmiError>,
+    ) -> Result<Translation, VmiError> {
+        const {
+            assert!(
+                A::PAGE_SHIFT >= 9,
+                "the TLB packs flags and a size in the page offset bits"
+            )
+        };
+        if let Some(t) = self.probe_large(root, va, generation) {
+            self.tlb.record(true);
+            return Ok(t);
+        }
+        self.tlb.record(false);
+        let t = walk()?;
+        self.offer(root, va, vpn, &t, generation);
+        Ok(t)
+    }
+
+    /// The large-page translation of `va`, for each large size the cache has held.
+    #[inline]
+    fn probe_large(&self, root: Pa, va: Va, generation: u64) -> Option<Translation> {
+        let mut shifts = self.large_shifts.load(Ordering::Relaxed);
+        while shifts != 0 {
+            let shift = shifts.trailing_zeros();
+            shifts ^= 1 << shift;
+            if let Some(entry) = self
+                .tlb
+                .probe(root.0, Self::large_key(va, shift), generation)
+            {
+                let offset_mask = 1u64
+                    .checked_shl(shift)
+                    .map_or(u64::MAX, |size| size.wrapping_sub(1));
+                return Some(Self::unpack(entry, va, offset_mask));
+            }
+        }
+        None
+    }
+
+    /// Offers `t`, the translation of `va`, under the key of its page size.
+    fn offer(&self, root: Pa, va: Va, vpn: u64, t: &Translation, generation: u64) {
+        if t.page_size == Self::PAGE_SIZE {
+            self.tlb.offer(root.0, vpn, Self::pack(t), generation);
+        } else if t.page_size.is_power_of_two() && t.page_size > Self::PAGE_SIZE {
+            let shift = t.page_size.trailing_zeros();
+            if shift < TLB_LARGE_TAG {
+                // The size joins the mask before its entry can exist (the concurrency
+                // notes of the type).
+                let bit = 1u64 << shift;
+                if self.large_shifts.load(Ordering::SeqCst) & bit == 0 {
+                    self.large_shifts.fetch_or(bit, Ordering::SeqCst);
+                }
+                self.tlb.offer(
+                    root.0,
+                    Self::large_key(va, shift),
+                    Self::pack(t),
+                    generation,
+                );
+            }
+        }
+    }
+
+    /// Drops the cached translation of the page that holds `va` under `root`, whatever
+    /// the page's size.
+    ///
+    /// Once it returns, no translation of the page walked before it began is served
+    /// (the concurrency notes of the type).
+    pub(crate) fn flush_entry(&self, root: Pa, va: Va) {
+        // The base page's removal cancels insertions in flight first; the mask is read
+        // after it, so an insertion whose size the mask read here lacks set that size
+        // after the cancellation, and does not land.
+        self.tlb.remove(root.0, va.0 >> Self::PAGE_SHIFT);
+        let mut shifts = self.large_shifts.load(Ordering::SeqCst);
+        while shifts != 0 {
+            let shift = shifts.trailing_zeros();
+            shifts ^= 1 << shift;
+            self.tlb
+                .remove_cancelled(root.0, Self::large_key(va, shift));
+        }
+    }
+
+    /// Drops every cached translation. O(1): the generation moves on.
+    pub(crate) fn flush(&self) {
+        self.tlb.flush();
+    }
+
+    /// Sets the effective capacity: `size` rounded down to whole sets, at least one set
+    /// unless `size` is zero, at most `N`. Empties the cache, but not the mask of
+    /// large-page sizes (the concurrency notes of the type). O(N).
+    pub(crate) fn set_capacity(&self, size: usize) {
+        self.tlb.set_capacity(size);
+    }
+
+    /// The counters. Each translation counts one hit or one miss, whichever key
+    /// answered; a large page is one entry.
+    pub(crate) fn metrics(&self) -> CacheMetrics {
+        self.tlb.metrics()
+    }
+
+    /// The key of the large page of `1 << shift` bytes that holds `va`.
+    #[inline]
+    fn large_key(va: Va, shift: u32) -> u64 {
+        va.0.checked_shr(shift).unwrap_or(0) | (u64::from(shift) << TLB_LARGE_TAG)
+    }
+
+    /// The translation a TLB word holds, for `va` in its page, whose offset bits are
+    /// `offset_mask`.
+    #[inline]
+    fn unpack(entry: u64, va: Va, offset_mask: u64) -> Translation {
+        let mut access = MemoryAccess::R;
+        if entry & TLB_W != 0 {
+            access |= MemoryAccess::W;
+        }
+        if entry & TLB_X != 0 {
+            access |= MemoryAccess::X;
+        }
+        Translation {
+            pa: Pa((entry & !offset_mask & A::PAGE_MASK) | (va.0 & offset_mask)),
+            page_size: 1 << ((entry & TLB_SHIFT_MASK) >> TLB_SHIFT),
+            access,
+            user: entry & TLB_U != 0,
+        }
+    }
+
+    /// The TLB word of a translation.
+    #[inline]
+    fn pack(t: &Translation) -> u64 {
+        let mut entry = (t.pa.0 & !t.page_size.wrapping_sub(1) & A::PAGE_MASK)
+            | (u64::from(t.page_size.trailing_zeros()) << TLB_SHIFT);
+        if t.access.contains(MemoryAccess::W) {
+            entry |= TLB_W;
+        }
+        if t.access.contains(MemoryAccess::X) {
+            entry |= TLB_X;
+        }
+        if t.user {
+            entry |= TLB_U;
+        }
+        entry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::cell::Cell;
+
+    use super::*;
+    use crate::arch::amd64::Amd64;
+    use crate::error::{FaultReason, PageFault};
+
+    type Cache = TranslationCache<Amd64, CAPACITY>;
+
+    const ROOT: Pa = Pa(0x1000);
+    const OTHER_ROOT: Pa = Pa(0x7000);
+
+    fn page(pa: u64, page_size: u64, access: MemoryAccess, user: bool) -> Translation {
+        Translation {
+            pa: Pa(pa),
+            page_size,
+            access,
+            user,
+        }
+    }
+
+    /// Translates `va` through `cache`, counting the walks; the walk answers `t` for any
+    /// address of its page.
+    fn through(cache: &Cache, root: Pa, va: u64, t: Translation, walks: &Cell<u32>) -> Translation {
+        let mask = t.page_size - 1;
+        let r = cache.translate(root, Va(va), || {
+            walks.set(walks.get() + 1);
+            Ok(Translation {
+                pa: Pa((t.pa.0 & !mask) | (va & mask)),
+                ..t
+            })
+        });
+        r.expect("walk succeeds")
+    }
+
+    #[test]
+    fn word_format_round_trips_rights_and_size() {
+        let cases = [
+            page(0x0012_3000, 0x1000, MemoryAccess::R, false),
+            page(0x0012_3000, 0x1000, MemoryAccess::RW, true),
+            page(0x0040_0000, 0x20_0000, MemoryAccess::RX, false),
+            page(0x4000_0000, 0x4000_0000, MemoryAccess::RWX, true),
+            page(0x000f_ffff_ffff_f000, 0x1000, MemoryAccess::RWX, false),
+        ];
+        for t in cases {
+            let word = Cache::pack(&t);
+            let va = Va(0xffff_8000_0000_0000 | (t.page_size - 8));
+            let mask = t.page_size - 1;
+            let back = Cache::unpack(word, va, mask);
+            assert_eq!(back.pa.0, (t.pa.0 & !mask) | (va.0 & mask), "{t:?}");
+            assert_eq!(
+                (back.page_size, back.access, back.user),
+                (t.page_size, t.access, t.user)
+            );
+        }
+        // The offset bits of the frame never leak into the word's flags.
+        let odd = page(0x0012_3fff, 0x1000, MemoryAccess::R, false);
+        assert_eq!(Cache::pack(&odd) & !TLB_SHIFT_MASK, 0x0012_3000);
+    }
+
+    #[test]
+    fn insert_then_lookup_hits_without_walking() {
+        let cache = Cache::new();
+        let walks = Cell::new(0);
+        let t = page(0x0abc_d000, 0x1000, MemoryAccess::RW, true);
+        assert_eq!(
+            through(&cache, ROOT, 0x7fff_0000_0123, t, &walks).pa,
+            Pa(0x0abc_d123)
+        );
+        assert_eq!(
+            through(&cache, ROOT, 0x7fff_0000_0ff8, t, &walks).pa,
+            Pa(0x0abc_dff8)
+        );
+        assert_eq!(walks.get(), 1);
+        // Another root is another address space: a miss.
+        through(&cache, OTHER_ROOT, 0x7fff_0000_0123, t, &walks);
+        assert_eq!(walks.get(), 2);
+        let m = cache.metrics();
+        assert_eq!((m.hits, m.misses, m.len), (1, 2, 2));
+    }
+
+    #[test]
+    fn a_failed_walk_is_not_cached() {
+        let cache = Cache::new();
+        let fault = || {
+            Err(VmiError::Translation(PageFault {
+                va: Va(0x5000),
+                root: ROOT,
+                level: 1,
+                entry: Pa(0x3028),
+                value: 0,
+                reason: FaultReason::NotPresent,
+            }))
+        };
+        assert!(cache.translate(ROOT, Va(0x5000), fault).is_err());
+        assert!(cache.translate(ROOT, Va(0x5000), fault).is_err());
+        assert_eq!(cache.metrics().misses, 2);
+        assert_eq!(cache.metrics().len, 0);
+    }
+
+    #[test]
+    fn flush_entry_drops_one_page_of_any_size() {
+        let cache = Cache::new();
+        let walks = Cell::new(0);
+        let small = page(0x0010_0000, 0x1000, MemoryAccess::R, false);
+        let large = page(0x0060_0000, 0x20_0000, MemoryAccess::RWX, false);
+        through(&cache, ROOT, 0x2000, small, &walks);
+        through(&cache, ROOT, 0x3000, small, &walks);
+        through(&cache, ROOT, 0x40_0000, large, &walks);
+        assert_eq!(walks.get(), 3);
+        cache.flush_entry(ROOT, Va(0x2abc));
+        cache.flush_entry(ROOT, Va(0x5f_ffff));
+        through(&cache, ROOT, 0x3000, small, &walks);
+        assert_eq!(walks.get(), 3, "the neighbour stays");
+        through(&cache, ROOT, 0x2000, small, &walks);
+        through(&cache, ROOT, 0x40_1000, large, &walks);
+        assert_eq!(walks.get(), 5, "both flushed pages walk again");
+    }
+
+    #[test]
+    fn flush_all_outdates_every_entry_and_walks_in_flight() {
+        let cache = Cache::new();
+        let walks = Cell::new(0);
+        let small = page(0x0010_0000, 0x1000, MemoryAccess::R, false);
+        let large = page(0x4000_0000, 0x4000_0000, MemoryAccess::RW, true);
+        through(&cache, ROOT, 0x1000, small, &walks);
+        through(&cache, ROOT, 0x8000_0000, large, &walks);
+        cache.flush();
+        through(&cache, ROOT, 0x1000, small, &walks);
+        through(&cache, ROOT, 0x8000_0000, large, &walks);
+        assert_eq!(walks.get(), 4);
+        // A flush while the walk runs: its result must not be served afterwards.
+        let r = cache.translate(ROOT, Va(0x9000), || {
+            cache.flush();
+            Ok(small)
+        });
+        assert_eq!(r.map(|t| t.pa), Ok(small.pa));
+        through(&cache, ROOT, 0x9000, small, &walks);
+        assert_eq!(walks.get(), 5, "the walk raced by a flush was not cached");
+    }
+
+    #[test]
+    fn large_pages_are_one_entry_and_sizes_never_alias() {
+        let cache = Cache::new();
+        let walks = Cell::new(0);
+        let two_mib = page(0x0020_0000, 0x20_0000, MemoryAccess::RX, false);
+        let one_gib = page(0x8000_0000, 0x4000_0000, MemoryAccess::RW, true);
+        // Every 4 KiB page of the 2 MiB leaf answers from one entry.
+        for va in (0x40_0000..0x60_0000u64).step_by(0x3_1000) {
+            let t = through(&cache, ROOT, va, two_mib, &walks);
+            assert_eq!(t.pa.0, 0x20_0000 | (va & 0x1f_ffff));
+            assert_eq!(t.page_size, 0x20_0000);
+        }
+        assert_eq!(walks.get(), 1);
+        // A 1 GiB leaf whose key, shifted, would equal the 2 MiB key of another address.
+        let t = through(&cache, ROOT, 0x4000_0000 | 0x1234, one_gib, &walks);
+        assert_eq!((t.pa.0, t.user), (0x8000_1234, true));
+        assert_eq!(walks.get(), 2);
+        let t = through(&cache, ROOT, 0x7fff_f000, one_gib, &walks);
+        assert_eq!((t.pa.0, t.page_size), (0xbfff_f000, 0x4000_0000));
+        assert_eq!(walks.get(), 2);
+        assert_eq!(cache.metrics().len, 2);
+    }
+
+    #[test]
+    fn resize_empties_and_bounds_the_cache() {
+        let cache = Cache::new();
+        let walks = Cell::new(0);
+        assert_eq!(cache.metrics().capacity, CAPACITY);
+        let small = page(0x0010_0000, 0x1000, MemoryAccess::R, false);
+        let large = page(0x0020_0000, 0x20_0000, MemoryAccess::R, false);
+        through(&cache, ROOT, 0x1000, small, &walks);
+        through(&cache, ROOT, 0x20_0000, large, &walks);
+        cache.set_capacity(8);
+        let m = cache.metrics();
+        assert_eq!((m.len, m.capacity), (0, 8));
+        through(&cache, ROOT, 0x1000, small, &walks);
+        through(&cache, ROOT, 0x20_0000, large, &walks);
+        assert_eq!(walks.get(), 4);
+        for i in 0..64u64 {
+            through(&cache, ROOT, 0x10_0000 + i * 0x1000, small, &walks);
+            through(&cache, ROOT, 0x10_0000 + i * 0x1000, small, &walks);
+        }
+        assert!(cache.metrics().len <= 8);
+        cache.set_capacity(0);
+        through(&cache, ROOT, 0x1000, small, &walks);
+        let before = walks.get();
+        through(&cache, ROOT, 0x1000, small, &walks);
+        assert_eq!(
+            walks.get(),
+            before + 1,
+            "a zero-capacity cache holds nothing"
+        );
+        assert_eq!(cache.metrics().capacity, 0);
+    }
+}
