@@ -8,9 +8,8 @@
 //! 32-bit protected mode. The 32-bit stage identity-maps the first 4 GiB with 2 MiB pages
 //! (tables at 0x1000..0x7000) and enables long mode (Intel SDM Vol. 3A, 10.8.5
 //! "Initializing IA-32e Mode"). The 64-bit stage loads a TSS (VM entry requires a
-//! non-zero host TR, SDM Vol. 3C, 28.2.3), zeroes `.bss`, switches to the initialization
-//! stack and calls [`kmain`](crate::kmain), which builds the hypervisor's state and then
-//! moves to the CPU's 64 KiB stack for good ([`run_on_host_stack`]).
+//! non-zero host TR, SDM Vol. 3C, 28.2.3), zeroes `.bss`, paints the CPU's 64 KiB stack
+//! (to measure later how deep it went), switches to it and calls [`kmain`](crate::kmain).
 
 use core::arch::global_asm;
 
@@ -24,40 +23,19 @@ pub mod selector {
     pub const TSS: u16 = 0x20;
 }
 
-/// Size of the CPU's stack, on which the exit loop runs.
+/// Size of the CPU's stack: everything runs on it, the exit loop included (it is the
+/// VMCS's host RSP).
 pub const HOST_STACK_SIZE: usize = 64 * 1024;
-/// Size of the stack initialization runs on, once.
-pub const INIT_STACK_SIZE: usize = 256 * 1024;
 
 /// A page-aligned stack.
 #[repr(C, align(4096))]
 pub struct Stack<const N: usize>(pub [u8; N]);
 
-/// The CPU's stack: at most 64 KiB per CPU, as the issue asks. The VM-exit path runs on
-/// it (it is the VMCS's host RSP).
+/// The CPU's stack: at most 64 KiB per CPU, as the issue asks.
 static mut HOST_STACK: Stack<HOST_STACK_SIZE> = Stack([0; HOST_STACK_SIZE]);
 
-/// The initialization stack: `VmiCore::new` returns the core (tens of KiB, its caches
-/// inline) by value, and building it into the `static` takes about twice its size on the
-/// stack until it is a `const fn` (then the core is built at compile time and this
-/// stack goes). Used once, before the first VM entry.
-static mut INIT_STACK: Stack<INIT_STACK_SIZE> = Stack([0; INIT_STACK_SIZE]);
-
-/// The byte the CPU's stack is filled with before use, to measure how deep it went.
+/// The byte the boot stage fills the CPU's stack with before using it.
 const PAINT: u8 = 0x5A;
-
-/// Fills the CPU's stack with [`PAINT`] (while running on the initialization stack).
-pub fn paint_host_stack() {
-    // SAFETY: nothing runs on the CPU's stack yet (the caller is on the initialization
-    // stack); the write stays inside the static.
-    unsafe {
-        core::ptr::write_bytes(
-            core::ptr::addr_of_mut!(HOST_STACK).cast::<u8>(),
-            PAINT,
-            HOST_STACK_SIZE,
-        )
-    }
-}
 
 /// How many bytes of the CPU's stack were ever used (from its top down to the deepest
 /// byte that lost its paint).
@@ -69,17 +47,6 @@ pub fn host_stack_used() -> usize {
         .take_while(|&i| unsafe { base.add(i).read_volatile() } == PAINT)
         .count();
     HOST_STACK_SIZE - untouched
-}
-
-/// Moves to the top of the CPU's stack and calls `f(arg)` there, for good.
-pub fn run_on_host_stack(f: extern "C" fn(usize) -> !, arg: usize) -> ! {
-    let top = core::ptr::addr_of!(HOST_STACK) as usize + HOST_STACK_SIZE;
-    // SAFETY: the CPU's stack is unused (see `paint_host_stack`), 16-byte aligned at its
-    // top; `f` never returns, so nothing of the current stack is needed again.
-    unsafe {
-        core::arch::asm!("mov rsp, {top}", "xor ebp, ebp", "call {f}", "ud2", top = in(reg) top,
-                         f = in(reg) f, in("rdi") arg, options(noreturn))
-    }
 }
 
 unsafe extern "C" {
@@ -245,6 +212,10 @@ boot_stage64:
     shrq $3, %rcx
     xorl %eax, %eax
     rep stosq
+    leaq {stack}(%rip), %rdi    # paint the CPU's stack
+    movl ${stack_size}, %ecx
+    movb ${paint}, %al
+    rep stosb
     leaq {stack}+{stack_size}(%rip), %rsp
     xorl %ebp, %ebp
     call {kmain}
@@ -271,8 +242,9 @@ boot_tss:
     .fill 102, 1, 0
     .word 104                   # I/O map base past the limit: no I/O bitmap
 "#,
-    stack = sym INIT_STACK,
-    stack_size = const INIT_STACK_SIZE,
+    stack = sym HOST_STACK,
+    stack_size = const HOST_STACK_SIZE,
+    paint = const PAINT,
     kmain = sym crate::kmain,
     options(att_syntax)
 );

@@ -4,8 +4,8 @@
 //! Intel VMX. It embeds `introvisor` and `introvisor-ept`: the EPT backend builds and owns
 //! the guest's EPT, [`platform::BochsPlatform`] gives it the machine (VMREAD/VMWRITE,
 //! INVEPT, the VMFUNC EPTP list, the monitor trap flag), and every VM exit goes through
-//! [`EptBackend::handle_exit`] to a `VmiHandler` ([`script::Script`]) over the static
-//! `VmiCore`. The guest ([`guest`]) runs a script of accesses and prints what it sees on
+//! the backend's exit entry point to a `VmiHandler` ([`script::Script`]) over the
+//! `VmiCore` in a `static`, built at compile time ([`CORE`]). The guest ([`guest`]) runs a script of accesses and prints what it sees on
 //! COM1; the hypervisor prints one `SCENARIO` line per scenario and a `RESULT` line.
 //! `run.sh` builds the image and boots it headless.
 
@@ -20,6 +20,7 @@ mod serial;
 mod guest;
 mod hv;
 mod idt;
+mod late;
 mod layout;
 mod platform;
 mod script;
@@ -28,14 +29,19 @@ mod vmx;
 
 use core::panic::PanicInfo;
 
+use introvisor::arch::amd64::Amd64;
 use introvisor::arch::amd64::{ControlRegister, EventMonitor, vector};
-use introvisor::{AccessContext, Gfn, MemoryAccess, NoOs, Pa, VcpuId, VmiCore, VmiError};
+use introvisor::{
+    AccessContext, Gfn, MemoryAccess, NoOs, Pa, VcpuId, VmiContext, VmiCore, VmiError, VmiEvent,
+    VmiHandler,
+};
 use introvisor_ept::{
     Config, EptBackend, EptCapabilities, ExitAction, ExitInfo, FramePool, GuestRegion, Hpa,
     MemoryType,
 };
 
 use hv::Frame;
+use late::LateBackend;
 use layout::call;
 use platform::BochsPlatform;
 use script::{Script, Seen};
@@ -50,10 +56,13 @@ const POOL_FRAMES: usize = 512;
 /// The frame pool handed to the backend: its tables and shadow frames.
 static mut POOL: [Frame; POOL_FRAMES] = [const { Frame([0; 4096]) }; POOL_FRAMES];
 
-/// The introspection core, in a static. `VmiCore::new` is not a `const fn` yet, so the
-/// core is built once at run time through `spin::Once`; when it becomes one, this is a
-/// plain `static` built at compile time.
-static CORE: spin::Once<VmiCore<Backend>> = spin::Once::new();
+/// The EPT backend, built once VMX is on (its default view's EPT comes from the CPU's
+/// capability MSRs, so it cannot be built by the compiler).
+static BACKEND: spin::Once<Backend> = spin::Once::new();
+
+/// The introspection core: a `static`, built at compile time (`VmiCore::new` is a
+/// `const fn`), over a handle to the backend it reaches once [`BACKEND`] is filled.
+pub static CORE: VmiCore<LateBackend> = VmiCore::new(LateBackend(&BACKEND));
 
 /// Rust's entry, called by the boot stage in long mode on the host stack.
 extern "C" fn kmain() -> ! {
@@ -73,33 +82,19 @@ extern "C" fn kmain() -> ! {
     if let Err((f, e)) = hv::setup_vmcs(&caps, idt, &start) {
         fail(format_args!("VMWRITE {f:#x}: {e}"));
     }
-    let core = build_core(caps);
-    let script = setup_views(core).unwrap_or_else(|e| fail(format_args!("setup: {e}")));
+    let backend = build_backend(caps);
+    let mut script = setup_views(&CORE).unwrap_or_else(|e| fail(format_args!("setup: {e}")));
     println!(
-        "HV: VmiCore in a static: {} bytes; the exit loop runs on the CPU's {} KiB stack",
-        size_of::<VmiCore<Backend>>(),
+        "HV: VmiCore in a static built at compile time: {} bytes; the backend: {} bytes; one stack of {} KiB",
+        size_of::<VmiCore<LateBackend>>(),
+        size_of::<Backend>(),
         boot::HOST_STACK_SIZE / 1024
     );
-    // SAFETY: written once here, before the exit loop (its only user) starts.
-    unsafe { *core::ptr::addr_of_mut!(SCRIPT) = Some(script) };
-    boot::paint_host_stack();
-    boot::run_on_host_stack(exit_loop, 0)
+    run(backend, &mut script)
 }
 
-/// The handler, handed from initialization to the exit loop.
-static mut SCRIPT: Option<Script> = None;
-
-/// The exit loop's entry, on the CPU's stack.
-extern "C" fn exit_loop(_: usize) -> ! {
-    let core = CORE.get().unwrap_or_else(|| fail(format_args!("no core")));
-    // SAFETY: initialization wrote it and is over; the loop is its only user from now on.
-    let script = unsafe { (*core::ptr::addr_of_mut!(SCRIPT)).as_mut() };
-    let script = script.unwrap_or_else(|| fail(format_args!("no script")));
-    run(core, script)
-}
-
-/// Builds the backend (the default view's EPT over the guest's memory) and the core.
-fn build_core(caps: hv::Caps) -> &'static VmiCore<Backend> {
+/// Builds the backend (the default view's EPT over the guest's memory) into [`BACKEND`].
+fn build_backend(caps: hv::Caps) -> &'static Backend {
     let regions = [
         GuestRegion {
             gpa: Pa(0),
@@ -130,12 +125,12 @@ fn build_core(caps: hv::Caps) -> &'static VmiCore<Backend> {
     platform.set_caps(caps);
     let backend = Backend::new(platform, &config)
         .unwrap_or_else(|e| fail(format_args!("EptBackend::new: {e}")));
-    CORE.call_once(|| VmiCore::new(backend))
+    BACKEND.call_once(|| backend)
 }
 
 /// Creates the breakpoint view, arms the breakpoint and the write watch, enables the
 /// monitors, and moves the guest into the breakpoint view.
-fn setup_views(core: &VmiCore<Backend>) -> Result<Script, VmiError> {
+fn setup_views(core: &VmiCore<LateBackend>) -> Result<Script, VmiError> {
     let step_view = core.default_view()?;
     let watch_view = core.create_view(MemoryAccess::RWX)?;
     // The image is code and constants: read and execute only, in both views.
@@ -189,20 +184,20 @@ struct Counters {
     external_interrupts: u64,
     mtf: u64,
     tf_steps: u64,
-    /// Bochs's instruction count (TSC) spent in `EptBackend::handle_exit`: decoding,
+    /// Bochs's instruction count (TSC) spent in `EptBackend::on_exit`: decoding,
     /// the handler, applying its response.
     backend_insns: u64,
 }
 
 /// The exit loop: enter the guest, read the exit, hand it to the backend, act on its
 /// answer.
-fn run(core: &'static VmiCore<Backend>, script: &mut Script) -> ! {
+fn run(backend: &'static Backend, script: &mut Script) -> ! {
     let mut launched = false;
     let mut total = Counters::default();
     let mut at_begin = (Counters::default(), 0u64);
     let mut passed = 0usize;
     let start_tsc = cpu::rdtsc();
-    let platform = core.driver().platform();
+    let platform = backend.platform();
     // Does the CPU deliver MTF exits? Where the control is allowed, the first VM entry
     // runs with the monitor trap flag set: an MTF exit after the guest's first
     // instruction says yes.
@@ -223,7 +218,7 @@ fn run(core: &'static VmiCore<Backend>, script: &mut Script) -> ! {
     }
     let mut probing = mtf_allowed;
     loop {
-        core.driver().platform().load_pending_cr2();
+        platform.load_pending_cr2();
         // SAFETY: the VMCS is complete (setup_vmcs, and the backend's EPTP) with host RIP
         // = the exit stub.
         if let Err(e) = unsafe { vcpu::enter(launched) } {
@@ -277,14 +272,22 @@ fn run(core: &'static VmiCore<Backend>, script: &mut Script) -> ! {
             _ => {}
         }
         let before = cpu::rdtsc();
-        let action = EptBackend::handle_exit(core, &NoOs, script, VcpuId(0), &info);
+        let action = {
+            // What EptBackend::handle_exit does for a core over the backend itself: the
+            // handler answers inline, through a context over the static core.
+            let mut inline = |event: &VmiEvent<Amd64>| {
+                CORE.flush_v2p_cache();
+                script.handle_event(VmiContext::new(&CORE, &NoOs, event))
+            };
+            backend.on_exit(VcpuId(0), &info, Some(&mut inline))
+        };
         total.backend_insns += cpu::rdtsc() - before;
         if !script.log.is_empty() {
             script.log.send();
             script.log.clear();
         }
         let action = action
-            .unwrap_or_else(|e| fail(format_args!("handle_exit (reason {:#x}): {e}", info.reason)));
+            .unwrap_or_else(|e| fail(format_args!("on_exit (reason {:#x}): {e}", info.reason)));
         if cfg!(feature = "trace") {
             println!(
                 "TRACE action={action:?} eptp={:#x} proc={:#x} pin={:#x} entry_intr={:#x}",
@@ -318,7 +321,7 @@ fn run(core: &'static VmiCore<Backend>, script: &mut Script) -> ! {
                                 backend_insns: total.backend_insns - at_begin.0.backend_insns,
                             };
                             let insns = cpu::rdtsc() - at_begin.1;
-                            if report(core, script, g.rbx, d, insns) {
+                            if report(backend, script, g.rbx, d, insns) {
                                 passed += 1;
                             }
                             script.scenario = None;
@@ -427,7 +430,7 @@ fn complete(info: &ExitInfo) {
 }
 
 /// Checks one scenario's records and prints its `SCENARIO` line; true if it passed.
-fn report(core: &VmiCore<Backend>, script: &Script, n: u64, d: Counters, insns: u64) -> bool {
+fn report(backend: &Backend, script: &Script, n: u64, d: Counters, insns: u64) -> bool {
     let s = &script.seen;
     let name = layout::SCENARIOS
         .get(n as usize)
@@ -494,7 +497,7 @@ fn report(core: &VmiCore<Backend>, script: &Script, n: u64, d: Counters, insns: 
         3 => {
             let gpa = layout::WATCHED_FRAME + layout::WATCHED_OFFSET;
             let gva = layout::WATCHED_ALIAS_VA + layout::WATCHED_OFFSET;
-            let value = core.read_u64(AccessContext::direct(Pa(gpa))).unwrap_or(0);
+            let value = CORE.read_u64(AccessContext::direct(Pa(gpa))).unwrap_or(0);
             let (got_gpa, got_gva) = s.watch.unwrap_or((0, None));
             let ok = s.watch_events == 1
                 && got_gpa == gpa
@@ -547,7 +550,7 @@ fn report(core: &VmiCore<Backend>, script: &Script, n: u64, d: Counters, insns: 
         }
         6 => {
             let eptp = vmread(field::EPT_POINTER).unwrap_or(0);
-            let expect = core.driver().eptp(script.watch_view).map_or(0, |e| e.0);
+            let expect = backend.eptp(script.watch_view).map_or(0, |e| e.0);
             let ok = s.hook_reads == 1 && eptp == expect && expect != 0;
             let _ = write!(
                 w,

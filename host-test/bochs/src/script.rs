@@ -4,7 +4,7 @@
 use introvisor::arch::amd64::{ControlRegister, EventReason, vector};
 use introvisor::{Gfn, MemoryAccess, NoOs, Va, View, VmiContext, VmiEventResponse, VmiHandler};
 
-use crate::Backend;
+use crate::late::LateBackend;
 use crate::layout::{self, leaf};
 
 /// What the handler saw during one scenario.
@@ -74,10 +74,10 @@ fn hash(bytes: &[u8]) -> u32 {
     layout::fnv1a(bytes)
 }
 
-impl VmiHandler<Backend, NoOs> for Script {
+impl VmiHandler<LateBackend, NoOs> for Script {
     fn handle_event(
         &mut self,
-        ctx: VmiContext<'_, Backend, NoOs>,
+        ctx: VmiContext<'_, LateBackend, NoOs>,
     ) -> VmiEventResponse<introvisor::arch::amd64::Amd64> {
         let regs = ctx.registers();
         match ctx.reason() {
