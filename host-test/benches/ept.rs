@@ -17,31 +17,21 @@
 //! mutex per VMCS access where a hypervisor does a VMREAD), so they are an upper bound
 //! of the backend's own cost.
 
-// `host-test/src/counting_alloc.rs` as main has it, included by path until this branch
-// merges main (whose `lib.rs` exports it). Under `cfg(test)` (clippy's view of a bench)
-// the file installs the allocator itself.
-#[path = "../src/counting_alloc.rs"]
-#[allow(dead_code, unreachable_pub, missing_docs, unused_imports)]
-mod counting_alloc;
-
 use core::hint::black_box;
 use std::time::Instant;
 
-#[cfg(not(test))]
-use counting_alloc::CountingAllocator;
-use counting_alloc::count_allocations;
 use introvisor::VmiEventResponse;
 use introvisor::arch::amd64::{Amd64, EventMonitor, vector};
 use introvisor::{Gfn, MemoryAccess, Pa, Va, VcpuId, View, VmiCore, VmiDriver, VmiEvent};
 use introvisor_ept::{Config, EptBackend, EptCapabilities, ExitAction, ExitInfo};
 use introvisor_host::builder::PageSize;
+use introvisor_host_test::counting_alloc::{CountingAllocator, count_allocations};
 use introvisor_host_test::vmx_sim::exit::{RawExit, reason};
 use introvisor_host_test::vmx_sim::guest::{self, DATA, SHADOW_GFN, TEXT};
 use introvisor_host_test::vmx_sim::{
     FRAME, Gpr, Insn, RunError, Sim, SimConfig, SimPlatform, Step, exit_info,
 };
 
-#[cfg(not(test))]
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 

@@ -7,27 +7,22 @@
 //! Only the backend's calls are counted: the simulator's own bookkeeping (its TLB, its
 //! logs) runs outside `count_allocations`.
 
-// `host-test/src/counting_alloc.rs` as main has it, included by path until this branch
-// merges main (whose `lib.rs` exports it): the merge of main's `backends/ept` is the EPT
-// branch's to make. With `cfg(test)` the file installs its allocator as this binary's
-// global allocator.
-#[path = "../src/counting_alloc.rs"]
-#[allow(dead_code, unreachable_pub, missing_docs)]
-mod counting_alloc;
-
 use core::time::Duration;
 
-use counting_alloc::count_allocations;
 use introvisor::arch::amd64::{Amd64, ControlRegister, EventMonitor, vector};
 use introvisor::{
     AccessContext, Gfn, MemoryAccess, Pa, Va, VcpuId, View, VmiCore, VmiDriver, VmiEvent,
     VmiEventResponse,
 };
 use introvisor_ept::{Config, EptBackend, EptCapabilities, ExitAction, InlineHandler};
+use introvisor_host_test::counting_alloc::{CountingAllocator, count_allocations};
 use introvisor_host_test::vmx_sim::guest::{self, BIG_2M, DATA, HIGH, SHADOW_GFN, TEXT};
 use introvisor_host_test::vmx_sim::{
     FRAME, Gpr, Insn, RunError, Sim, SimConfig, SimPlatform, Step, carry_out, exit_info,
 };
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 type Backend = EptBackend<SimPlatform, 3, 512, 4, 8>;
 type Response = VmiEventResponse<Amd64>;

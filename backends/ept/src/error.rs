@@ -35,7 +35,8 @@ pub enum EptError {
     AccessedDirtyUnsupported,
     /// An address not aligned as it must be (a pool frame, a large-page frame, a root).
     Misaligned(Hpa),
-    /// The frame pool has no frame left; the tables are as they were.
+    /// The frame pool has fewer frames than the operation needs; the tables are as they
+    /// were. [`VmiError::OutOfFrames`] at the `VmiDriver` boundary.
     PoolExhausted,
     /// The platform maps no host frame at this address.
     HostFrameUnmapped(Hpa),
@@ -63,7 +64,9 @@ pub enum EptError {
     InvalidVector(u8),
     /// An offset or range outside a 4 KiB frame.
     OutsideFrame,
-    /// A fixed-capacity table (monitored MSRs or ports) is full.
+    /// A fixed-capacity table (monitored MSRs or ports) is full, or a pool, the vCPUs or
+    /// the regions exceed the backend's capacity. [`VmiError::CapacityExceeded`] at the
+    /// `VmiDriver` boundary.
     CapacityExceeded,
     /// An exit reason the backend does not know (bits 15:0 of the exit-reason field).
     UnknownExitReason(u16),
@@ -135,7 +138,7 @@ impl From<EptError> for VmiError {
             EptError::AccessedDirtyUnsupported => Self::NotSupported("EPT A/D flags"),
             EptError::InveptUnsupported => Self::NotSupported("INVEPT"),
             EptError::Misaligned(_) => Self::InvalidArgument("misaligned address"),
-            EptError::PoolExhausted => Self::CapacityExceeded,
+            EptError::PoolExhausted => Self::OutOfFrames,
             EptError::HostFrameUnmapped(_) => Self::Driver("host frame not mapped"),
             EptError::OutsideGuestMemory(pa) => Self::OutOfBounds(pa),
             EptError::Overlap => Self::InvalidArgument("memory regions overlap"),

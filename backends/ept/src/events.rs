@@ -43,6 +43,15 @@
 //! count the event. No lock is held across the handler call: the vCPU's slot, the queue
 //! and the state lock are each taken for a few loads and stores.
 //!
+//! # What an event cannot say
+//! An XSETBV exit for XCR0 (exit reason 55; XSETBV exits unconditionally in VMX non-root
+//! operation, SDM Vol. 3C §26.1.2) becomes a [`ControlRegisterEvent`] for
+//! [`ControlRegister::Xcr0`] whose `new` is EDX:EAX and whose **`old` is 0, meaning
+//! unknown**: the exit does not report the current XCR0, and introvisor's [`Registers`]
+//! has no XCR0 field, so the backend cannot read it. A handler that needs the old value
+//! keeps the last `new` it saw, or asks the hypervisor, which keeps the guest's XCR0
+//! itself (the VMCS does not hold it). CR0, CR3 and CR4 events carry the real old value.
+//!
 //! # Contract
 //! For any exit information (see [`Exit::decode`]) the path returns `Ok` or a named
 //! error, never panics. A violation of a frame the current rights already allow is
@@ -243,6 +252,11 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
         handler: Option<&mut InlineHandler<'_>>,
     ) -> Result<ExitAction, EptError> {
         let monitors = self.lock(&self.monitors, Some(vcpu)).clone();
+        // The view the exit happened in, read once: the rights check, the redo and the
+        // event all use it, even if a concurrent `destroy` moves the vCPU meanwhile (the
+        // event then names the view the access was refused in, not the one the vCPU
+        // resumes in).
+        let view = self.lock(slot, Some(vcpu)).view;
         let (reason, completion, regs) = match decoded {
             Exit::MonitorTrap => return self.on_monitor_trap(vcpu, slot, exit, handler),
             Exit::ExternalInterrupt => return self.on_external_interrupt(vcpu, slot),
@@ -257,7 +271,6 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
                         "EPT violation without an access type",
                     ));
                 }
-                let view = self.lock(slot, Some(vcpu)).view;
                 match self.translate(view, Pa(gpa)) {
                     Ok(t) if t.access.contains(access) => {
                         // Spurious: a stale, tighter mapping from before a loosening.
@@ -277,7 +290,7 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
                     Err(_) => return Ok(ExitAction::NotMine),
                 }
                 let regs = self.platform.registers(vcpu)?;
-                if self.try_redo(vcpu, slot, &regs, gpa)? {
+                if self.try_redo(vcpu, slot, view, &regs, gpa)? {
                     self.reinject_vectoring(vcpu, exit)?;
                     return Ok(ExitAction::Resume);
                 }
@@ -337,6 +350,7 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
                 }
                 let reason = EventReason::WriteControlRegister(ControlRegisterEvent {
                     register: ControlRegister::Xcr0,
+                    // Unknown: `Registers` has no XCR0 (module docs).
                     old: 0,
                     new: edx_eax(&regs),
                 });
@@ -381,11 +395,7 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
             }
             _ => return Ok(ExitAction::NotMine),
         };
-        let view = {
-            let mut s = self.lock(slot, Some(vcpu));
-            s.redo = None;
-            s.view
-        };
+        self.lock(slot, Some(vcpu)).redo = None;
         let event = VmiEvent::new(vcpu, Some(view), VmiEventFlags::VCPU_PAUSED, regs, reason);
         let response = self.deliver(vcpu, &event, handler);
         self.apply(vcpu, slot, exit, &event, completion, response)
@@ -399,13 +409,15 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
         exit: &ExitInfo,
         handler: Option<&mut InlineHandler<'_>>,
     ) -> Result<ExitAction, EptError> {
-        let (step, singlestep) = {
+        // Read once, as in `dispatch`: the event names the view the vCPU was in when the
+        // exit came (after a fast step, the home view it went back to).
+        let (step, singlestep, mut view) = {
             let s = self.lock(slot, Some(vcpu));
-            (s.step, s.singlestep)
+            (s.step, s.singlestep, s.view)
         };
         match step {
             Some(step) if step.kind == StepKind::Fast => {
-                self.end_step(vcpu, slot, step)?;
+                view = self.end_step(vcpu, slot, step)?;
                 if !singlestep {
                     return Ok(ExitAction::Resume);
                 }
@@ -421,11 +433,7 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
             None => {}
         }
         let regs = self.platform.registers(vcpu)?;
-        let view = {
-            let mut s = self.lock(slot, Some(vcpu));
-            s.redo = None;
-            s.view
-        };
+        self.lock(slot, Some(vcpu)).redo = None;
         let event = VmiEvent::new(
             vcpu,
             Some(view),
@@ -462,18 +470,17 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
         Ok(ExitAction::Resume)
     }
 
-    /// Starts the remembered step again if this violation is the one it was for.
+    /// Starts the remembered step again if this violation (in `view`) is the one it was
+    /// for.
     fn try_redo(
         &self,
         vcpu: VcpuId,
         slot: &Mutex<VcpuState>,
+        view: View,
         regs: &Registers,
         gpa: u64,
     ) -> Result<bool, EptError> {
-        let (redo, view) = {
-            let s = self.lock(slot, Some(vcpu));
-            (s.redo, s.view)
-        };
+        let redo = self.lock(slot, Some(vcpu)).redo;
         let Some(redo) = redo else {
             return Ok(false);
         };
@@ -529,8 +536,14 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
     }
 
     /// Ends a step: back to its home view (the default if the home is gone), the monitor
-    /// trap as the user's single step wants it, interrupts no longer held.
-    fn end_step(&self, vcpu: VcpuId, slot: &Mutex<VcpuState>, step: Step) -> Result<(), EptError> {
+    /// trap as the user's single step wants it, interrupts no longer held. Returns the
+    /// view the vCPU went back to.
+    fn end_step(
+        &self,
+        vcpu: VcpuId,
+        slot: &Mutex<VcpuState>,
+        step: Step,
+    ) -> Result<View, EptError> {
         let (home, eptp) = match self.eptp(step.home) {
             Ok(e) => (step.home, e),
             Err(_) => (View(0), self.default_eptp),
@@ -549,7 +562,7 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
             self.platform
                 .set_control(vcpu, Control::ExternalInterruptExiting, false)?;
         }
-        Ok(())
+        Ok(home)
     }
 
     /// Hands `event` to the inline handler or the queue, and returns the response.

@@ -173,6 +173,28 @@ impl<P: Platform, const FRAMES: usize> Tables<'_, P, FRAMES> {
         }
     }
 
+    /// The tables [`Tables::map`] would create to map a leaf at `level` for `gpa` in
+    /// the hierarchy at `root`: one for each level between the hole the walk ends in and
+    /// `level`. `None` when `map` would refuse with [`EptError::Overlap`] (a leaf, or at
+    /// `level` a table, is mapped there already).
+    ///
+    /// # Errors
+    /// As [`Tables::walk`].
+    pub(crate) fn tables_to_map(
+        &self,
+        root: Hpa,
+        gpa: u64,
+        level: u8,
+    ) -> Result<Option<usize>, EptError> {
+        let Some(last) = self.walk(root, gpa)?.last() else {
+            return Ok(None);
+        };
+        if last.entry.is_mapped() || last.level < level {
+            return Ok(None);
+        }
+        Ok(Some(usize::from(last.level - level)))
+    }
+
     /// Writes `entry` as the leaf for `gpa` at `level` into a hole, creating the tables
     /// above it. Anything already mapped there is [`EptError::Overlap`].
     ///

@@ -13,10 +13,16 @@
 //! | tighten rights (remove any) | access what it may no longer | shootdown ([`ShootdownSite::Tighten`]) |
 //! | remap a frame (`change_view_gfn`) | read or write the old frame | shootdown ([`ShootdownSite::Remap`]) |
 //! | undo a remap (`reset_view_gfn`) | read or write the shadow frame | shootdown ([`ShootdownSite::ResetRemap`]) |
-//! | split a large leaf | hold a 2 MiB/1 GiB mapping next to new 4 KiB ones for the same address (the page-size change the SDM warns against, Vol. 3A §4.10.4.2 and §29.4) | shootdown ([`ShootdownSite::Split`]) |
+//! | split a large leaf | hold the old 2 MiB/1 GiB translation next to the new 4 KiB ones for the same addresses: after a change of the page size that maps a 4 KiB range, the TLBs may hold a translation of each size, an access may use either, and which one may vary from one execution to the next (SDM Vol. 3A §4.10.2.3, which Vol. 3C §29.4 applies to guest-physical mappings; Vol. 3A §4.10.4.2 asks for an invalidation after such a change; on some processors, for executable pages, a machine check: Intel's iTLB multihit, CVE-2018-12207). So even a loosening split is not left to spurious violations: nothing guarantees that the stale large entry faults rather than being used | shootdown ([`ShootdownSite::Split`]) |
 //! | merge a table into a large leaf | walk through the freed table once the pool reuses it | shootdown ([`ShootdownSite::Merge`]), and the table goes back to the pool only after it |
 //! | destroy a view | walk its freed tables | every vCPU in it is moved to the default view first, then shootdown ([`ShootdownSite::DestroyView`]), then its tables are freed |
 //! | unmap a shadow frame (`free_gfn`) | reach the freed frame | shootdown ([`ShootdownSite::FreeShadow`]), then the frame is freed |
+//!
+//! Every site is needed: `host-test`'s `stale_translation` removes one at a time (feature
+//! `fault-injection`) and a simulated vCPU's access goes stale. For the split the
+//! simulator cannot show a wrong value (§4.10.2.3 allows either translation); its strict
+//! page-size mode stops the vCPU at the first use of a cached translation of another size
+//! than the current leaf instead.
 //!
 //! A shootdown is [`Platform::invept`] on the calling CPU plus [`Platform::shootdown`] for
 //! every other one, single-context for the view's EPTP when the CPU has it, all-context
@@ -24,9 +30,13 @@
 //! shootdown serves them all, and the test-only switch removes one reason's request.
 //!
 //! # Pool exhaustion
-//! Every operation counts the frames it may need (a split of a 1 GiB leaf down to 4 KiB
-//! takes two; a new view, as many tables as the default view has) before it writes a
-//! single entry: an empty pool is [`EptError::PoolExhausted`] with every table as it was.
+//! Every operation counts the frames it needs (a split of a 1 GiB leaf down to 4 KiB
+//! takes two; a new view, as many tables as the default view has; a shadow frame, itself
+//! plus the tables missing on its path in each view) before it writes a single entry: a
+//! pool with fewer is [`EptError::PoolExhausted`] with every table as it was. At the
+//! `VmiDriver` boundary that is [`VmiError::OutOfFrames`](introvisor::VmiError::OutOfFrames),
+//! distinct from [`VmiError::CapacityExceeded`](introvisor::VmiError::CapacityExceeded)
+//! (every view slot or monitor slot in use).
 
 use introvisor::{Gfn, MemoryAccess, Pa, View};
 
@@ -347,9 +357,15 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
     /// in every view: read-write-execute in the default view, with each alternate view's
     /// default rights there. No invalidation: a hole becomes a mapping (loosening).
     ///
+    /// It takes the shadow frame plus, in each view, the tables missing on the way to
+    /// `gfn`'s 4 KiB leaf (up to `levels - 1` per view for a `gfn` far from anything
+    /// mapped, none next to another shadow frame); it is refused only when the pool holds
+    /// fewer than that.
+    ///
     /// # Errors
     /// [`EptError::GfnInUse`] for a frame at or below [`EptBackend::max_gfn`] or already
-    /// backed; [`EptError::BeyondWalkReach`]; [`EptError::PoolExhausted`] (nothing taken).
+    /// backed in any view; [`EptError::BeyondWalkReach`]; [`EptError::PoolExhausted`]
+    /// (nothing taken, nothing written).
     pub fn allocate_shadow(&self, gfn: Gfn) -> Result<Hpa, EptError> {
         if gfn.0 <= self.max_gfn {
             return Err(EptError::GfnInUse(gfn));
@@ -361,12 +377,18 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
         let mut state = self.lock(&self.state, None);
         let default_root = state.default_root;
         let views = state.views;
-        let live = views.iter().flatten().count();
         let mut t = self.tables(&mut state);
-        if t.leaf(default_root, gpa)?.is_some() {
-            return Err(EptError::GfnInUse(gfn));
+        // What the operation takes: the shadow frame, and in each view the tables missing
+        // between the hole the walk ends in and the 4 KiB leaf (none where a neighbour's
+        // mapping built them already). Counted, and every view checked for a clash,
+        // before anything is taken or written.
+        let mut need = 1usize;
+        for root in core::iter::once(default_root).chain(views.iter().flatten().map(|v| v.root)) {
+            let tables = t
+                .tables_to_map(root, gpa, 1)?
+                .ok_or(EptError::GfnInUse(gfn))?;
+            need = need.saturating_add(tables);
         }
-        let need = 1 + usize::from(self.levels - 1) * (1 + live);
         if t.pool.available() < need {
             return Err(EptError::PoolExhausted);
         }

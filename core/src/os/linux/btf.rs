@@ -50,13 +50,15 @@ const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
 /// The bytes after a record's 12-byte head, by kind (`None` for an unknown kind).
-fn extra_len(kind: u32, vlen: u64) -> Option<u64> {
+fn extra_len(kind: u32, vlen: u16) -> Option<u64> {
+    // `vlen` is 16 bits: 12 * vlen is at most 786 420, far from wrapping.
+    let vlen = u64::from(vlen);
     Some(match kind {
         1 | 14 | 17 => 4,                            // INT, VAR, DECL_TAG
         2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0, // PTR, FWD, modifiers, FUNC, FLOAT, TYPE_TAG
         3 => 12,                                     // ARRAY
-        4 | 5 | 15 | 19 => 12 * vlen,                // STRUCT, UNION, DATASEC, ENUM64
-        6 | 13 => 8 * vlen,                          // ENUM, FUNC_PROTO
+        4 | 5 | 15 | 19 => vlen.wrapping_mul(12),    // STRUCT, UNION, DATASEC, ENUM64
+        6 | 13 => vlen.wrapping_mul(8),              // ENUM, FUNC_PROTO
         _ => return None,
     })
 }
@@ -82,8 +84,8 @@ impl Record {
     fn kind(&self) -> u32 {
         (self.info >> 24) & 0x1f
     }
-    fn vlen(&self) -> u64 {
-        u64::from(self.info & 0xffff)
+    fn vlen(&self) -> u16 {
+        (self.info & 0xffff) as u16
     }
     fn kind_flag(&self) -> bool {
         self.info >> 31 != 0
@@ -154,7 +156,7 @@ impl Btf {
         cur.bytes(pa, &mut h)?;
         let word = |i: usize| -> u32 {
             let mut b = [0u8; 4];
-            if let Some(s) = h.get(i..i + 4) {
+            if let Some(s) = h.get(i..).and_then(|rest| rest.get(..4)) {
                 b.copy_from_slice(s);
             }
             u32::from_le_bytes(b)
@@ -203,6 +205,8 @@ impl Btf {
         let mut id = 0u32;
         let mut used = 0usize;
         while off < type_len {
+            // `ordinal` is this record's id less one: its place in the type section.
+            let ordinal = id;
             id = id
                 .checked_add(1)
                 .ok_or(LinuxError::BtfCorrupt("too many BTF types"))?;
@@ -212,11 +216,11 @@ impl Btf {
                     "a BTF name offset outside the string section",
                 ));
             }
-            if (id - 1).is_multiple_of(btf.stride) {
+            if ordinal.is_multiple_of(btf.stride) {
                 if used == INDEX_SLOTS {
                     // keep every other entry, double the stride
-                    for i in 0..INDEX_SLOTS / 2 {
-                        let v = btf.index.get(2 * i).copied().unwrap_or(0);
+                    for (i, from) in (0..INDEX_SLOTS).step_by(2).enumerate() {
+                        let v = btf.index.get(from).copied().unwrap_or(0);
                         if let Some(slot) = btf.index.get_mut(i) {
                             *slot = v;
                         }
@@ -224,11 +228,12 @@ impl Btf {
                     used = INDEX_SLOTS / 2;
                     btf.stride = btf.stride.saturating_mul(2);
                 }
-                if (id - 1).is_multiple_of(btf.stride)
+                if ordinal.is_multiple_of(btf.stride)
                     && let Some(slot) = btf.index.get_mut(used)
                 {
                     *slot = u32::try_from(off).unwrap_or(u32::MAX);
-                    used += 1;
+                    // Below INDEX_SLOTS: the slot at `used` exists.
+                    used = used.saturating_add(1);
                 }
             }
             off = off.wrapping_add(r.len().unwrap_or(12));
@@ -277,17 +282,16 @@ impl Btf {
         cur: &mut Cursor<'_, '_, D>,
         id: u32,
     ) -> Result<Record, LinuxError> {
-        if id == 0 || id > self.num_types {
-            return Err(LinuxError::BtfCorrupt("a BTF type id out of range"));
-        }
-        let k = (id - 1) / self.stride;
-        let mut off = u64::from(
-            *self
-                .index
-                .get(k as usize)
-                .ok_or(LinuxError::BtfCorrupt("a BTF type id out of range"))?,
-        );
-        for _ in 0..(id - 1) % self.stride {
+        const OUT_OF_RANGE: LinuxError = LinuxError::BtfCorrupt("a BTF type id out of range");
+        // Ids count from 1: id 0 (`void`) has no record.
+        let ordinal = id
+            .checked_sub(1)
+            .filter(|_| id <= self.num_types)
+            .ok_or(OUT_OF_RANGE)?;
+        // The stride starts at 1 and only doubles (saturating): never zero.
+        let k = ordinal.checked_div(self.stride).ok_or(OUT_OF_RANGE)?;
+        let mut off = u64::from(*self.index.get(k as usize).ok_or(OUT_OF_RANGE)?);
+        for _ in 0..ordinal.checked_rem(self.stride).ok_or(OUT_OF_RANGE)? {
             let r = self.record(cur, off)?;
             off = off.wrapping_add(r.len().unwrap_or(12));
         }
@@ -415,11 +419,13 @@ impl Btf {
             return Err(LinuxError::BtfCorrupt("BTF unnamed members nest too deep"));
         }
         let members = self.types.wrapping_add(r.at).wrapping_add(12);
-        for i in 0..r.vlen() {
+        for i in 0..u64::from(r.vlen()) {
             search.budget = search.budget.checked_sub(1).ok_or(LinuxError::BtfCorrupt(
                 "a BTF member search visits more than MEMBER_BUDGET members",
             ))?;
-            let m = members.wrapping_add(12 * i);
+            // `i` is below `vlen` (16 bits), and `record` checked that the 12-byte members
+            // lie inside the type section: the product is at most 786 408.
+            let m = members.wrapping_add(i.wrapping_mul(12));
             let cur = &mut *search.cur;
             let (m_name, m_type, m_off) = (
                 cur.u32(m)?,
@@ -443,7 +449,8 @@ impl Btf {
             }
             let inner = self.resolve(search.cur, m_type)?;
             if matches!(inner.kind(), KIND_STRUCT | KIND_UNION)
-                && let Some(found) = self.member_in(search, inner, name, offset, depth + 1)?
+                && let Some(found) =
+                    self.member_in(search, inner, name, offset, depth.saturating_add(1))?
             {
                 return Ok(Some(found));
             }

@@ -323,10 +323,14 @@ impl LinuxOs {
                     placed = Some((pa, mode, ImageFoundBy::Scan));
                     break;
                 }
-                if pa < lo.saturating_add(0x20_0000) || pa < 0x20_0000 {
+                if pa < lo.saturating_add(0x20_0000) {
                     break;
                 }
-                pa -= 0x20_0000;
+                // below 2 MiB there is no lower boundary to try
+                let Some(below) = pa.checked_sub(0x20_0000) else {
+                    break;
+                };
+                pa = below;
             }
         }
         let (pa_text, mode, image_found_by) = placed.ok_or(LinuxError::KernelNotFound(
@@ -373,7 +377,8 @@ impl LinuxOs {
                 Btf::at_phys(
                     phys,
                     start.wrapping_sub(image_delta),
-                    (stop - start).min(BTF_MAX),
+                    // `stop > start`: the difference, not zero
+                    stop.saturating_sub(start).min(BTF_MAX),
                 )?,
                 BtfFoundBy::Symbols,
             ),
@@ -392,11 +397,9 @@ impl LinuxOs {
             .unwrap_or(BANNER_MAX);
         // PTI: the user copy of the kernel PGD (the second 4 KiB) maps kernel space
         let mut pti = false;
-        for i in 256..512u64 {
-            if phys
-                .u64(root.0.wrapping_add(0x1000).wrapping_add(8 * i))
-                .is_ok_and(|e| e & 1 != 0)
-            {
+        // entries 256..512 of that page: 0x800..0x1000 into it, 0x1800..0x2000 from the root
+        for off in (0x1800..0x2000u64).step_by(8) {
+            if phys.u64(root.0.wrapping_add(off)).is_ok_and(|e| e & 1 != 0) {
                 pti = true;
                 break;
             }
@@ -510,8 +513,8 @@ fn scan_btf<D: VmiDriver>(
     let end = pa_text.saturating_add(image_len);
     let magic = BTF_MAGIC.to_le_bytes();
     let found = phys.scan(pa_text, end, scratch, 8, |base, bytes| {
-        let mut i = 0usize;
-        while let Some(w) = bytes.get(i..i + 4) {
+        // every 4-aligned word of the chunk, with its offset
+        for (i, w) in (0..bytes.len()).step_by(4).zip(bytes.chunks_exact(4)) {
             if w == [magic[0], magic[1], 1, 0] {
                 let pa = base.wrapping_add(i as u64);
                 if let Ok(btf) = Btf::at_phys(phys, pa, BTF_MAX.min(end.saturating_sub(pa)))
@@ -520,7 +523,6 @@ fn scan_btf<D: VmiDriver>(
                     return Some(btf);
                 }
             }
-            i += 4;
         }
         None
     });

@@ -58,6 +58,9 @@ pub const NAME_MAX: usize = 512;
 const TOKEN_MAX: usize = 128;
 /// The longest compressed entry (`KSYM_NAME_LEN`).
 const ENTRY_MAX: u64 = 512;
+/// How far below the token table the markers may start: seqs_of_names (3 bytes a
+/// symbol), the markers (4 bytes every 256 symbols) and the alignment between.
+const MARKER_WINDOW: u64 = 3 * MAX_SYMBOLS as u64 + 4 * (MAX_SYMBOLS / 256) as u64 + 16;
 
 /// The anchor: tokens `"0"` to `"9"` back to back.
 pub(crate) const ANCHOR: &[u8; 20] = b"0\x001\x002\x003\x004\x005\x006\x007\x008\x009\x00";
@@ -160,12 +163,8 @@ const fn align8(x: u64) -> u64 {
 /// breaks. Skips eight aligned bytes at a time unless they could be part of the anchor.
 pub(crate) fn find_anchor(bytes: &[u8], mut hit: impl FnMut(usize) -> ControlFlow<()>) {
     let mut last_reported = usize::MAX;
-    let words = bytes.len() / 8;
-    for w in 0..words {
-        let i = w * 8;
-        let Some(chunk) = bytes.get(i..i + 8) else {
-            break;
-        };
+    // every 8-aligned word of `bytes`, with its offset
+    for (i, chunk) in (0..bytes.len()).step_by(8).zip(bytes.chunks_exact(8)) {
         let mut a = [0u8; 8];
         a.copy_from_slice(chunk);
         let v = u64::from_le_bytes(a);
@@ -177,7 +176,7 @@ pub(crate) fn find_anchor(bytes: &[u8], mut hit: impl FnMut(usize) -> ControlFlo
             if p == last_reported && last_reported != usize::MAX {
                 continue;
             }
-            if bytes.get(p..p + ANCHOR.len()) == Some(&ANCHOR[..]) {
+            if bytes.get(p..).is_some_and(|rest| rest.starts_with(ANCHOR)) {
                 last_reported = p;
                 if hit(p).is_break() {
                     return;
@@ -260,7 +259,8 @@ impl Kallsyms {
                 if b == 0 {
                     break;
                 }
-                n += 1;
+                // at most TOKEN_MAX + 1: the check below ends the loop
+                n = n.saturating_add(1);
                 if n > TOKEN_MAX {
                     return Err(LinuxError::KallsymsNotFound);
                 }
@@ -272,16 +272,20 @@ impl Kallsyms {
         let tt_tail = p.wrapping_sub(anchor);
         let token_index = align8(p);
         let mut index = [0u16; 256];
-        for (i, slot) in index.iter_mut().enumerate() {
+        // entry i at byte 2i of the index
+        for (slot, off) in index.iter_mut().zip((0..512u64).step_by(2)) {
             *slot = cur
-                .u16(token_index.wrapping_add(2 * i as u64))
+                .u16(token_index.wrapping_add(off))
                 .map_err(|_| LinuxError::KallsymsNotFound)?;
         }
         // 2. the index: starts at 0, strictly increasing, "0".."9" two bytes apart,
         //    ending where the table ends
         let i30 = index.get(0x30).copied().unwrap_or(0);
-        let ok_digits =
-            (0..10u16).all(|k| index.get(0x30 + k as usize).copied() == i30.checked_add(2 * k));
+        let ok_digits = index.get(0x30..0x3a).is_some_and(|digits| {
+            digits
+                .windows(2)
+                .all(|w| matches!(w, [a, b] if a.checked_add(2) == Some(*b)))
+        });
         let increasing = index.windows(2).all(|w| matches!(w, [a, b] if a < b));
         if index.first() != Some(&0) || !ok_digits || !increasing {
             return Err(LinuxError::KallsymsNotFound);
@@ -308,7 +312,8 @@ impl Kallsyms {
                 return Err(LinuxError::KallsymsNotFound);
             }
         }
-        if tokens_len == 0 || tokens.get(tokens_len - 1) != Some(&0) {
+        // the table ends with a NUL (an empty table has no last byte)
+        if tokens.get(..tokens_len).and_then(<[u8]>::last) != Some(&0) {
             return Err(LinuxError::KallsymsNotFound);
         }
         let mut k = Self {
@@ -344,8 +349,7 @@ impl Kallsyms {
         }
         // markers start at q (8-aligned, value 0); the table ends at tt, or at the
         // start of seqs_of_names, which ends at tt.
-        let window = 3 * u64::from(MAX_SYMBOLS) + 4 * u64::from(MAX_SYMBOLS / 256) + 16;
-        let lowest = tt.saturating_sub(window);
+        let lowest = tt.saturating_sub(MARKER_WINDOW);
         let mut q = tt.saturating_sub(8);
         let mut corrupt = None;
         while q >= lowest && q > 16 {
@@ -380,29 +384,32 @@ impl Kallsyms {
         tt: u64,
     ) -> impl Iterator<Item = (KallsymsLayout, u64, (u64, u64))> {
         let l = tt.wrapping_sub(q);
+        // The symbol counts that `m` markers allow: (256(m-1), 256m]; `None` for an `m`
+        // so large that they overflow (no table has that many symbols).
+        let counts = |m: u64| -> Option<(u64, u64)> {
+            let lo = m.checked_sub(1)?.checked_mul(256)?.checked_add(1)?;
+            Some((lo, m.checked_mul(256)?))
+        };
         // markers right before the token table: align8(q + 4m) == tt
+        // (`m <= l / 4`: 4m is at most `l`, no wrapping)
         let direct = [l / 4, (l / 4).wrapping_sub(1)]
             .into_iter()
-            .filter(move |&m| m >= 1 && align8(q.wrapping_add(4 * m)) == tt)
-            .map(|m| {
-                (
-                    KallsymsLayout::OffsetsFirst,
-                    m,
-                    ((m - 1) * 256 + 1, m * 256),
-                )
-            });
+            .filter(move |&m| m >= 1 && align8(q.wrapping_add(m.wrapping_mul(4))) == tt)
+            .filter_map(move |m| Some((KallsymsLayout::OffsetsFirst, m, counts(m)?)));
         // seqs_of_names between: align8(align8(q + 4m) + 3n) == tt, n in (256(m-1), 256m]
         let approx = l / (4 + 768);
         let seqs = (approx.saturating_sub(2)..=approx.saturating_add(2))
             .filter(|&m| m >= 1)
             .filter_map(move |m| {
-                let s = align8(q.wrapping_add(4 * m));
+                // `m <= l / 772 + 2`: 4m is far below 2^64
+                let s = align8(q.wrapping_add(m.wrapping_mul(4)));
                 let rest = tt.checked_sub(s)?;
                 // 3n in (rest - 8, rest]
                 let hi = rest / 3;
                 let lo = rest.saturating_sub(7).div_ceil(3);
-                let lo = lo.max((m - 1) * 256 + 1);
-                let hi = hi.min(m * 256);
+                let (lo_m, hi_m) = counts(m)?;
+                let lo = lo.max(lo_m);
+                let hi = hi.min(hi_m);
                 (lo <= hi).then_some((KallsymsLayout::OffsetsFirstWithSeqs, m, (lo, hi)))
             });
         direct.chain(seqs)
@@ -422,8 +429,12 @@ impl Kallsyms {
         // increasing markers, steps of at most 256 maximal entries
         let mut prev = 0u32;
         for i in 1..m {
-            let v = cur.u32(q.wrapping_add(4 * i))?;
-            if v <= prev || u64::from(v - prev) > 256 * (ENTRY_MAX + 2) {
+            // `i < m <= MAX_SYMBOLS / 256 + 1` (checked above): 4i is below 2^16
+            let v = cur.u32(q.wrapping_add(i.wrapping_mul(4)))?;
+            // not above `prev` (no difference, or zero), or too far above it
+            if v.checked_sub(prev)
+                .is_none_or(|d| d == 0 || u64::from(d) > 256 * (ENTRY_MAX + 2))
+            {
                 return Err(LinuxError::KallsymsNotFound);
             }
             prev = v;
@@ -451,7 +462,8 @@ impl Kallsyms {
                     self.num_syms = n32;
                     self.layout = layout;
                     if layout == KallsymsLayout::OffsetsFirstWithSeqs {
-                        self.seqs_of_names = Some(align8(q.wrapping_add(4 * m)));
+                        // `m <= MAX_SYMBOLS / 256 + 1` (checked above)
+                        self.seqs_of_names = Some(align8(q.wrapping_add(m.wrapping_mul(4))));
                     }
                     return Ok(());
                 }
@@ -593,8 +605,9 @@ impl Kallsyms {
                     "a symbol name longer than NAME_MAX",
                 ))?;
                 *slot = b;
-                n += 1;
-                j += 1;
+                // `n < NAME_MAX` (its slot exists) and `j < tokens_len`: neither saturates
+                n = n.saturating_add(1);
+                j = j.saturating_add(1);
             }
         }
         if n == 0 {
@@ -696,17 +709,20 @@ impl Kallsyms {
         // the last index with addr <= address
         let (mut lo, mut hi) = (0u32, self.num_syms);
         while lo < hi {
-            let mid = lo + (hi - lo) / 2;
+            let mid = lo.midpoint(hi);
             if addr_of(&mut offs, mid)? <= address {
-                lo = mid + 1;
+                // `mid < hi`: one more is at most `hi`
+                lo = mid.saturating_add(1);
             } else {
                 hi = mid;
             }
         }
         let mut index = lo.checked_sub(1).ok_or(LinuxError::SymbolNotFound)?;
         let found = addr_of(&mut offs, index)?;
-        while index > 0 && addr_of(&mut offs, index - 1)? == found {
-            index -= 1;
+        while let Some(before) = index.checked_sub(1)
+            && addr_of(&mut offs, before)? == found
+        {
+            index = before;
         }
         // seek: the marker of the block, then skip entries
         let mut cur = Cursor::new(&phys);
@@ -784,9 +800,59 @@ fn sorted<D: VmiDriver>(
             return Ok(false);
         }
         if a >= base {
-            above += 1;
+            // at most `n`, a u32
+            above = above.saturating_add(1);
         }
         prev = a;
     }
     Ok(n > 0 && above >= n / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_candidates_fit_the_gap_and_refuse_overflowing_counts() {
+        // 16 bytes between markers and token table: 3 or 4 markers right before it, or
+        // one marker and 1..=2 seqs_of_names entries between
+        let got: std::vec::Vec<_> = Kallsyms::marker_candidates(0x1000, 0x1010).collect();
+        assert_eq!(
+            got,
+            [
+                (KallsymsLayout::OffsetsFirst, 4, (769, 1024)),
+                (KallsymsLayout::OffsetsFirst, 3, (513, 768)),
+                (KallsymsLayout::OffsetsFirstWithSeqs, 1, (1, 2)),
+            ]
+        );
+        // hostile: a gap of almost 2^64 bytes means 2^62 markers, whose symbol counts
+        // (256 a marker) do not fit in 64 bits: no such candidate, and no overflow
+        let (q, tt) = (8u64, 0xffff_ffff_ffff_fff8u64);
+        let mut seqs = 0;
+        for (layout, m, (lo, hi)) in Kallsyms::marker_candidates(q, tt) {
+            assert_eq!(layout, KallsymsLayout::OffsetsFirstWithSeqs, "m = {m:#x}");
+            assert!(m >= 1 && lo <= hi && hi <= m * 256 && lo > (m - 1) * 256);
+            seqs += 1;
+        }
+        assert!(seqs <= 5);
+    }
+
+    #[test]
+    fn the_anchor_is_found_up_to_the_last_byte_and_not_when_cut_short() {
+        let mut bytes = [0xaau8; 64];
+        bytes[44..].copy_from_slice(ANCHOR);
+        let mut hits = std::vec::Vec::new();
+        find_anchor(&bytes, |p| {
+            hits.push(p);
+            ControlFlow::Continue(())
+        });
+        assert_eq!(hits, [44]);
+        // the same bytes one short: the anchor's last NUL is missing
+        hits.clear();
+        find_anchor(&bytes[..63], |p| {
+            hits.push(p);
+            ControlFlow::Continue(())
+        });
+        assert!(hits.is_empty(), "{hits:?}");
+    }
 }

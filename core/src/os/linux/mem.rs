@@ -208,7 +208,8 @@ impl<'a, D: VmiDriver<Architecture = Amd64>> Kmem<'a, D> {
         let mut done = 0usize;
         while done < buf.len() {
             let at = va.wrapping_add(done as u64);
-            let in_page = 0x1000 - (at & 0xfff) as usize;
+            // the offset in the page is below 0x1000: 1..=0x1000 bytes to its end
+            let in_page = 0x1000usize.wrapping_sub((at & 0xfff) as usize);
             let n = in_page.min(buf.len().saturating_sub(done));
             let pa = self.pa(at)?;
             let Some(dst) = buf.get_mut(done..done.saturating_add(n)) else {

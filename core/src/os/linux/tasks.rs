@@ -154,7 +154,8 @@ pub(crate) fn walk_list<D: VmiDriver<Architecture = Amd64>>(
         if steps >= MAX_LIST {
             return Err(LinuxError::ListTooLong { list });
         }
-        steps += 1;
+        // below MAX_LIST: checked above
+        steps = steps.saturating_add(1);
         // the node's own link first: a node outside memory is the list's fault
         let next = mem.ptr(node, list)?;
         if visit(node)?.is_break() {
@@ -163,7 +164,8 @@ pub(crate) fn walk_list<D: VmiDriver<Architecture = Amd64>>(
         if next == saved {
             return Err(LinuxError::ListCycle { list });
         }
-        lam += 1;
+        // at most `steps`: reset to 0 when it reaches `power`
+        lam = lam.saturating_add(1);
         if lam == power {
             saved = next;
             power = power.saturating_mul(2);
@@ -440,7 +442,8 @@ impl LinuxOs {
         let mut last_end = 0u64;
         let mut count = 0u64;
         let mut each = |vma: u64| -> Result<ControlFlow<()>, LinuxError> {
-            count += 1;
+            // at most MAX_LIST + 1: the check below ends the walk
+            count = count.saturating_add(1);
             if count > MAX_LIST {
                 return Err(LinuxError::ListTooLong { list: "vmas" });
             }
@@ -594,7 +597,8 @@ impl LinuxOs {
                 });
             }
             if slot == 0 {
-                nodes += 1;
+                // at most MAX_LIST + 1: the check below ends the walk
+                nodes = nodes.saturating_add(1);
                 if nodes > MAX_LIST {
                     return Err(LinuxError::ListTooLong { list: "maple tree" });
                 }
@@ -604,21 +608,27 @@ impl LinuxOs {
             let mut lo = min;
             let mut descend = None;
             let mut done = true;
-            if i > 0 {
-                lo = mem
-                    .u64(node.wrapping_add(pivots).wrapping_add(8 * (i as u64 - 1)))?
-                    .wrapping_add(1);
+            // The 8-byte word `k` of a node's array at `base`; `k` is a slot number, at
+            // most 16 (a resume point is at most `nslots`), so 8k cannot wrap.
+            let word = |base: u64, k: usize| {
+                node.wrapping_add(base)
+                    .wrapping_add((k as u64).wrapping_mul(8))
+            };
+            if let Some(before) = i.checked_sub(1) {
+                lo = mem.u64(word(pivots, before))?.wrapping_add(1);
             }
             while i < nslots {
-                let hi = if i + 1 < nslots {
-                    mem.u64(node.wrapping_add(pivots).wrapping_add(8 * i as u64))?
+                // `i < nslots <= 16`: one more does not saturate
+                let next = i.saturating_add(1);
+                let hi = if next < nslots {
+                    mem.u64(word(pivots, i))?
                 } else {
                     max
                 };
                 if i > 0 && hi == 0 {
                     break; // past the node's last entry
                 }
-                let entry = mem.u64(node.wrapping_add(slots).wrapping_add(8 * i as u64))?;
+                let entry = mem.u64(word(slots, i))?;
                 let hi = hi.min(max);
                 if entry != 0 {
                     if leaf {
@@ -626,7 +636,7 @@ impl LinuxOs {
                             return Ok(());
                         }
                     } else {
-                        descend = Some((entry, lo, hi, if hi >= max { nslots } else { i + 1 }));
+                        descend = Some((entry, lo, hi, if hi >= max { nslots } else { next }));
                         done = false;
                         break;
                     }
@@ -635,7 +645,7 @@ impl LinuxOs {
                     break;
                 }
                 lo = hi.wrapping_add(1);
-                i += 1;
+                i = next;
             }
             match descend {
                 Some((child, clo, chi, resume)) if !done => {
@@ -644,7 +654,8 @@ impl LinuxOs {
                     if let Some(top) = stack.get_mut(depth) {
                         top.3 = resume;
                     }
-                    depth += 1;
+                    // a stack index: past the stack's end the next line refuses it
+                    depth = depth.saturating_add(1);
                     let Some(next) = stack.get_mut(depth) else {
                         return Err(LinuxError::MapleTreeCorrupt(
                             "maple tree deeper than MAPLE_DEPTH_MAX",
@@ -653,10 +664,11 @@ impl LinuxOs {
                     *next = (child, clo, chi, 0);
                 }
                 _ => {
-                    if depth == 0 {
+                    // back up to the parent; past the root the walk is done
+                    let Some(parent) = depth.checked_sub(1) else {
                         return Ok(());
-                    }
-                    depth -= 1;
+                    };
+                    depth = parent;
                 }
             }
         }

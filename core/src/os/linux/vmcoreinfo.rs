@@ -115,7 +115,8 @@ impl Vmcoreinfo {
             };
             let (key, value) = (
                 line.get(..eq).unwrap_or(&[]),
-                line.get(eq + 1..).unwrap_or(&[]),
+                // what follows the '='
+                line.get(eq..).and_then(|rest| rest.get(1..)).unwrap_or(&[]),
             );
             let hex = || parse_hex(value);
             let dec = || parse_dec(value);

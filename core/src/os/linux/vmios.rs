@@ -25,12 +25,12 @@ fn copy_name(src: &[u8], buf: &mut [u8]) -> usize {
     }
     // cut at a char boundary so the bytes stay UTF-8 when they were
     let mut n = n;
-    while n > 0
+    while let Some(shorter) = n.checked_sub(1)
         && buf
             .get(..n)
             .is_some_and(|b| core::str::from_utf8(b).is_err())
     {
-        n -= 1;
+        n = shorter;
     }
     n
 }
