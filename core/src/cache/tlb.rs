@@ -15,11 +15,9 @@ const REMOVAL_BITS: u32 = 16;
 /// One flush, as an increment of the generation word.
 const FLUSH: u64 = 1 << REMOVAL_BITS;
 
-/// Whether two generation words count the same flushes.
-#[inline]
-const fn same_flush(a: u64, b: u64) -> bool {
-    (a ^ b) >> REMOVAL_BITS == 0
-}
+/// The flush count of a generation word, in place: what a slot stores, so that a lookup
+/// compares its slot's word with one `==`.
+const FLUSHES: u64 = !(FLUSH - 1);
 
 /// One way of a [`Tlb`] set, guarded by its own sequence number (a seqlock): odd while a
 /// writer holds it, bumped by two for each completed write.
@@ -251,17 +249,28 @@ impl<const N: usize> Tlb<N> {
             // Capacity zero: no set is in use, so nothing is stored or found.
             return None;
         }
-        // Lemire's multiply-shift reduction of a well-mixed hash: always < sets. A 64-bit
-        // hash times a set count below 2^64 fits in 128 bits.
-        let h = mix64(root.rotate_left(29) ^ vpn);
-        let index = (u128::from(h).wrapping_mul(sets as u128) >> 64) as usize;
+        let index = self.index_of(root, vpn, sets);
         Some((index, self.set(index)?))
+    }
+
+    /// The set of `(root, vpn)` among `sets` (0 when `sets` is 0).
+    #[inline]
+    fn index_of(&self, root: u64, vpn: u64, sets: usize) -> usize {
+        // One multiply by 2^64 / phi (Fibonacci hashing), whose high bits are well spread
+        // for consecutive keys (Knuth, TAOCP vol. 3, §6.4), then Lemire's multiply-shift
+        // reduction, which reads exactly those high bits: always < sets. A 64-bit hash
+        // times a set count below 2^64 fits in 128 bits. A stronger mix (splitmix64)
+        // cost a hit ten more instructions; a cache needs spread, not secrecy.
+        let h = (root.rotate_left(29) ^ vpn).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (u128::from(h).wrapping_mul(sets as u128) >> 64) as usize
     }
 
     /// Set `index`: [`Tlb::WAYS`] slots, or fewer for the last set.
     #[inline]
     fn set(&self, index: usize) -> Option<&[TlbSlot]> {
-        let start = index.checked_mul(Self::WAYS)?;
+        // `index < sets <= N`: the product does not wrap for any array that fits in
+        // memory, and a wrapped one would only find no set.
+        let start = index.wrapping_mul(Self::WAYS);
         let end = start.saturating_add(Self::WAYS).min(N);
         self.slots.get(start..end)
     }
@@ -288,12 +297,29 @@ impl<const N: usize> Tlb<N> {
     /// with [`Tlb::record`]. O(WAYS), no lock, no write.
     #[inline]
     pub fn probe(&self, root: u64, vpn: u64, generation: u64) -> Option<u64> {
-        self.set_of(root, vpn).and_then(|(_, set)| {
-            set.iter().find_map(|slot| match slot.lookup(root, vpn) {
-                Some((value, g)) if same_flush(g, generation) => Some(value),
-                _ => None,
-            })
-        })
+        const { assert!(Self::WAYS == 4, "probe's fixed-size set") };
+        let flushes = generation & FLUSHES;
+        let found = |slot: &TlbSlot| match slot.lookup(root, vpn) {
+            Some((value, g)) if g == flushes => Some(value),
+            _ => None,
+        };
+        // No test of a zero set count here: with none in use, set 0 is empty (a resize
+        // empties every slot, and insertions store nothing then), so the probe misses.
+        let index = self.index_of(root, vpn, self.sets_in_use.load(Ordering::Relaxed));
+        // `index < sets <= N`: the product does not wrap for any array that fits in
+        // memory, and a wrapped one would only find no set.
+        let start = index.wrapping_mul(Self::WAYS);
+        // A whole set is four slots known at compile time: the probe is unrolled, each
+        // slot's bounds checked once. Only the last set of a capacity that is not a
+        // multiple of four is shorter.
+        match self
+            .slots
+            .get(start..)
+            .and_then(<[TlbSlot]>::first_chunk::<4>)
+        {
+            Some(set) => set.iter().find_map(found),
+            None => self.set(index)?.iter().find_map(found),
+        }
     }
 
     /// Counts one lookup: a hit if `hit`, else a miss. O(1), no locked instruction.
@@ -349,7 +375,7 @@ impl<const N: usize> Tlb<N> {
                 Some((_, v, _)) if v == EMPTY => {
                     free = free.or(Some(i));
                 }
-                Some((_, _, g)) if !same_flush(g, current) => {
+                Some((_, _, g)) if g != current & FLUSHES => {
                     free = free.or(Some(i));
                 }
                 _ => {}
@@ -396,7 +422,7 @@ impl<const N: usize> Tlb<N> {
             s.root.store(root, Ordering::Relaxed);
             s.vpn.store(vpn, Ordering::Relaxed);
             s.value.store(value, Ordering::Relaxed);
-            s.generation.store(generation, Ordering::Relaxed);
+            s.generation.store(generation & FLUSHES, Ordering::Relaxed);
             true
         });
         if landed == Some(true) && evicts {

@@ -154,6 +154,11 @@ pub struct VmiCore<
 > {
     driver: D,
     paging: <D::Architecture as Architecture>::Paging,
+    /// [`Architecture::root_mask`] of `paging`, kept with it by
+    /// [`VmiCore::set_paging`]: the translation cache's key is the root under it.
+    root_mask: u64,
+    /// [`Architecture::plan`] of `paging`, kept with it likewise.
+    plan: <D::Architecture as Architecture>::Plan,
     gfn_cache: ClockCache<Gfn, D::Page, PAGES>,
     gfn_cache_enabled: AtomicBool,
     v2p_cache: TranslationCache<D::Architecture, TLB>,
@@ -212,6 +217,8 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         Self {
             driver,
             paging: <D::Architecture as Architecture>::DEFAULT_PAGING,
+            root_mask: <D::Architecture as Architecture>::DEFAULT_ROOT_MASK,
+            plan: <D::Architecture as Architecture>::DEFAULT_PLAN,
             gfn_cache: ClockCache::new(),
             gfn_cache_enabled: AtomicBool::new(true),
             v2p_cache: TranslationCache::new(),

@@ -73,6 +73,8 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// Sets how page tables are read, and flushes the translation cache.
     pub fn set_paging(&mut self, paging: <D::Architecture as Architecture>::Paging) {
         self.paging = paging;
+        self.root_mask = <D::Architecture as Architecture>::root_mask(&self.paging);
+        self.plan = <D::Architecture as Architecture>::plan(&self.paging);
         self.flush_v2p_cache();
     }
 
@@ -131,7 +133,8 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// walker reads for it, so that every form of one root is one key.
     #[inline]
     fn root_table(&self, root: Pa) -> Pa {
-        <D::Architecture as Architecture>::root_table(&self.paging, root)
+        // `Architecture::root_table` is the root under `root_mask`, computed once.
+        Pa(root.0 & self.root_mask)
     }
 
     /// Drops every cached translation. O(1): the cache's generation moves on, and older
@@ -182,9 +185,10 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         if !self.v2p_cache_enabled.load(Ordering::Relaxed) {
             return self.translate_uncached(va, root);
         }
-        self.v2p_cache.translate(self.root_table(root), va, || {
-            self.translate_uncached(va, root)
-        })
+        self.v2p_cache
+            .translate(self.root_table(root), va, root, |va, root| {
+                self.translate_uncached(va, root)
+            })
     }
 
     /// The walker's reader for a core whose page cache is disabled.
@@ -204,13 +208,25 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     pub fn translate_uncached(&self, va: Va, root: Pa) -> Result<Translation, VmiError> {
         let memory = self.driver.physical_memory();
         if memory.is_none() && self.gfn_cache_enabled.load(Ordering::Relaxed) {
-            <D::Architecture as Architecture>::translate(&CoreReader(self), &self.paging, va, root)
+            <D::Architecture as Architecture>::translate_planned(
+                &CoreReader(self),
+                &self.paging,
+                &self.plan,
+                va,
+                root,
+            )
         } else {
             let reader = DirectReader {
                 driver: &self.driver,
                 memory,
             };
-            <D::Architecture as Architecture>::translate(&reader, &self.paging, va, root)
+            <D::Architecture as Architecture>::translate_planned(
+                &reader,
+                &self.paging,
+                &self.plan,
+                va,
+                root,
+            )
         }
     }
 

@@ -3,8 +3,9 @@
 //!
 //! # The TLB word
 //! A cached translation of one virtual page is packed in one word: the leaf's frame
-//! (aligned to the leaf's size), then in the low bits W, X and U (bits 0..=2) and log2 of
-//! the leaf's size (bits 3..=8).
+//! (aligned to the leaf's size), then in the low bits the rights as [`MemoryAccess`]
+//! holds them (R, W, X in bits 0..=2, R always set, so that they are the word's low
+//! three bits as they are), U (bit 3) and log2 of the leaf's size (bits 4..=9).
 //!
 //! A base page is keyed by its virtual page number (below 2^52). A large page is one
 //! entry, keyed by `va >> log2(size)` with log2(size) (nonzero) in bits 58..=63, so a
@@ -25,10 +26,10 @@ use crate::error::VmiError;
 /// The default capacity: base and large pages together.
 pub(crate) const CAPACITY: usize = 1024;
 
-const TLB_W: u64 = 1 << 0;
-const TLB_X: u64 = 1 << 1;
-const TLB_U: u64 = 1 << 2;
-const TLB_SHIFT: u32 = 3;
+/// The rights bits: [`MemoryAccess`]'s own.
+const TLB_ACCESS: u64 = 0b111;
+const TLB_U: u64 = 1 << 3;
+const TLB_SHIFT: u32 = 4;
 const TLB_SHIFT_MASK: u64 = 0x3f << TLB_SHIFT;
 /// Where a large-page key keeps log2 of the page size.
 const TLB_LARGE_TAG: u32 = 58;
@@ -91,7 +92,9 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     }
 
     /// The translation of `va` under `root`: from the cache when it holds one, else from
-    /// `walk`, whose result is offered to the cache (a large page as one entry).
+    /// `walk(va, raw_root)`, whose result is offered to the cache (a large page as one
+    /// entry). `root` is the key, `raw_root` the root as the caller gave it; both go to
+    /// `walk` as arguments, not captures, so that a hit stores neither.
     ///
     /// # Errors
     /// As `walk`'s.
@@ -100,7 +103,8 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         &self,
         root: Pa,
         va: Va,
-        walk: impl FnOnce() -> Result<Translation, VmiError>,
+        raw_root: Pa,
+        walk: impl FnOnce(Va, Pa) -> Result<Translation, VmiError>,
     ) -> Result<Translation, VmiError> {
         let vpn = va.0 >> Self::PAGE_SHIFT;
         let generation = self.tlb.generation();
@@ -109,7 +113,7 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
                 self.tlb.record(true);
                 Ok(Self::unpack(entry, va, Self::OFFSET_MASK))
             }
-            None => self.miss(root, va, vpn, generation, walk),
+            None => self.miss(root, va, raw_root, vpn, generation, walk),
         }
     }
 
@@ -123,9 +127,10 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         &self,
         root: Pa,
         va: Va,
+        raw_root: Pa,
         vpn: u64,
         generation: u64,
-        walk: impl FnOnce() -> Result<Translation, VmiError>,
+        walk: impl FnOnce(Va, Pa) -> Result<Translation, VmiError>,
     ) -> Result<Translation, VmiError> {
         const {
             assert!(
@@ -138,7 +143,7 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
             return Ok(t);
         }
         self.tlb.record(false);
-        let t = walk()?;
+        let t = walk(va, raw_root)?;
         self.offer(root, va, vpn, &t, generation);
         Ok(t)
     }
@@ -233,17 +238,17 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     /// `offset_mask`.
     #[inline]
     fn unpack(entry: u64, va: Va, offset_mask: u64) -> Translation {
-        let mut access = MemoryAccess::R;
-        if entry & TLB_W != 0 {
-            access |= MemoryAccess::W;
-        }
-        if entry & TLB_X != 0 {
-            access |= MemoryAccess::X;
-        }
+        const {
+            assert!(
+                MemoryAccess::RWX.bits() as u64 == TLB_ACCESS,
+                "the word's rights are MemoryAccess's bits"
+            )
+        };
         Translation {
             pa: Pa((entry & !offset_mask & A::PAGE_MASK) | (va.0 & offset_mask)),
             page_size: 1 << ((entry & TLB_SHIFT_MASK) >> TLB_SHIFT),
-            access,
+            // The low three bits, as `pack` stored them (R always among them).
+            access: MemoryAccess::from_bits_retain((entry & TLB_ACCESS) as u8),
             user: entry & TLB_U != 0,
         }
     }
@@ -251,18 +256,10 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     /// The TLB word of a translation.
     #[inline]
     fn pack(t: &Translation) -> u64 {
-        let mut entry = (t.pa.0 & !t.page_size.wrapping_sub(1) & A::PAGE_MASK)
-            | (u64::from(t.page_size.trailing_zeros()) << TLB_SHIFT);
-        if t.access.contains(MemoryAccess::W) {
-            entry |= TLB_W;
-        }
-        if t.access.contains(MemoryAccess::X) {
-            entry |= TLB_X;
-        }
-        if t.user {
-            entry |= TLB_U;
-        }
-        entry
+        (t.pa.0 & !t.page_size.wrapping_sub(1) & A::PAGE_MASK)
+            | (u64::from(t.page_size.trailing_zeros()) << TLB_SHIFT)
+            | u64::from((t.access | MemoryAccess::R).bits()) & TLB_ACCESS
+            | if t.user { TLB_U } else { 0 }
     }
 }
 
@@ -292,7 +289,7 @@ mod tests {
     /// address of its page.
     fn through(cache: &Cache, root: Pa, va: u64, t: Translation, walks: &Cell<u32>) -> Translation {
         let mask = t.page_size - 1;
-        let r = cache.translate(root, Va(va), || {
+        let r = cache.translate(root, Va(va), root, |_, _| {
             walks.set(walks.get() + 1);
             Ok(Translation {
                 pa: Pa((t.pa.0 & !mask) | (va & mask)),
@@ -324,7 +321,9 @@ mod tests {
         }
         // The offset bits of the frame never leak into the word's flags.
         let odd = page(0x0012_3fff, 0x1000, MemoryAccess::R, false);
-        assert_eq!(Cache::pack(&odd) & !TLB_SHIFT_MASK, 0x0012_3000);
+        let word = Cache::pack(&odd);
+        assert_eq!(word & !(TLB_SHIFT_MASK | TLB_ACCESS), 0x0012_3000);
+        assert_eq!(word & TLB_ACCESS, u64::from(MemoryAccess::R.bits()));
     }
 
     #[test]
@@ -361,8 +360,16 @@ mod tests {
                 reason: FaultReason::NotPresent,
             }))
         };
-        assert!(cache.translate(ROOT, Va(0x5000), fault).is_err());
-        assert!(cache.translate(ROOT, Va(0x5000), fault).is_err());
+        assert!(
+            cache
+                .translate(ROOT, Va(0x5000), ROOT, |_, _| fault())
+                .is_err()
+        );
+        assert!(
+            cache
+                .translate(ROOT, Va(0x5000), ROOT, |_, _| fault())
+                .is_err()
+        );
         assert_eq!(cache.metrics().misses, 2);
         assert_eq!(cache.metrics().len, 0);
     }
@@ -399,7 +406,7 @@ mod tests {
         through(&cache, ROOT, 0x8000_0000, large, &walks);
         assert_eq!(walks.get(), 4);
         // A flush while the walk runs: its result must not be served afterwards.
-        let r = cache.translate(ROOT, Va(0x9000), || {
+        let r = cache.translate(ROOT, Va(0x9000), ROOT, |_, _| {
             cache.flush();
             Ok(small)
         });

@@ -9,6 +9,49 @@ use crate::arch::{PhysRead, Translation, WalkStep, fault};
 use crate::error::FaultReason;
 use crate::error::VmiError;
 
+/// What a walk under one [`Paging`] computes from it alone, once: built by
+/// [`Paging::plan`] (a [`VmiCore`](crate::VmiCore) builds it at each `set_paging`), so
+/// that a walk starts with its masks in hand. Opaque: a plan is only ever the plan of
+/// the paging it is passed with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkPlan {
+    /// Bits below MAXPHYADDR.
+    phys_mask: u64,
+    /// The address bits of an entry that references a table.
+    table_mask: u64,
+    /// 8-byte entries: the reserved bits at or above MAXPHYADDR of a level with rights
+    /// (bit 63 included unless EFER.NXE = 1).
+    high_reserved: u64,
+    /// 8-byte entries: the same for a level without rights (bit 63 always reserved).
+    high_reserved_no_rights: u64,
+    /// The XD bit (63) when it takes execution away (8-byte entries, EFER.NXE = 1), else
+    /// 0: a leaf is executable when the OR of the entries has none of these bits.
+    no_exec: u64,
+}
+
+impl Paging {
+    /// The walk's plan for this paging: what every walk would otherwise compute from it.
+    pub const fn plan(&self) -> WalkPlan {
+        let desc = self.mode.desc();
+        let maxphy = self.maxphy();
+        let phys_mask = self.phys_mask();
+        let wide = desc.entry_size == 8;
+        let high = bit_range(maxphy, desc.high_reserved_end as u32);
+        let xd = EntryFlags::EXECUTE_DISABLE.bits();
+        WalkPlan {
+            phys_mask,
+            table_mask: if wide {
+                phys_mask & !0xfff
+            } else {
+                0xffff_f000
+            },
+            high_reserved: if self.nxe { high } else { high | xd },
+            high_reserved_no_rights: high | xd,
+            no_exec: if wide && self.nxe { xd } else { 0 },
+        }
+    }
+}
+
 /// The walk itself; see the module documentation.
 ///
 /// 4- and 5-level paging, by far the commonest, get a straight-line copy of the walk in
@@ -22,10 +65,23 @@ pub(crate) fn walk(
     root: Pa,
     observe: impl FnMut(WalkStep),
 ) -> Result<Translation, VmiError> {
+    walk_planned(mem, paging, &paging.plan(), va, root, observe)
+}
+
+/// [`walk`] with the plan of `paging` given.
+#[inline]
+pub(crate) fn walk_planned(
+    mem: &(impl PhysRead + ?Sized),
+    paging: &Paging,
+    plan: &WalkPlan,
+    va: Va,
+    root: Pa,
+    observe: impl FnMut(WalkStep),
+) -> Result<Translation, VmiError> {
     match paging.mode {
-        PagingMode::Level4 => walk_long::<4>(mem, paging, &LEVEL4, va, root, observe),
-        PagingMode::Level5 => walk_long::<5>(mem, paging, &LEVEL5, va, root, observe),
-        _ => walk_other(mem, paging, va, root, observe),
+        PagingMode::Level4 => walk_long::<4>(mem, paging, plan, &LEVEL4, va, root, observe),
+        PagingMode::Level5 => walk_long::<5>(mem, paging, plan, &LEVEL5, va, root, observe),
+        _ => walk_other(mem, paging, plan, va, root, observe),
     }
 }
 
@@ -34,13 +90,15 @@ pub(crate) fn walk(
 fn walk_long<const LEVELS: u8>(
     mem: &(impl PhysRead + ?Sized),
     paging: &Paging,
+    plan: &WalkPlan,
     desc: &'static ModeDesc,
     va: Va,
     root: Pa,
     observe: impl FnMut(WalkStep),
 ) -> Result<Translation, VmiError> {
-    let mut w = Walker::new(mem, paging, desc, va, root, observe)?;
-    let mut table = paging.root_table(root);
+    let mut w = Walker::new(mem, paging, plan, desc, va, root, observe)?;
+    // `Paging::root_table` in 4- and 5-level paging: the plan's table mask.
+    let mut table = Pa(root.0 & plan.table_mask);
     // The levels one after the other, not in a loop, so that each is compiled with its
     // level a constant. An entry the reader cannot read the fast way sends the rest of the
     // walk out of line (`finish`): the fast path never rejoins the slow one, so what the
@@ -73,6 +131,7 @@ fn walk_long<const LEVELS: u8>(
 fn walk_other(
     mem: &(impl PhysRead + ?Sized),
     paging: &Paging,
+    plan: &WalkPlan,
     va: Va,
     root: Pa,
     observe: impl FnMut(WalkStep),
@@ -89,7 +148,7 @@ fn walk_other(
             user: true,
         });
     }
-    let mut w = Walker::new(mem, paging, desc, va, root, observe)?;
+    let mut w = Walker::new(mem, paging, plan, desc, va, root, observe)?;
     let mut table = paging.root_table(root);
     let mut level = desc.levels;
     // One iteration per level, top to bottom: bounded by the level count.
@@ -158,15 +217,8 @@ struct Walker<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> {
     observe: F,
     /// Whether entries are 8 bytes wide.
     wide: bool,
-    /// Bits below MAXPHYADDR.
-    phys_mask: u64,
-    /// The address bits of an entry that references a table.
-    table_mask: u64,
-    /// 8-byte entries: the reserved bits at or above MAXPHYADDR of a level with rights (bit
-    /// 63 included unless EFER.NXE = 1).
-    high_reserved: u64,
-    /// 8-byte entries: the same for a level without rights (bit 63 always reserved).
-    high_reserved_no_rights: u64,
+    /// What the paging says, computed once ([`Paging::plan`]).
+    plan: WalkPlan,
     /// The AND of the entries read so far at levels with rights (R/W and U/S).
     rights_and: u64,
     /// The OR of the same entries (XD).
@@ -180,6 +232,7 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
     fn new(
         mem: &'a M,
         paging: &'a Paging,
+        plan: &WalkPlan,
         desc: &'static ModeDesc,
         va: Va,
         root: Pa,
@@ -195,11 +248,6 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
                 FaultReason::NonCanonical,
             ));
         }
-        let maxphy = paging.maxphy();
-        let phys_mask = paging.phys_mask();
-        let wide = desc.entry_size == 8;
-        let high = bit_range(maxphy, u32::from(desc.high_reserved_end));
-        let xd = EntryFlags::EXECUTE_DISABLE.bits();
         Ok(Self {
             mem,
             paging,
@@ -207,15 +255,8 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
             va,
             root,
             observe,
-            wide,
-            phys_mask,
-            table_mask: if wide {
-                phys_mask & !0xfff
-            } else {
-                0xffff_f000
-            },
-            high_reserved: if paging.nxe { high } else { high | xd },
-            high_reserved_no_rights: high | xd,
+            wide: desc.entry_size == 8,
+            plan: *plan,
             rights_and: u64::MAX,
             rights_or: 0,
         })
@@ -323,9 +364,9 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
         }
         if self.wide {
             reserved |= if has_rights {
-                self.high_reserved
+                self.plan.high_reserved
             } else {
-                self.high_reserved_no_rights
+                self.plan.high_reserved_no_rights
             };
             if ps {
                 // Between the PAT bit 12 and the page base: bits 20:13 of a 2 MiB leaf,
@@ -362,7 +403,7 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
             let offset_mask = page_size.wrapping_sub(1);
             let base = if self.wide {
                 // The frame bits only: not the PAT bit 12 of a large leaf, nor bit 63.
-                value & self.phys_mask & !offset_mask
+                value & self.plan.phys_mask & !offset_mask
             } else if ps {
                 // PSE-36: PDE bits (M-20):13 are physical-address bits (M-1):32.
                 // M is 32..=40: M - 32 is 0..=8 bits.
@@ -379,12 +420,13 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
             const {
                 assert!(EntryFlags::WRITABLE.bits() == MemoryAccess::W.bits() as u64);
             }
-            let no_exec =
-                self.wide && paging.nxe && self.rights_or & EntryFlags::EXECUTE_DISABLE.bits() != 0;
+            // X without a branch: 1 when the OR of the entries has no XD that counts
+            // (the plan's `no_exec` is 0 when none does), moved to X's bit.
+            let exec = u8::from(self.rights_or & self.plan.no_exec == 0);
             let access = MemoryAccess::from_bits_retain(
                 MemoryAccess::R.bits()
                     | (self.rights_and & EntryFlags::WRITABLE.bits()) as u8
-                    | if no_exec { 0 } else { MemoryAccess::X.bits() },
+                    | exec << MemoryAccess::X.bits().trailing_zeros(),
             );
             return Ok(Step::Leaf(Translation {
                 pa: Pa(base | (va.0 & offset_mask)),
@@ -393,7 +435,7 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
                 user: self.rights_and & EntryFlags::USER.bits() != 0,
             }));
         }
-        Ok(Step::Table(Pa(value & self.table_mask)))
+        Ok(Step::Table(Pa(value & self.plan.table_mask)))
     }
 
     /// The error of a walk that stopped at `level`.
