@@ -1,5 +1,6 @@
 //! A small, fixed workload to profile under callgrind (the numbers behind BENCHMARKS.md's
-//! notes): 200,000 operations at random addresses over 4,096 4 KiB pages, page cache off.
+//! notes): 200,000 operations at random addresses over 4,096 4 KiB pages, each with its
+//! own flags (`mixed_flags`), page cache off.
 //!
 //! ```sh
 //! cargo build --release -p introvisor-host-test --example walk_profile
@@ -14,8 +15,8 @@ use std::time::Instant;
 
 use introvisor::{AccessContext, Va, VmiCore};
 use introvisor_host::HostDriver;
-use introvisor_host::builder::{GuestBuilder, MapFlags};
-use introvisor_host_test::Rng;
+use introvisor_host::builder::{GuestBuilder, PageSize};
+use introvisor_host_test::{Rng, mixed_flags};
 
 const BASE: u64 = 0xffff_8000_0000_0000;
 const PAGES: u64 = 4096;
@@ -26,9 +27,18 @@ const MIBS: u64 = (PAGES * 4096) >> 20;
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "walk".into());
     let mut b = GuestBuilder::new(32 << 20);
-    b.map_range(Va(BASE), PAGES * 4096, MapFlags::KERNEL_DATA)
+    // Each page with its own flags, as a kernel's are (mixed_flags).
+    let mut flag_rng = Rng::new(0xf1a9_5eed);
+    for page in 0..PAGES {
+        b.map_new(
+            Va(BASE + page * 4096),
+            PageSize::Size4K,
+            mixed_flags::map_flags(&mut flag_rng),
+        )
         .expect("map");
-    let guest = b.finish();
+    }
+    let mut guest = b.finish();
+    mixed_flags::decorate(&mut guest, 0xdec0_5eed);
     let root = guest.root;
     let core = VmiCore::new(HostDriver::from_vec(guest.memory));
     core.disable_gfn_cache();
