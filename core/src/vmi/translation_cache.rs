@@ -43,9 +43,10 @@ const TLB_LARGE_TAG: u32 = 58;
 /// # Concurrency
 /// The cache is a [`Tlb`], with the guarantees its documentation gives for racing
 /// lookups, insertions, flushes, removals and resizes. What this type adds is the mask of
-/// large-page sizes (`large_shifts`), and one invariant over it: *a large page's entry
-/// can exist only once its size is in the mask*, so [`TranslationCache::flush_entry`],
-/// which visits the sizes in the mask, cannot miss it.
+/// large-page sizes (`large_shifts`), and one invariant over it: *a current large page's
+/// entry (one of the cache's flush count) can exist only once its size is in the mask*,
+/// so [`TranslationCache::flush_entry`], which visits the sizes in the mask, cannot miss
+/// one that could be served.
 /// - **A translation** is a lookup of the base-page key, then of the large-page key for
 ///   each size in the mask, then a walk whose result is offered under the generation read
 ///   before the walk. A large page's size is set in the mask (`SeqCst`) before its entry
@@ -57,8 +58,12 @@ const TLB_LARGE_TAG: u32 = 58;
 ///   so its lock-time check sees the cancellation and it does not land; one whose size
 ///   was shown is handled by the removal ([`Tlb`]'s argument). Once the flush returns, no
 ///   translation walked before it began is served.
-/// - **A flush** moves the generation on: lookups after it miss everything before it,
-///   and walks in flight are outdated.
+/// - **A flush** clears the mask (`SeqCst`), then moves the generation on: lookups after
+///   it miss everything before it, and walks in flight are outdated. Every entry left in
+///   the slots is stale, so the invariant holds of an empty mask; an insertion that read
+///   the new generation read it after the clear, and sets its size after it (its own
+///   `SeqCst` order: generation, then mask), so the clear cannot take that size away. The
+///   misses after a flush so stop probing for sizes the cache no longer holds.
 /// - **A resize** resizes and empties the [`Tlb`] ([`Tlb::set_capacity`]) and leaves the
 ///   mask as it is. Before issue 13 it cleared the mask after emptying the cache: a
 ///   2 MiB translation inserted in between lost its size from the mask, a later
@@ -69,9 +74,9 @@ const TLB_LARGE_TAG: u32 = 58;
 ///   the cache, with the guarantees above.
 pub(crate) struct TranslationCache<A: Architecture, const N: usize> {
     tlb: Tlb<N>,
-    /// Bit `s` is set once a page of `1 << s` bytes was offered: the sizes a base-page
-    /// miss probes and a single-entry flush visits. Never cleared (a stale bit costs a
-    /// probe; an architecture has a handful of page sizes).
+    /// Bit `s` is set once a page of `1 << s` bytes was offered since the last flush:
+    /// the sizes a base-page miss probes and a single-entry flush visits. Cleared by
+    /// [`TranslationCache::flush`] only (a resize leaves it: the type's notes).
     large_shifts: AtomicU64,
     arch: PhantomData<fn() -> A>,
 }
@@ -210,8 +215,11 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         }
     }
 
-    /// Drops every cached translation. O(1): the generation moves on.
+    /// Drops every cached translation, and forgets which large-page sizes were seen.
+    /// O(1): the generation moves on.
     pub(crate) fn flush(&self) {
+        // Before the generation moves (the concurrency notes of the type).
+        self.large_shifts.store(0, Ordering::SeqCst);
         self.tlb.flush();
     }
 
@@ -413,6 +421,34 @@ mod tests {
         assert_eq!(r.map(|t| t.pa), Ok(small.pa));
         through(&cache, ROOT, 0x9000, small, &walks);
         assert_eq!(walks.get(), 5, "the walk raced by a flush was not cached");
+    }
+
+    #[test]
+    fn flush_forgets_the_large_sizes_and_they_come_back() {
+        let cache = Cache::new();
+        let walks = Cell::new(0);
+        let two_mib = page(0x0020_0000, 0x20_0000, MemoryAccess::RX, false);
+        let small = page(0x0010_0000, 0x1000, MemoryAccess::R, false);
+        through(&cache, ROOT, 0x40_0000, two_mib, &walks);
+        assert_eq!(cache.large_shifts.load(Ordering::Relaxed), 1 << 21);
+        cache.flush();
+        assert_eq!(cache.large_shifts.load(Ordering::Relaxed), 0);
+        // A base page after the flush: no size to probe, and it caches as before.
+        through(&cache, ROOT, 0x1000, small, &walks);
+        through(&cache, ROOT, 0x1000, small, &walks);
+        assert_eq!(walks.get(), 2);
+        // The 2 MiB page walks once more, brings its size back, and hits again.
+        through(&cache, ROOT, 0x40_1000, two_mib, &walks);
+        through(&cache, ROOT, 0x5f_f000, two_mib, &walks);
+        assert_eq!(walks.get(), 3);
+        assert_eq!(cache.large_shifts.load(Ordering::Relaxed), 1 << 21);
+        // A single-entry flush after that still finds it.
+        cache.flush_entry(ROOT, Va(0x40_0000));
+        through(&cache, ROOT, 0x40_2000, two_mib, &walks);
+        assert_eq!(walks.get(), 4);
+        // A resize empties the cache but keeps the mask (issue 13's race).
+        cache.set_capacity(8);
+        assert_eq!(cache.large_shifts.load(Ordering::Relaxed), 1 << 21);
     }
 
     #[test]
