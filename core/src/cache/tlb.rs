@@ -2,7 +2,7 @@
 
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
-use super::{Backoff, CacheMetrics, Counters, mix64};
+use super::{Backoff, CacheMetrics, Counters};
 
 /// A key word no key can have: the virtual page number of an empty slot.
 const EMPTY: u64 = u64::MAX;
@@ -57,25 +57,6 @@ impl TlbSlot {
         // The page number read before the fence belongs to the same write when the
         // sequence number did not move.
         (consistent && r == root).then_some((value, generation))
-    }
-
-    /// A consistent snapshot `(root, vpn, generation)`, or `None` while a writer holds
-    /// the slot. Reads only; an insertion chooses its slot by it, and decides again
-    /// under the slot's lock.
-    #[inline]
-    fn read(&self) -> Option<(u64, u64, u64)> {
-        let before = self.seq.load(Ordering::Acquire);
-        if before & 1 != 0 {
-            return None;
-        }
-        let snapshot = (
-            self.root.load(Ordering::Relaxed),
-            self.vpn.load(Ordering::Relaxed),
-            self.generation.load(Ordering::Relaxed),
-        );
-        // The data loads above happen before the second sequence load.
-        fence(Ordering::Acquire);
-        (self.seq.load(Ordering::Relaxed) == before).then_some(snapshot)
     }
 
     /// Runs `f` with the slot held for writing, unless another writer holds it (then
@@ -154,7 +135,10 @@ impl TlbSlot {
 /// stale slot, else the slot the set's round-robin pointer names (the oldest insertion,
 /// unless a replacement or removal reused a slot since), which is then counted as an
 /// eviction (the pointer moves without a locked instruction, so racing insertions may
-/// pick the same victim). Counters are exact for a single thread; with several they
+/// pick the same victim). The slot is chosen from a read of the set that skips the
+/// sequence numbers (a hint; the write decides under the slot's lock whether it lands),
+/// so racing insertions may also leave a duplicate of a key, which removals visit.
+/// Counters are exact for a single thread; with several they
 /// spread over stripes chosen by the calling thread's stack address, and an increment is
 /// lost only if two threads share a stripe at the same instant. `len` is exact: it moves
 /// only under a slot's lock.
@@ -358,54 +342,54 @@ impl<const N: usize> Tlb<N> {
         let Some((set_index, set)) = self.set_of(root, vpn) else {
             return;
         };
-        let current = self.generation();
-        if current != generation {
+        if self.generation() != generation {
             // Flushed or removed from since the walk began: the insertion could only be
             // cancelled under the lock.
             return;
         }
-        let mut target = None;
-        let mut free = None;
-        for (i, slot) in set.iter().enumerate() {
-            match slot.read() {
-                Some((r, v, _)) if r == root && v == vpn => {
-                    target = Some(i);
-                    break;
-                }
-                Some((_, v, _)) if v == EMPTY => {
-                    free = free.or(Some(i));
-                }
-                Some((_, _, g)) if g != current & FLUSHES => {
-                    free = free.or(Some(i));
-                }
-                _ => {}
-            }
+        // The choice of a slot is a hint, read without the slots' sequence numbers (the
+        // write decides again under the lock whether to land, and counts `len` there):
+        // two racing writers may so make a duplicate or miscount an eviction, which
+        // removals and statistics allow for. For one thread it is exact. Each slot is
+        // classified without a branch: a set's ways answer in any order.
+        let flushes = generation & FLUSHES;
+        let (mut same, mut free) = (0u32, 0u32);
+        let mut classify = |i: usize, slot: &TlbSlot| {
+            let v = slot.vpn.load(Ordering::Relaxed);
+            let r = slot.root.load(Ordering::Relaxed);
+            let g = slot.generation.load(Ordering::Relaxed);
+            same |= u32::from((v == vpn) & (r == root)) << i;
+            free |= u32::from((v == EMPTY) | (g != flushes)) << i;
+        };
+        match set.first_chunk::<4>() {
+            Some(four) => four.iter().enumerate().for_each(|(i, s)| classify(i, s)),
+            None => set.iter().enumerate().for_each(|(i, s)| classify(i, s)),
         }
-        let (index, evicts) = match target.or(free) {
-            Some(i) => (i, false),
-            None => {
-                if filtered && let Some(door) = self.doorkeeper.get(set_index) {
-                    // A fingerprint collision only admits a key early: it evicts an
-                    // entry, as an unfiltered insertion always does.
-                    // 32 bits of the mix: the upper half.
-                    let mixed = mix64(root.rotate_left(17) ^ vpn ^ 0x9e37_79b9_7f4a_7c15);
-                    let print = (mixed >> 32) as u32;
-                    if door.load(Ordering::Relaxed) != print {
-                        door.store(print, Ordering::Relaxed);
-                        return;
-                    }
-                    door.store(0, Ordering::Relaxed);
+        let choice = if same != 0 { same } else { free };
+        let (index, evicts) = if choice != 0 {
+            (choice.trailing_zeros() as usize, false)
+        } else {
+            if filtered && let Some(door) = self.doorkeeper.get(set_index) {
+                // A fingerprint collision only admits a key early: it evicts an entry,
+                // as an unfiltered insertion always does. 32 bits of a multiply of the
+                // key, folded.
+                let mixed = (root.rotate_left(17) ^ vpn).wrapping_mul(0xd6e8_feb8_6659_fd93);
+                let print = ((mixed >> 32) ^ mixed) as u32;
+                if door.load(Ordering::Relaxed) != print {
+                    door.store(print, Ordering::Relaxed);
+                    return;
                 }
-                let victim = match self.next.get(set_index) {
-                    Some(n) => {
-                        let v = n.load(Ordering::Relaxed);
-                        n.store(v.wrapping_add(1), Ordering::Relaxed);
-                        usize::from(v).checked_rem(set.len()).unwrap_or(0)
-                    }
-                    None => 0,
-                };
-                (victim, true)
+                door.store(0, Ordering::Relaxed);
             }
+            let victim = match self.next.get(set_index) {
+                Some(n) => {
+                    let v = n.load(Ordering::Relaxed);
+                    n.store(v.wrapping_add(1), Ordering::Relaxed);
+                    usize::from(v).checked_rem(set.len()).unwrap_or(0)
+                }
+                None => 0,
+            };
+            (victim, true)
         };
         let Some(slot) = set.get(index) else {
             return;
@@ -518,6 +502,7 @@ impl<const N: usize> Tlb<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::mix64;
 
     #[test]
     fn tlb_hits_misses_generations_and_removal() {
