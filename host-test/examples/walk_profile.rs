@@ -9,11 +9,12 @@
 //!
 //! Modes: `walk` (no translation cache), `tlb` (misses: the walk and an insertion), `ws`
 //! (hits: 64 pages), `read` (`read_u64`), `bulk` / `bulkwalk` (16 MiB in 1 MiB reads,
-//! with and without the translation cache).
+//! with and without the translation cache); `walkmany`, `tlbmany`, `readmany`: `walk`,
+//! `tlb` and `read` through the batch APIs, 64 addresses a call.
 
 use std::time::Instant;
 
-use introvisor::{AccessContext, Va, VmiCore};
+use introvisor::{AccessContext, Va, VmiCore, VmiError};
 use introvisor_host::HostDriver;
 use introvisor_host::builder::{GuestBuilder, PageSize};
 use introvisor_host_test::{Rng, mixed_flags};
@@ -42,7 +43,7 @@ fn main() {
     let root = guest.root;
     let core = VmiCore::new(HostDriver::from_vec(guest.memory));
     core.disable_gfn_cache();
-    if mode == "walk" || mode == "bulkwalk" {
+    if mode == "walk" || mode == "bulkwalk" || mode == "walkmany" {
         core.disable_v2p_cache();
     }
     if mode.starts_with("bulk") {
@@ -70,6 +71,30 @@ fn main() {
     let mut rng = Rng::new(1);
     let mut acc = 0u64;
     let start = Instant::now();
+    if let Some(kind) = mode.strip_suffix("many") {
+        // The same addresses as the single modes, 64 to a batch.
+        let mut vas = [Va(0); 64];
+        let mut ts = [Err(VmiError::NotFound); 64];
+        let mut words = [Err(VmiError::NotFound); 64];
+        for _ in 0..OPS / 64 {
+            for va in &mut vas {
+                *va = Va(BASE + (rng.below(PAGES * 4096) & !7));
+            }
+            if kind == "read" {
+                core.read_u64_many(&vas, root, &mut words);
+                acc ^= words.iter().map(|w| w.unwrap_or(0)).fold(0, |a, w| a ^ w);
+            } else {
+                core.translate_many(&vas, root, &mut ts);
+                acc ^= ts
+                    .iter()
+                    .map(|t| t.map_or(0, |t| t.pa.0))
+                    .fold(0, |a, p| a ^ p);
+            }
+        }
+        let ns = start.elapsed().as_nanos() as f64 / f64::from(OPS / 64 * 64);
+        eprintln!("{mode}: {ns:.1} ns per operation ({acc:#x})");
+        return;
+    }
     for _ in 0..OPS {
         let va = BASE + (rng.below(span) & !7);
         acc ^= if mode == "read" {

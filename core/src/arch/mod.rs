@@ -291,6 +291,24 @@ pub trait Architecture: Sized + Send + Sync + 'static {
         Self::translate(mem, paging, va, root)
     }
 
+    /// [`Self::translate_planned`] for each of `vas`, into `out` in the same order (as
+    /// many as the shorter of the two holds). An architecture may interleave the walks so
+    /// that their memory accesses overlap; each result must be the one
+    /// [`Self::translate_planned`] gives. The default walks them one after the other.
+    #[inline]
+    fn translate_many_planned(
+        mem: &(impl PhysRead + ?Sized),
+        paging: &Self::Paging,
+        plan: &Self::Plan,
+        vas: &[Va],
+        root: Pa,
+        out: &mut [Result<Translation, VmiError>],
+    ) {
+        for (va, slot) in vas.iter().zip(out.iter_mut()) {
+            *slot = Self::translate_planned(mem, paging, plan, *va, root);
+        }
+    }
+
     /// [`Self::translate`], calling `observe` with every entry read, in walk order.
     ///
     /// # Errors

@@ -6,6 +6,7 @@
 //! - `translation_cache.rs`: `TranslationCache`, the cache of translations as a type of
 //!   its own (the TLB word format, its base and large-page parts, flushes);
 //! - `translate.rs`: virtual-to-physical translation, cached and not;
+//! - `batch.rs`: batches of translations and reads, their walks interleaved;
 //! - `memory.rs`: reads, writes, integers, addresses and structures;
 //! - `strings.rs`: NUL-terminated strings, UTF-8 and UTF-16;
 //! - `control.rs`: vCPUs, views, event pass-through and [`PauseGuard`];
@@ -31,6 +32,7 @@ use crate::driver::VmiDriver;
 use crate::error::VmiError;
 
 mod amd64;
+mod batch;
 mod control;
 mod memory;
 mod page_cache;

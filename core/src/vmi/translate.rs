@@ -42,6 +42,14 @@ pub(super) struct DirectReader<'a, D: VmiDriver> {
     memory: Option<&'a [u8]>,
 }
 
+impl<'a, D: VmiDriver> DirectReader<'a, D> {
+    /// A reader of `driver`, through `memory` when the driver lends it.
+    #[inline]
+    pub(super) fn new(driver: &'a D, memory: Option<&'a [u8]>) -> Self {
+        Self { driver, memory }
+    }
+}
+
 impl<D: VmiDriver> PhysRead for DirectReader<'_, D> {
     #[inline]
     fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
@@ -132,7 +140,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// The key of the translation cache for the root `root`: the top-level table the
     /// walker reads for it, so that every form of one root is one key.
     #[inline]
-    fn root_table(&self, root: Pa) -> Pa {
+    pub(super) fn root_table(&self, root: Pa) -> Pa {
         // `Architecture::root_table` is the root under `root_mask`, computed once.
         Pa(root.0 & self.root_mask)
     }

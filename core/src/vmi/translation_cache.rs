@@ -122,6 +122,42 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         }
     }
 
+    /// The current generation, to read before walking for [`TranslationCache::lookup`]
+    /// and [`TranslationCache::insert_walked`].
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.tlb.generation()
+    }
+
+    /// The cached translation of `va` under `root` (its base page, then each large size
+    /// the cache holds), counting a hit; `None`, counting nothing, when it has none (the
+    /// caller counts the miss with [`TranslationCache::record_miss`]).
+    #[inline]
+    pub(crate) fn lookup(&self, root: Pa, va: Va, generation: u64) -> Option<Translation> {
+        let vpn = va.0 >> Self::PAGE_SHIFT;
+        let found = match self.tlb.probe(root.0, vpn, generation) {
+            Some(entry) => Some(Self::unpack(entry, va, Self::OFFSET_MASK)),
+            None => self.probe_large(root, va, generation),
+        };
+        if found.is_some() {
+            self.tlb.record(true);
+        }
+        found
+    }
+
+    /// Counts one miss.
+    #[inline]
+    pub(crate) fn record_miss(&self) {
+        self.tlb.record(false);
+    }
+
+    /// Offers `t`, the walk of `va` under `root` that followed a read of `generation`,
+    /// as a miss of [`TranslationCache::translate`] does.
+    #[inline]
+    pub(crate) fn insert_walked(&self, root: Pa, va: Va, t: &Translation, generation: u64) {
+        self.offer(root, va, va.0 >> Self::PAGE_SHIFT, t, generation);
+    }
+
     /// The miss path of [`TranslationCache::translate`]: the large-page key for each
     /// size the cache holds, then a walk. An offer evicts only for a page that missed twice in a
     /// row in its set ([`Tlb::offer`]), so a scan over more pages than the cache holds (a

@@ -85,6 +85,133 @@ pub(crate) fn walk_planned(
     }
 }
 
+/// Walks that a batch interleaves: [`walk_many_planned`] takes the addresses this many at
+/// a time, each level of every walk before the next level of any.
+pub(crate) const LANES: usize = 8;
+
+/// [`walk_planned`] for each of `vas` (at most [`LANES`] of them, the rest are left),
+/// into `out` in the same order: in 4- and 5-level paging the walks are interleaved,
+/// level by level, so that the memory accesses of different walks overlap; each result
+/// is the one [`walk_planned`] gives.
+pub(crate) fn walk_many_planned(
+    mem: &(impl PhysRead + ?Sized),
+    paging: &Paging,
+    plan: &WalkPlan,
+    vas: &[Va],
+    root: Pa,
+    out: &mut [Result<Translation, VmiError>],
+) {
+    match paging.mode {
+        PagingMode::Level4 => walk_long_many::<4>(mem, paging, plan, &LEVEL4, vas, root, out),
+        PagingMode::Level5 => walk_long_many::<5>(mem, paging, plan, &LEVEL5, vas, root, out),
+        _ => {
+            for (va, slot) in vas.iter().zip(out.iter_mut()) {
+                *slot = walk_other(mem, paging, plan, *va, root, |_| {});
+            }
+        }
+    }
+}
+
+/// The interleaved walks of [`walk_many_planned`] in 4- or 5-level paging.
+#[inline(always)]
+fn walk_long_many<const LEVELS: u8>(
+    mem: &(impl PhysRead + ?Sized),
+    paging: &Paging,
+    plan: &WalkPlan,
+    desc: &'static ModeDesc,
+    vas: &[Va],
+    root: Pa,
+    out: &mut [Result<Translation, VmiError>],
+) {
+    let noop = |_: WalkStep| {};
+    // One walker per lane, and whether it still walks and which table it reads next;
+    // a lane without an address (or whose address failed its check) never walks.
+    let mut walkers: [_; LANES] = core::array::from_fn(|i| {
+        let va = vas.get(i).copied().unwrap_or(Va(0));
+        Walker::unchecked(mem, paging, plan, desc, va, root, noop)
+    });
+    let mut active = [false; LANES];
+    let start = Pa(root.0 & plan.table_mask);
+    let mut tables = [start; LANES];
+    for ((on, va), slot) in active.iter_mut().zip(vas).zip(out.iter_mut()) {
+        if paging.mode.is_valid_va(*va) {
+            *on = true;
+        } else {
+            *slot = Err(fault(
+                *va,
+                root,
+                desc.levels,
+                Pa(0),
+                0,
+                FaultReason::NonCanonical,
+            ));
+        }
+    }
+    // Each level of every walk, then the next: the walks' loads do not depend on one
+    // another, so the CPU overlaps them.
+    if LEVELS == 5 {
+        lanes_level::<LEVELS, 5, _, _>(&mut walkers, &mut active, &mut tables, out);
+    }
+    lanes_level::<LEVELS, 4, _, _>(&mut walkers, &mut active, &mut tables, out);
+    lanes_level::<LEVELS, 3, _, _>(&mut walkers, &mut active, &mut tables, out);
+    lanes_level::<LEVELS, 2, _, _>(&mut walkers, &mut active, &mut tables, out);
+    lanes_level::<LEVELS, 1, _, _>(&mut walkers, &mut active, &mut tables, out);
+    // Level 1 always maps a page or fails; this is the bound made explicit.
+    for (((on, va), table), slot) in active.iter().zip(vas).zip(tables).zip(out.iter_mut()) {
+        if *on {
+            *slot = Err(fault(*va, root, 0, table, 0, FaultReason::NotPresent));
+        }
+    }
+}
+
+/// One level of every lane of [`walk_long_many`] that still walks: its own function for
+/// each level, so that the level is a constant in it and every lookup in the mode's
+/// description folds, as in [`walk_long`]. As there, an entry the reader cannot read the
+/// fast way finishes that walk out of line.
+#[inline(never)]
+fn lanes_level<
+    const LEVELS: u8,
+    const LEVEL: u8,
+    M: PhysRead + ?Sized,
+    F: FnMut(WalkStep) + Copy,
+>(
+    walkers: &mut [Walker<'_, M, F>; LANES],
+    active: &mut [bool; LANES],
+    tables: &mut [Pa; LANES],
+    out: &mut [Result<Translation, VmiError>],
+) {
+    // The walkers hold these already; set here, they are constants to the compiler.
+    let desc: &'static ModeDesc = if LEVELS == 5 { &LEVEL5 } else { &LEVEL4 };
+    let lanes = walkers
+        .iter_mut()
+        .zip(active.iter_mut())
+        .zip(tables.iter_mut());
+    for (((w, on), table), slot) in lanes.zip(out.iter_mut()) {
+        if !*on {
+            continue;
+        }
+        w.desc = desc;
+        w.wide = true;
+        let (shift, _, entry) = w.locate(LEVEL, *table);
+        let Some(value) = w.mem.read_u64_fast(entry) else {
+            *on = false;
+            *slot = w.fork().finish(LEVEL, *table);
+            continue;
+        };
+        match w.check(LEVEL, shift, entry, value) {
+            Ok(Step::Table(next)) => *table = next,
+            Ok(Step::Leaf(t)) => {
+                *on = false;
+                *slot = Ok(t);
+            }
+            Err(e) => {
+                *on = false;
+                *slot = Err(e);
+            }
+        }
+    }
+}
+
 /// 4- or 5-level paging (`LEVELS`, described by `desc`): the levels written out.
 #[inline(always)]
 fn walk_long<const LEVELS: u8>(
@@ -248,7 +375,22 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
                 FaultReason::NonCanonical,
             ));
         }
-        Ok(Self {
+        Ok(Self::unchecked(mem, paging, plan, desc, va, root, observe))
+    }
+
+    /// [`Walker::new`] without its check of the address: for a lane of a batch that has
+    /// no walk to do (it is never stepped).
+    #[inline(always)]
+    fn unchecked(
+        mem: &'a M,
+        paging: &'a Paging,
+        plan: &WalkPlan,
+        desc: &'static ModeDesc,
+        va: Va,
+        root: Pa,
+        observe: F,
+    ) -> Self {
+        Self {
             mem,
             paging,
             desc,
@@ -259,7 +401,27 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
             plan: *plan,
             rights_and: u64::MAX,
             rights_or: 0,
-        })
+        }
+    }
+
+    /// A copy of this walker, to finish a lane of a batch with [`Walker::finish`].
+    #[inline(always)]
+    fn fork(&self) -> Self
+    where
+        F: Copy,
+    {
+        Self {
+            mem: self.mem,
+            paging: self.paging,
+            desc: self.desc,
+            va: self.va,
+            root: self.root,
+            observe: self.observe,
+            wide: self.wide,
+            plan: self.plan,
+            rights_and: self.rights_and,
+            rights_or: self.rights_or,
+        }
     }
 
     /// The entry of `level` (1 for the PTE) at `entry`, index `index` in its table.
