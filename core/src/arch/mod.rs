@@ -309,6 +309,35 @@ pub trait Architecture: Sized + Send + Sync + 'static {
         }
     }
 
+    /// The translations of `count` consecutive base pages from the page of `va`, in
+    /// order, each given to `each` (which returns whether to go on; each is the
+    /// translation of its page's first byte, as [`Self::translate_planned`] gives it);
+    /// the first failure ends the range and is returned. An architecture may read the
+    /// leaves of neighbouring pages without a walk from the root each (AMD64 reads
+    /// consecutive PTEs, every check kept). The default walks each page.
+    ///
+    /// # Errors
+    /// The first page's failure, as [`Self::translate`]'s.
+    #[inline]
+    fn translate_pages_planned(
+        mem: &(impl PhysRead + ?Sized),
+        paging: &Self::Paging,
+        plan: &Self::Plan,
+        va: Va,
+        root: Pa,
+        count: u64,
+        mut each: impl FnMut(Translation) -> bool,
+    ) -> Result<(), VmiError> {
+        let mut page = Self::va_align_down(va);
+        for _ in 0..count {
+            if !each(Self::translate_planned(mem, paging, plan, page, root)?) {
+                break;
+            }
+            page = Va(page.0.wrapping_add(Self::PAGE_SIZE));
+        }
+        Ok(())
+    }
+
     /// [`Self::translate`], calling `observe` with every entry read, in walk order.
     ///
     /// # Errors

@@ -64,6 +64,20 @@ impl Architecture for Amd64 {
         paging::walk_planned(mem, paging, plan, va, root, |_| {})
     }
 
+    /// A range walk: consecutive PTEs of one table without a walk from the root each.
+    #[inline]
+    fn translate_pages_planned(
+        mem: &(impl PhysRead + ?Sized),
+        paging: &Paging,
+        plan: &WalkPlan,
+        va: Va,
+        root: Pa,
+        count: u64,
+        each: impl FnMut(Translation) -> bool,
+    ) -> Result<(), VmiError> {
+        paging::walk_pages_planned(mem, paging, plan, va, root, count, each)
+    }
+
     /// Interleaved: eight walks at a time, level by level.
     #[inline]
     fn translate_many_planned(

@@ -85,6 +85,97 @@ pub(crate) fn walk_planned(
     }
 }
 
+/// The translations of `count` consecutive 4 KiB pages from the page of `va`, in order,
+/// each given to `each` (which returns whether to go on); the first failure ends it and
+/// is returned. Each translation is the one [`walk_planned`] gives for its page.
+///
+/// A range walk: after a full walk whose leaf is a PTE (4- and 5-level paging), the
+/// pages that follow in the same page table are read from the consecutive PTEs, each
+/// checked as the walk's last level checks one (present, reserved bits including those
+/// at or above MAXPHYADDR, and the rights combined with the levels above, which do not
+/// change within the table); an entry that fails those checks gets a full walk, which
+/// names the failure. The pages of a large leaf after the first are its next 4 KiB,
+/// without a walk. A table boundary (every 2 MiB) starts a full walk again, with its
+/// canonical check.
+pub(crate) fn walk_pages_planned(
+    mem: &(impl PhysRead + ?Sized),
+    paging: &Paging,
+    plan: &WalkPlan,
+    va: Va,
+    root: Pa,
+    count: u64,
+    mut each: impl FnMut(Translation) -> bool,
+) -> Result<(), VmiError> {
+    const PAGE: u64 = 4096;
+    let long = matches!(paging.mode, PagingMode::Level4 | PagingMode::Level5);
+    let present = EntryFlags::PRESENT.bits();
+    let mut page = va.0 & !(PAGE - 1);
+    let mut left = count;
+    while left > 0 {
+        // A full walk; the entries above the leaf are folded into the rights a PTE of the
+        // same table combines with (every level has rights in 4- and 5-level paging).
+        let (mut upper_and, mut upper_or) = (u64::MAX, 0u64);
+        let mut leaf: Option<WalkStep> = None;
+        let t = walk_planned(mem, paging, plan, Va(page), root, |step| {
+            if let Some(above) = leaf.replace(step) {
+                upper_and &= above.value;
+                upper_or |= above.value;
+            }
+        })?;
+        left = left.saturating_sub(1);
+        if !each(t) {
+            return Ok(());
+        }
+        page = page.wrapping_add(PAGE);
+        if t.page_size > PAGE && t.page_size.is_power_of_two() {
+            // The rest of a large leaf: the same rights, the next frames.
+            let mut pa = t.pa.0;
+            while left > 0 && page & t.page_size.wrapping_sub(1) != 0 {
+                pa = pa.wrapping_add(PAGE);
+                left = left.saturating_sub(1);
+                if !each(Translation { pa: Pa(pa), ..t }) {
+                    return Ok(());
+                }
+                page = page.wrapping_add(PAGE);
+            }
+            continue;
+        }
+        let Some(mut entry) = leaf.filter(|l| long && l.level == 1).map(|l| l.entry) else {
+            continue;
+        };
+        // The next PTEs of the same table (a table is 512 entries, 4 KiB aligned).
+        while left > 0 && entry.0 & 0xff8 != 0xff8 {
+            entry = Pa(entry.0.wrapping_add(8));
+            let Some(value) = mem.read_u64_fast(entry) else {
+                break;
+            };
+            // As `Walker::check` at level 1: P, then the reserved bits (a PTE has no PS
+            // and no fixed reserved bits in these modes; bit 7 is PAT).
+            if (value ^ present) & (plan.high_reserved | present) != 0 {
+                break;
+            }
+            let and = upper_and & value;
+            let exec = u8::from((upper_or | value) & plan.no_exec == 0);
+            let t = Translation {
+                pa: Pa(value & plan.phys_mask & !(PAGE - 1)),
+                page_size: PAGE,
+                access: MemoryAccess::from_bits_retain(
+                    MemoryAccess::R.bits()
+                        | (and & EntryFlags::WRITABLE.bits()) as u8
+                        | exec << MemoryAccess::X.bits().trailing_zeros(),
+                ),
+                user: and & EntryFlags::USER.bits() != 0,
+            };
+            left = left.saturating_sub(1);
+            if !each(t) {
+                return Ok(());
+            }
+            page = page.wrapping_add(PAGE);
+        }
+    }
+    Ok(())
+}
+
 /// Walks that a batch interleaves: [`walk_many_planned`] takes the addresses this many at
 /// a time, each level of every walk before the next level of any.
 pub(crate) const LANES: usize = 8;
