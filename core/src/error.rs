@@ -92,6 +92,11 @@ pub enum VmiError {
     BufferTooSmall,
     /// A fixed-capacity container or resource is full.
     CapacityExceeded,
+    /// The driver has no frame left for what the request needs: the page-table frames of
+    /// a split or a new view, or a shadow frame (a hypervisor backend's fixed frame pool
+    /// is empty). The request changed nothing; freeing frames (destroying a view, freeing
+    /// a shadow frame, restoring rights so tables merge) makes it possible again.
+    OutOfFrames,
     /// The requested item does not exist (a view, a vCPU, a frame).
     NotFound,
     /// Bytes read from the guest are not valid UTF-8; the first `valid_up_to` are.
@@ -103,6 +108,9 @@ pub enum VmiError {
     Timeout,
     /// The driver failed, for the reason given.
     Driver(&'static str),
+    /// Guest data an OS layer read is malformed (a corrupt kernel table, a broken list),
+    /// for the reason given.
+    Malformed(&'static str),
 }
 
 impl VmiError {
@@ -132,12 +140,14 @@ impl fmt::Display for VmiError {
             Self::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
             Self::BufferTooSmall => f.write_str("buffer too small"),
             Self::CapacityExceeded => f.write_str("capacity exceeded"),
+            Self::OutOfFrames => f.write_str("the driver's frame pool is exhausted"),
             Self::NotFound => f.write_str("not found"),
             Self::InvalidUtf8 { valid_up_to } => {
                 write!(f, "invalid UTF-8 after {valid_up_to} bytes")
             }
             Self::Timeout => f.write_str("timed out"),
             Self::Driver(why) => write!(f, "driver error: {why}"),
+            Self::Malformed(why) => write!(f, "malformed guest data: {why}"),
         }
     }
 }

@@ -17,6 +17,11 @@ echo 1 > /proc/sys/kernel/kptr_restrict
 echo always > /sys/kernel/mm/transparent_hugepage/enabled
 echo always > /sys/kernel/mm/transparent_hugepage/defrag
 
+# The modules of the kernel package that the initramfs carries (see capture.sh).
+for m in /lib/modules/*.ko; do
+    [ -e "$m" ] && insmod "$m"
+done
+
 sleep 1000001 &
 sleep 1000002 &
 sleep 1000003 &
@@ -64,5 +69,27 @@ section kallsyms awk '
     $2 ~ /^[DdBbRr]$/ { if (nd++ % 10 == 0) print; next }
 ' /proc/kallsyms
 section ps ps
+# What the guest says about itself, last, with nothing of ours left running but
+# this shell (pid 1) and the long sleep below, started first so it is listed:
+# /proc/*/stat read by the shell's own builtins (no fork), /proc/modules, and a
+# sample of /proc/kallsyms (every 500th kernel line and some named ones).
+sleep 1000004 &
+echo 0 > /proc/sys/kernel/kptr_restrict
+section ksample awk '
+    BEGIN { split("_text _stext _etext _end init_task init_top_pgt linux_banner " \
+                  "modules page_offset_base __per_cpu_offset current_task pcpu_hot " \
+                  "__start_BTF __stop_BTF start_kernel do_sys_open schedule", a, " ")
+            for (k in a) want[a[k]] = 1 }
+    $4 ~ /^\[/ { next }
+    want[$3] || n++ % 500 == 0 { print }
+' /proc/kallsyms
+echo 1 > /proc/sys/kernel/kptr_restrict
+section modules cat /proc/modules
+procstat() {
+    for d in /proc/[0-9]*; do
+        read -r line < "$d/stat" && echo "$line"
+    done
+}
+section procstat procstat
 echo "@@READY"
-while :; do sleep 3600; done
+wait

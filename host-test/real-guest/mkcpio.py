@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Write the real-guest initramfs: a gzip'd cpio "newc" archive.
 
-Usage: mkcpio.py OUT.cpio.gz BUSYBOX INIT_SCRIPT
+Usage: mkcpio.py OUT.cpio.gz BUSYBOX INIT_SCRIPT [MODULE.ko ...]
 
 Contents: /bin/busybox, /init (the script), the directories the script uses and
+the kernel modules given (as /lib/modules/NAME.ko), and
 a /dev/console character device (5,1) so the kernel can give /init a console
 before devtmpfs is mounted. Made without root and reproducibly (mtime 0).
 """
@@ -26,6 +27,7 @@ def entry(out, ino, name, mode, data=b"", rdev=(0, 0)):
 
 def main():
     out_path, busybox, init_script = sys.argv[1:4]
+    modules = sys.argv[4:]
     with open(busybox, "rb") as f:
         bb = f.read()
     with open(init_script, "rb") as f:
@@ -40,7 +42,13 @@ def main():
         ("bin/busybox", stat.S_IFREG | 0o755, bb, (0, 0)),
         ("bin/sh", stat.S_IFLNK | 0o777, b"busybox", (0, 0)),
         ("init", stat.S_IFREG | 0o755, init, (0, 0)),
+        ("lib", stat.S_IFDIR | 0o755, b"", (0, 0)),
+        ("lib/modules", stat.S_IFDIR | 0o755, b"", (0, 0)),
     ]
+    for path in modules:
+        with open(path, "rb") as f:
+            items.append(("lib/modules/" + os.path.basename(path),
+                          stat.S_IFREG | 0o644, f.read(), (0, 0)))
     with open(out_path + ".tmp", "wb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
             for ino, (name, mode, data, rdev) in enumerate(items, start=1):

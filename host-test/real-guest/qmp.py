@@ -521,6 +521,8 @@ def capture(args, qemu_argv):
         log("l%d: guest READY after %.1f s" % (args.mode,
                                                time.monotonic() - t0))
         q = Qmp(args.qmp_sock)
+        if args.light:
+            return light_capture(args, q, proc, text)
         return with_vm(args, q, proc, text)
     finally:
         if q is not None:
@@ -542,9 +544,72 @@ def capture(args, qemu_argv):
         qlog.close()
 
 
+def write_guest_records(out, sec):
+    """What the guest said about itself at dump time: /proc/*/stat, /proc/modules
+    and a sample of /proc/kallsyms (read with kptr_restrict=0)."""
+    for need in ("procstat", "modules", "ksample"):
+        if need not in sec:
+            raise Fail("guest printed no '%s' section" % need)
+    if not any(l.startswith("1 (") for l in sec["procstat"]):
+        raise Fail("procstat lacks pid 1")
+    if not sec["modules"]:
+        raise Fail("no module is loaded in the guest")
+    for name in ("procstat", "modules", "ksample"):
+        with open(os.path.join(out, name + ".txt"), "w") as f:
+            f.write("\n".join(sec[name]) + "\n")
+
+
+def light_capture(args, q, proc, serial_text):
+    """Registers and a dump only (no address queries): for the Linux-layer guests."""
+    out, mode = args.out, args.mode
+    sec = parse_sections(serial_text)
+    write_guest_records(out, sec)
+    regs_text, regs, retries = stop_in_user(q)
+    la57 = bool(regs["CR4"] & (1 << 12))
+    if la57 != (mode == 5):
+        raise Fail("CR4=0x%x: LA57 is %s but this is the %d-level guest"
+                   % (regs["CR4"], "set" if la57 else "clear", mode))
+    dump_path = os.path.join(out, "dump.elf")
+    t0 = time.monotonic()
+    q.cmd("dump-guest-memory", paging=False, protocol="file:" + dump_path,
+          format="elf")
+    os.chmod(dump_path, 0o644)
+    log("l%d: light capture: stopped in user mode after %d retries, CR3=%x; "
+        "dump took %.1f s" % (mode, retries, regs["CR3"], time.monotonic() - t0))
+    q.cmd("quit")
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+
+    def w(name, text):
+        with open(os.path.join(out, name), "w") as f:
+            f.write(text)
+
+    w("serial.log", serial_text.replace("\r", ""))
+    w("regs.txt", regs_text.replace("\r", ""))
+    w("cr3.txt", "0x%x\n" % regs["CR3"])
+    w("mode.txt", "%d\n" % mode)
+    for name in ("kallsyms", "maps"):
+        if name in sec:
+            w(name + ".txt", "\n".join(sec[name]) + "\n")
+    w("layout.txt", "\n".join([
+        "mode %d" % mode, "cr3 0x%x" % regs["CR3"], "cr4 0x%x" % regs["CR4"],
+        "cpl %d" % regs["CPL"],
+        "spinner_pid %s" % sec.get("spinner", ["?"])[0].strip(),
+        "uname %s" % " ".join(sec.get("uname", ["?"])),
+        "cmdline %s" % " ".join(sec.get("cmdline", ["?"])),
+    ]) + "\n")
+    scratch = os.path.join(out, ".scratch")
+    for name in os.listdir(scratch):
+        os.unlink(os.path.join(scratch, name))
+    os.rmdir(scratch)
+
+
 def with_vm(args, q, proc, serial_text):
     out, mode = args.out, args.mode
     sec = parse_sections(serial_text)
+    write_guest_records(out, sec)
     for need in ("kallsyms", "maps", "iomem", "vmallocinfo", "spinner"):
         if need not in sec:
             raise Fail("guest printed no '%s' section" % need)
@@ -818,6 +883,8 @@ def main():
     ap.add_argument("--serial", required=True)
     ap.add_argument("--qmp-sock", required=True)
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--light", action="store_true",
+                    help="registers, guest records and the dump only")
     args = ap.parse_args(argv[:i])
     try:
         capture(args, argv[i + 1:])

@@ -12,6 +12,8 @@ pub mod counting_alloc;
 pub mod mixed_flags;
 pub mod scripted;
 
+pub mod vmx_sim;
+
 /// A small, seeded pseudo-random generator (splitmix64): reproducible test layouts without
 /// a dependency.
 #[derive(Clone, Debug)]
@@ -46,6 +48,7 @@ pub fn seed(default: u64) -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
 }
+pub mod linux_fixture;
 
 /// The repository's README (`README.md` at the root, which no package ships), its
 /// examples compiled and run as doctests here.

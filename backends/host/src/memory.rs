@@ -496,10 +496,12 @@ impl GuestMemory {
     /// [`VmiError::NotSupported`] for read-only memory; [`VmiError::OutOfBounds`] naming
     /// the first byte of `[pa, pa + len)` that no range holds.
     pub fn write(&self, pa: Pa, data: &[u8]) -> Result<(), VmiError> {
+        // Check every piece, then copy: a write that meets a hole changes nothing. The
+        // bounds come first, read-only memory or not, so a write past the end is reported
+        // as such whatever the storage.
+        check_span(pa, data.len())?;
+        self.pieces(pa, data.len(), |_, _, _| Ok(()))?;
         let write = |bytes: &mut [u8]| {
-            check_span(pa, data.len())?;
-            // Check every piece, then copy: a write that meets a hole changes nothing.
-            self.pieces(pa, data.len(), |_, _, _| Ok(()))?;
             let mut done = 0usize;
             self.pieces(pa, data.len(), |at, offset, n| {
                 let oob = VmiError::OutOfBounds(Pa(at));

@@ -28,6 +28,9 @@ use crate::driver::{RegistersOf, VmiDriver};
 use crate::error::VmiError;
 use crate::vmi::{GFN_CACHE_CAPACITY, V2P_CACHE_CAPACITY, VmiCore};
 
+#[cfg(feature = "linux")]
+pub mod linux;
+
 /// A process identifier as the guest kernel numbers processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

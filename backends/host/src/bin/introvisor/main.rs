@@ -1,4 +1,5 @@
-//! The `introvisor` command-line tool: `demo`, `info`, `translate` and `read`.
+//! The `introvisor` command-line tool: `demo`, `info`, `translate` and `read`; and for
+//! Linux guests `ps`, `modules`, `symbols`, `maps` and `linux`.
 //!
 //! The tool is this package's binary, not library API: its modules are private to it and
 //! use the library (`introvisor_host`) as any other user would. [`main`] only hands the
@@ -19,6 +20,7 @@ mod demo;
 mod escape;
 mod info;
 mod json;
+mod linux;
 mod progress;
 mod read;
 mod target;
@@ -80,6 +82,8 @@ impl From<io::Error> for Failure {
 
 /// Help texts.
 mod help {
+    pub(crate) use super::help_linux::{LINUX, MAPS, MODULES, PS, SYMBOLS};
+
     /// `introvisor --help`.
     pub(crate) const TOP: &str = "\
 introvisor: look inside a virtual machine's memory dump
@@ -91,6 +95,11 @@ Commands:
   info        describe a dump: format, size, memory ranges, vCPUs
   translate   translate virtual addresses to guest-physical ones
   read        read virtual or physical memory (hex dump, raw bytes, or JSON)
+  ps          Linux: the processes (pid ppid comm pgd)
+  modules     Linux: the loaded kernel modules
+  symbols     Linux: the kernel's symbols (kallsyms), all or by name
+  maps        Linux: the memory regions of one process
+  linux       Linux: what was found in the dump and how
 
 A DUMP is an ELF core file as written by QEMU's dump-guest-memory or `virsh dump
 --memory-only`, a LiME image (lime.ko's format=lime), or a raw image of
@@ -253,6 +262,116 @@ malformed number, or a dump that cannot be opened;
 ";
 }
 
+/// Help texts of the Linux commands.
+mod help_linux {
+    /// The options every Linux command takes, for the help texts.
+    macro_rules! common {
+        () => {
+            "
+How: the kernel is found from guest memory alone, with no profile: kallsyms by its
+token table, the image by its page tables, struct layouts from the kernel's BTF;
+VMCOREINFO is used when the guest has one and its claims hold.
+
+Options:
+  --json             one JSON object per line (JSON Lines) instead of text
+  --cr3 HEX          a CR3 of the guest, to place the kernel image (default: the
+                     vCPU's, else none: the image is found by scanning)
+  --vcpu N           the vCPU whose registers to use (decimal; default 0)
+  --no-vmcoreinfo    ignore the guest's VMCOREINFO (find everything by scanning)
+  --format FMT       raw, elf or lime: read the dump as that format
+
+Names from the guest (comm, module, symbol and file names, the banner) are escaped
+as everywhere in the tool; in JSON they are strings decoded lossily. Addresses are
+\"0x...\" strings in JSON, counts and sizes numbers.
+
+Exit status: 0 success; 1 no Linux kernel found, or a kernel list is broken (the
+error names how); 2 usage error or a dump that cannot be opened.
+"
+        };
+    }
+
+    /// `introvisor ps --help`.
+    pub(crate) const PS: &str = concat!(
+        "\
+introvisor ps: the processes of a Linux guest
+
+Usage: introvisor ps DUMP [--cr3 HEX] [--json]
+
+One line per process (thread-group leader on init_task's task list, the idle
+task not included), in list order:
+
+  <pid> <ppid> <comm> 0x<pgd>
+
+pgd is the physical address of the process's page-table root (mm->pgd); a kernel
+thread shows the kernel's (init_top_pgt). With --json also tgid, state, the
+task_struct's address, user_pgd (the PTI user root, or null) and kernel_thread.
+",
+        common!()
+    );
+
+    /// `introvisor modules --help`.
+    pub(crate) const MODULES: &str = concat!(
+        "\
+introvisor modules: the loaded kernel modules of a Linux guest
+
+Usage: introvisor modules DUMP [--json]
+
+One line per module on the kernel's `modules` list, as /proc/modules shows them:
+
+  <name> 0x<base> <size>
+",
+        common!()
+    );
+
+    /// `introvisor symbols --help`.
+    pub(crate) const SYMBOLS: &str = concat!(
+        "\
+introvisor symbols: the kernel's symbols (kallsyms) of a Linux guest
+
+Usage: introvisor symbols DUMP [NAME...] [--json]
+
+Every symbol, or every symbol with one of the NAMEs, in address order, in the
+format of /proc/kallsyms (core kernel only):
+
+  <address, 16 hex digits> <type> <name>
+
+A NAME with no symbol is reported on stderr and makes the exit status 1.
+",
+        common!()
+    );
+
+    /// `introvisor maps --help`.
+    pub(crate) const MAPS: &str = concat!(
+        "\
+introvisor maps: the memory regions (VMAs) of one process of a Linux guest
+
+Usage: introvisor maps DUMP PID [--json]
+
+One line per VMA, in address order, like /proc/PID/maps:
+
+  <start>-<end> <rwx><p|s> <file name, empty for anonymous memory>
+",
+        common!()
+    );
+
+    /// `introvisor linux --help`.
+    pub(crate) const LINUX: &str = concat!(
+        "\
+introvisor linux: what was found in a Linux guest's memory, and how
+
+Usage: introvisor linux DUMP [--json]
+
+One `key: value` line each: the banner and release, the paging mode, the kernel's
+page-table root, _text, _end, the KASLR slide, phys_base, page_offset_base, how
+the image was placed (Vmcoreinfo, Cr3 or Scan), whether PTI is on, where the
+kallsyms tables are and their layout, where the BTF is and how it was found,
+whether VMCOREINFO was used (or why it was rejected), the task on the vCPU, and
+how long finding took. With --json one object.
+",
+        common!()
+    );
+}
+
 /// Runs the tool on the process's arguments and standard streams, and exits with its code.
 fn main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -286,10 +405,20 @@ fn run(args: &[OsString], io: Io<'_>) -> i32 {
 }
 
 fn report(failure: Failure, args: &[OsString], stderr: &mut dyn Write) -> i32 {
-    let command = args
-        .first()
-        .and_then(|a| a.to_str())
-        .filter(|c| matches!(*c, "demo" | "info" | "translate" | "read"));
+    let command = args.first().and_then(|a| a.to_str()).filter(|c| {
+        matches!(
+            *c,
+            "demo"
+                | "info"
+                | "translate"
+                | "read"
+                | "ps"
+                | "modules"
+                | "symbols"
+                | "maps"
+                | "linux"
+        )
+    });
     let prefix = match command {
         Some(c) => format!("introvisor {c}"),
         None => "introvisor".to_owned(),
@@ -343,6 +472,11 @@ fn dispatch(
                 Some("info") => help::INFO,
                 Some("translate") => help::TRANSLATE,
                 Some("read") => help::READ,
+                Some("ps") => help::PS,
+                Some("modules") => help::MODULES,
+                Some("symbols") => help::SYMBOLS,
+                Some("maps") => help::MAPS,
+                Some("linux") => help::LINUX,
                 _ => help::TOP,
             };
             stdout.write_all(text.as_bytes())?;
@@ -356,6 +490,11 @@ fn dispatch(
         Some("info") => info::run(rest, stdout),
         Some("translate") => translate::run(rest, stdin, stdout, stderr, stderr_is_terminal),
         Some("read") => read::run(rest, stdout, stderr, stderr_is_terminal),
+        Some("ps") => linux::ps(rest, stdout),
+        Some("modules") => linux::modules(rest, stdout),
+        Some("symbols") => linux::symbols(rest, stdout, stderr),
+        Some("maps") => linux::maps(rest, stdout),
+        Some("linux") => linux::linux(rest, stdout),
         _ => Err(Failure::usage(format!(
             "unknown command '{}'",
             args::show(command)
