@@ -10,7 +10,9 @@
 //! Modes: `walk` (no translation cache), `tlb` (misses: the walk and an insertion), `ws`
 //! (hits: 64 pages), `read` (`read_u64`), `bulk` / `bulkwalk` (16 MiB in 1 MiB reads,
 //! with and without the translation cache); `walkmany`, `tlbmany`, `readmany`: `walk`,
-//! `tlb` and `read` through the batch APIs, 64 addresses a call.
+//! `tlb` and `read` through the batch APIs, 64 addresses a call; `miss` (a translation
+//! cache of one set: every translation a miss and an offer), `naive` (the bench floor's
+//! naive walk), `none` (the loop alone, to subtract).
 
 use std::time::Instant;
 
@@ -40,11 +42,16 @@ fn main() {
     }
     let mut guest = b.finish();
     mixed_flags::decorate(&mut guest, 0xdec0_5eed);
+    let memory: &'static [u8] = Box::leak(guest.memory.clone().into_boxed_slice());
     let root = guest.root;
     let core = VmiCore::new(HostDriver::from_vec(guest.memory));
     core.disable_gfn_cache();
     if mode == "walk" || mode == "bulkwalk" || mode == "walkmany" {
         core.disable_v2p_cache();
+    }
+    if mode == "miss" {
+        // One set of four: nearly every translation misses, and is offered.
+        core.resize_v2p_cache(4);
     }
     if mode.starts_with("bulk") {
         let mut buf = vec![0u8; 1 << 20];
@@ -100,10 +107,30 @@ fn main() {
         acc ^= if mode == "read" {
             core.read_u64(AccessContext::paging(Va(va), root))
                 .expect("read")
+        } else if mode == "none" {
+            // The loop alone: what the other modes' counts include besides their work.
+            core::hint::black_box(va)
+        } else if mode == "naive" {
+            naive_walk(memory, root.0, va)
         } else {
             core.translate(Va(va), root).expect("translate").pa.0
         };
     }
     let ns = start.elapsed().as_nanos() as f64 / f64::from(OPS);
     eprintln!("{mode}: {ns:.1} ns per operation ({acc:#x})");
+}
+
+/// The naive walk of the peers bench's floor: four dependent loads with masks, no checks.
+#[inline(always)]
+fn naive_walk(memory: &[u8], root: u64, va: u64) -> u64 {
+    const ADDR: u64 = 0x000f_ffff_ffff_f000;
+    let load = |pa: u64| {
+        let i = pa as usize;
+        u64::from_le_bytes(memory[i..i + 8].try_into().expect("in memory"))
+    };
+    let e4 = load(root + ((va >> 39) & 0x1ff) * 8);
+    let e3 = load((e4 & ADDR) + ((va >> 30) & 0x1ff) * 8);
+    let e2 = load((e3 & ADDR) + ((va >> 21) & 0x1ff) * 8);
+    let e1 = load((e2 & ADDR) + ((va >> 12) & 0x1ff) * 8);
+    (e1 & ADDR) | (va & 0xfff)
 }

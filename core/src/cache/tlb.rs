@@ -19,6 +19,35 @@ const FLUSH: u64 = 1 << REMOVAL_BITS;
 /// compares its slot's word with one `==`.
 const FLUSHES: u64 = !(FLUSH - 1);
 
+/// What a [`Tlb::probe_hinted`] miss saw of the key's set, for [`Tlb::offer_hinted`],
+/// in one word (so that the probe's result comes back in registers): the set's index
+/// from bit 8, bit 4 set when the probe looked at the ways, and in bits 0..=3 one bit
+/// for each free or stale way.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MissHint(u64);
+
+impl MissHint {
+    const LOOKED: u64 = 1 << 4;
+
+    fn new(set: usize, free: Option<u32>) -> Self {
+        let set = (set as u64) << 8;
+        Self(match free {
+            Some(bits) => set | Self::LOOKED | u64::from(bits & 0xf),
+            None => set,
+        })
+    }
+
+    /// The set's index.
+    fn set(self) -> usize {
+        usize::try_from(self.0 >> 8).unwrap_or(usize::MAX)
+    }
+
+    /// The free or stale ways, if the probe looked.
+    fn free(self) -> Option<u32> {
+        (self.0 & Self::LOOKED != 0).then_some((self.0 & 0xf) as u32)
+    }
+}
+
 /// One way of a [`Tlb`] set, guarded by its own sequence number (a seqlock): odd while a
 /// writer holds it, bumped by two for each completed write.
 struct TlbSlot {
@@ -306,6 +335,78 @@ impl<const N: usize> Tlb<N> {
         }
     }
 
+    /// [`Tlb::probe`] that, on a miss, also says which ways of the key's set are free
+    /// or stale, for [`Tlb::offer_hinted`]: the miss path then need not read the set
+    /// twice. The hint is read without the sequence numbers, as an insertion's choice
+    /// always is (the write decides under its lock).
+    #[inline]
+    pub(crate) fn probe_hinted(
+        &self,
+        root: u64,
+        vpn: u64,
+        generation: u64,
+    ) -> Result<u64, MissHint> {
+        let flushes = generation & FLUSHES;
+        let index = self.index_of(root, vpn, self.sets_in_use.load(Ordering::Relaxed));
+        let start = index.wrapping_mul(Self::WAYS);
+        let Some(set) = self
+            .slots
+            .get(start..)
+            .and_then(<[TlbSlot]>::first_chunk::<4>)
+        else {
+            // A short last set (or none): the plain probe, and no hint.
+            return self
+                .probe(root, vpn, generation)
+                .ok_or(MissHint::new(index, None));
+        };
+        let found = set.iter().find_map(|slot| match slot.lookup(root, vpn) {
+            Some((value, g)) if g == flushes => Some(value),
+            _ => None,
+        });
+        match found {
+            Some(value) => Ok(value),
+            None => Err(Self::hint(index, set, flushes)),
+        }
+    }
+
+    /// The hint of a miss in the four ways of set `index`: out of line, so that a hit's
+    /// path stays as short as [`Tlb::probe`]'s.
+    #[inline(never)]
+    fn hint(index: usize, set: &[TlbSlot; 4], flushes: u64) -> MissHint {
+        let mut free = 0u32;
+        for (i, slot) in set.iter().enumerate() {
+            let v = slot.vpn.load(Ordering::Relaxed);
+            let g = slot.generation.load(Ordering::Relaxed);
+            free |= u32::from((v == EMPTY) | (g != flushes)) << i;
+        }
+        MissHint::new(index, Some(free))
+    }
+
+    /// [`Tlb::offer`] of the key a [`Tlb::probe_hinted`] missed, choosing among the ways
+    /// its hint named (the key itself was not there). Without a usable hint, as
+    /// [`Tlb::offer`].
+    #[inline]
+    pub(crate) fn offer_hinted(
+        &self,
+        hint: MissHint,
+        root: u64,
+        vpn: u64,
+        value: u64,
+        generation: u64,
+    ) {
+        let sets = self.sets_in_use.load(Ordering::Relaxed);
+        let index = hint.set();
+        let (Some(free), Some(set)) = (hint.free(), self.set(index)) else {
+            return self.offer(root, vpn, value, generation);
+        };
+        // A resize since the probe: the set may no longer be the key's (the write would
+        // be cancelled anyway, the resize having flushed); nothing is stored.
+        if vpn == EMPTY || index >= sets || self.generation() != generation {
+            return;
+        }
+        self.store_in(index, set, free, root, vpn, value, generation, true);
+    }
+
     /// Counts one lookup: a hit if `hit`, else a miss. O(1), no locked instruction.
     #[inline]
     pub fn record(&self, hit: bool) {
@@ -366,6 +467,28 @@ impl<const N: usize> Tlb<N> {
             None => set.iter().enumerate().for_each(|(i, s)| classify(i, s)),
         }
         let choice = if same != 0 { same } else { free };
+        self.store_in(
+            set_index, set, choice, root, vpn, value, generation, filtered,
+        );
+    }
+
+    /// [`Tlb::store`] once the slot is chosen: `choice` has a bit for each way of `set`
+    /// (set `set_index`) that may take the key (the way holding it, else the free or
+    /// stale ones); none means the set is full, and the admission filter (if `filtered`)
+    /// and the round-robin victim decide.
+    #[expect(clippy::too_many_arguments, reason = "the parts of one insertion")]
+    #[inline]
+    fn store_in(
+        &self,
+        set_index: usize,
+        set: &[TlbSlot],
+        choice: u32,
+        root: u64,
+        vpn: u64,
+        value: u64,
+        generation: u64,
+        filtered: bool,
+    ) {
         let (index, evicts) = if choice != 0 {
             (choice.trailing_zeros() as usize, false)
         } else {

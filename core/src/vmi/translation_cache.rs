@@ -20,7 +20,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::access::MemoryAccess;
 use crate::addr::{Pa, Va};
 use crate::arch::{Architecture, Translation};
-use crate::cache::{CacheMetrics, Tlb};
+use crate::cache::{CacheMetrics, MissHint, Tlb};
 use crate::error::VmiError;
 
 /// The default capacity: base and large pages together.
@@ -113,12 +113,12 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     ) -> Result<Translation, VmiError> {
         let vpn = va.0 >> Self::PAGE_SHIFT;
         let generation = self.tlb.generation();
-        match self.tlb.probe(root.0, vpn, generation) {
-            Some(entry) => {
+        match self.tlb.probe_hinted(root.0, vpn, generation) {
+            Ok(entry) => {
                 self.tlb.record(true);
                 Ok(Self::unpack(entry, va, Self::OFFSET_MASK))
             }
-            None => self.miss(root, va, raw_root, vpn, generation, walk),
+            Err(hint) => self.miss(root, va, raw_root, generation, hint, walk),
         }
     }
 
@@ -169,8 +169,8 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         root: Pa,
         va: Va,
         raw_root: Pa,
-        vpn: u64,
         generation: u64,
+        hint: MissHint,
         walk: impl FnOnce(Va, Pa) -> Result<Translation, VmiError>,
     ) -> Result<Translation, VmiError> {
         const {
@@ -185,7 +185,14 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         }
         self.tlb.record(false);
         let t = walk(va, raw_root)?;
-        self.offer(root, va, vpn, &t, generation);
+        let vpn = va.0 >> Self::PAGE_SHIFT;
+        if t.page_size == Self::PAGE_SIZE {
+            // The base page's key, in the set the probe saw.
+            self.tlb
+                .offer_hinted(hint, root.0, vpn, Self::pack(&t), generation);
+        } else {
+            self.offer(root, va, vpn, &t, generation);
+        }
         Ok(t)
     }
 
