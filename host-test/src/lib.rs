@@ -5,9 +5,11 @@
 //!   events come from a script, for handlers, sessions and probers without a hypervisor;
 //! - [`counting_alloc`]: a global allocator that counts a thread's allocations, for the
 //!   tests that prove a path allocates nothing;
+//! - [`mixed_flags`]: leaf entries with the mix of flags a kernel's carry, for benches;
 //! - [`Rng`] and [`seed`]: reproducible random layouts.
 
 pub mod counting_alloc;
+pub mod mixed_flags;
 pub mod scripted;
 
 pub mod vmx_sim;

@@ -1,5 +1,5 @@
-//! The hot paths allocate nothing: translate, `read_u64`, a bulk read and a string read
-//! into a buffer, cold (caches flushed) and warm, under both cache configurations. A
+//! The hot paths allocate nothing: translate, `read_u64`, their batches
+//! (`translate_many`, `read_u64_many`), a bulk read and a string read into a buffer, cold (caches flushed) and warm, under both cache configurations. A
 //! counting global allocator (`introvisor_host_test::counting_alloc`) proves it; and the
 //! core at its default capacities fits in 64 KiB of static data.
 
@@ -60,6 +60,20 @@ fn hot_paths(f: &Fixture, bulk: &mut [u8]) {
         assert!(f.core.translate(Va(va), f.root).is_ok());
         assert!(f.core.read_u64(ctx(va)).is_ok());
     }
+    // The batch APIs, over 20 addresses (more than one batch of eight), one of them a
+    // u64 across two pages.
+    let vas: [Va; 20] = core::array::from_fn(|i| match i % 4 {
+        0 => Va(V4K + i as u64 * 4096 + 8),
+        1 => Va(V2M + i as u64 * 0x1_0008),
+        2 => Va(V1G + i as u64 * 0x1_0000),
+        _ => Va(V4K + 4096 - 4),
+    });
+    let mut translations = [Err(introvisor::VmiError::NotFound); 20];
+    assert_eq!(f.core.translate_many(&vas, f.root, &mut translations), 20);
+    assert!(translations.iter().all(Result::is_ok));
+    let mut words = [Err(introvisor::VmiError::NotFound); 20];
+    assert_eq!(f.core.read_u64_many(&vas, f.root, &mut words), 20);
+    assert!(words.iter().all(Result::is_ok));
     f.core.read(ctx(V4K + 100), bulk).unwrap();
     let mut buf = [0u8; 64];
     let s = f

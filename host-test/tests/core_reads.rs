@@ -500,6 +500,9 @@ impl Architecture for Arch16K {
     type GpRegisters = ();
     type Paging = ();
     const DEFAULT_PAGING: () = ();
+    type Plan = ();
+    const DEFAULT_PLAN: () = ();
+    fn plan(_paging: &()) {}
     type EventMonitor = ();
     type EventReason = ();
     type Interrupt = ();

@@ -569,6 +569,7 @@ fn run_mode(mode: Mode, seed_value: u64) {
         let paging = g.paging();
         let cr3 = Pa(g.cr3);
         let per_guest = 500.min(want - done);
+        let mut singles: Vec<(Va, Result<Translation, VmiError>)> = Vec::new();
         for _ in 0..per_guest {
             let raw = match rng.below(4) {
                 // Inside a mapped page, at a random offset.
@@ -602,6 +603,7 @@ fn run_mode(mode: Mode, seed_value: u64) {
             };
             assert_eq!(observed, plain, "{}", ctx());
             assert_eq!(seen, steps, "entries read, {}", ctx());
+            singles.push((Va(va), plain));
             let (access, policy) = random_access(&mut rng);
             match expect {
                 Expect::Mapped {
@@ -694,6 +696,7 @@ fn run_mode(mode: Mode, seed_value: u64) {
             }
             done += 1;
         }
+        check_batch_and_ranges(&g, &paging, cr3, &singles, mode, seed_value);
     }
 
     let mut sizes: Vec<_> = tally.by_size.iter().collect();
@@ -727,6 +730,51 @@ fn run_mode(mode: Mode, seed_value: u64) {
             );
         }
         assert!(tally.denied > 0 && tally.denied < tally.mapped);
+    }
+}
+
+/// The batch walk (interleaved on AMD64 in 4- and 5-level paging) answers each address
+/// as one walk does, in order; a range walk from an address answers each following page
+/// as one walk of that page does, up to and including the first failure.
+fn check_batch_and_ranges(
+    g: &Guest,
+    paging: &Paging,
+    cr3: Pa,
+    singles: &[(Va, Result<Translation, VmiError>)],
+    mode: Mode,
+    seed_value: u64,
+) {
+    let plan = Amd64::plan(paging);
+    let vas: Vec<Va> = singles.iter().map(|(va, _)| *va).collect();
+    let mut out = vec![Err(VmiError::NotFound); vas.len()];
+    Amd64::translate_many_planned(&g.mem[..], paging, &plan, &vas, cr3, &mut out);
+    for ((va, want), got) in singles.iter().zip(&out) {
+        assert_eq!(got, want, "batch, {mode:?} seed {seed_value} va {va:?}");
+    }
+    for (va, _) in singles.iter().step_by(7) {
+        let mut got = Vec::new();
+        let end = Amd64::translate_pages_planned(&g.mem[..], paging, &plan, *va, cr3, 40, |t| {
+            got.push(t);
+            true
+        });
+        let mut page = va.0 & !0xfff;
+        for (i, t) in got.iter().enumerate() {
+            let want = Amd64::translate(&g.mem[..], paging, Va(page), cr3);
+            assert_eq!(
+                Ok(*t),
+                want,
+                "range page {i}, {mode:?} seed {seed_value} from {va:?}"
+            );
+            page = page.wrapping_add(0x1000);
+        }
+        match end {
+            Ok(()) => assert_eq!(got.len(), 40, "{mode:?} seed {seed_value} from {va:?}"),
+            Err(e) => assert_eq!(
+                Err(e),
+                Amd64::translate(&g.mem[..], paging, Va(page), cr3),
+                "range failure, {mode:?} seed {seed_value} from {va:?}"
+            ),
+        }
     }
 }
 

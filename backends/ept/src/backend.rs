@@ -115,7 +115,8 @@ pub enum ExitAction {
     /// (perform the CR or MSR write, CPUID, the I/O), advance RIP, then enter the guest.
     Complete,
     /// Advance RIP past the exiting instruction without carrying it out (a denied CR or
-    /// MSR write), then enter the guest.
+    /// MSR write, or a CPUID the handler answered by setting registers), then enter the
+    /// guest.
     SkipInstruction,
     /// The backend did not ask for this exit: handle it as if the backend were absent.
     NotMine,

@@ -712,6 +712,15 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
         if flags.contains(VmiEventResponseFlags::DENY) && completion == Completion::Instruction {
             action = ExitAction::SkipInstruction;
         }
+        // A CPUID exit whose response carries registers has been answered: the handler's
+        // EAX..EDX are the result, and running CPUID again would overwrite them. The
+        // hypervisor only advances RIP (the handler must not move it itself).
+        if completion == Completion::Instruction
+            && response.registers.is_some()
+            && matches!(event.reason, EventReason::Cpuid(_))
+        {
+            action = ExitAction::SkipInstruction;
+        }
         let mut injected = false;
         if flags.contains(VmiEventResponseFlags::REINJECT_INTERRUPT)
             && let EventReason::Interrupt(ie) = event.reason

@@ -774,7 +774,7 @@ fn fast_single_step_runs_one_instruction_in_another_view_with_if_untouched() {
     let x = b.eptp(exec).unwrap();
     log(&b);
     let mut seen = Vec::new();
-    let fetch = violation(0x4000, 0xffff_8000_0000_4000, 0x1b4);
+    let fetch = violation(0x4000, 0xffff_8000_0000_4000, 0x19c);
     let step = VmiEventResponse::continue_().fast_singlestep(exec);
     assert_eq!(
         exit_with(&b, 0, &fetch, step, &mut seen),
@@ -841,7 +841,7 @@ fn an_interrupt_during_a_step_is_delivered_in_the_original_view_and_the_step_red
     let x = b.eptp(exec).unwrap();
     log(&b);
     let mut seen = Vec::new();
-    let fetch = violation(0x4000, 0xffff_8000_0000_4000, 0x1b4);
+    let fetch = violation(0x4000, 0xffff_8000_0000_4000, 0x19c);
     let step = VmiEventResponse::continue_().fast_singlestep(exec);
     exit_with(&b, 0, &fetch, step, &mut seen).unwrap();
     log(&b);
@@ -906,7 +906,7 @@ fn a_handler_step_switches_views_and_reports_the_single_step() {
     b.set_access(View(0), Gfn(4), MemoryAccess::RW).unwrap();
     log(&b);
     let mut seen = Vec::new();
-    let fetch = violation(0x4000, 0, 0x34);
+    let fetch = violation(0x4000, 0, 0x1c);
     let go = VmiEventResponse::continue_()
         .switch_view(exec)
         .toggle_singlestep();
@@ -951,7 +951,7 @@ fn a_handler_step_interrupted_is_redone_and_steps_survive_view_changes() {
     b.set_access(View(0), Gfn(4), MemoryAccess::RW).unwrap();
     log(&b);
     let mut seen = Vec::new();
-    let fetch = violation(0x4000, 0, 0x34);
+    let fetch = violation(0x4000, 0, 0x1c);
     let irq = ExitInfo {
         reason: 1,
         ..ExitInfo::default()
@@ -1142,6 +1142,22 @@ fn register_exits_follow_their_qualifications() {
     assert_eq!(
         (c.leaf, c.subleaf, c.instruction_length),
         (0x4000_0000, 0, 2)
+    );
+    // A handler that answers the CPUID (its EAX..EDX in the response's registers) gets
+    // the instruction skipped, not carried out again over its answer; RIP is the
+    // hypervisor's to advance.
+    let mut answer = b.platform().regs.lock().unwrap()[0].gp();
+    let rip = answer.rip;
+    answer.rax = 0x4000_0002;
+    answer.rbx = 0x7274_6e49;
+    assert_eq!(
+        exit_with(&b, 0, &cpuid, go.set_registers(answer), &mut seen),
+        Ok(ExitAction::SkipInstruction)
+    );
+    let regs = b.platform().regs.lock().unwrap()[0];
+    assert_eq!(
+        (regs.rax, regs.rbx, regs.rip),
+        (0x4000_0002, 0x7274_6e49, rip)
     );
     // REP OUTSB to 0x3f8: the string and REP bits are in the decoded exit.
     b.monitor(EventMonitor::Io(0x3f8), true).unwrap();

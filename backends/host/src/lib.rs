@@ -26,11 +26,13 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod borrowed;
 pub mod builder;
 mod driver;
 pub mod dump;
 pub mod memory;
 
+pub use borrowed::{BorrowedDriver, BorrowedPage};
 pub use driver::{HostDriver, HostPage};
 pub use dump::{DumpError, DumpFormat, DumpInfo, DumpKind};
 pub use memory::{GuestMemory, MemoryRange};

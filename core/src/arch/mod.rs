@@ -225,11 +225,28 @@ pub trait Architecture: Sized + Send + Sync + 'static {
     /// and a flush under any form drops them all. An architecture whose walk masks its
     /// root must answer with the walk's own masking; the default, for one that reads the
     /// root as it is, is `root`.
+    ///
+    /// It is `root` under [`Self::root_mask`]; an architecture changes that, not this.
     #[inline]
     fn root_table(paging: &Self::Paging, root: Pa) -> Pa {
-        let _ = paging;
-        root
+        Pa(root.0 & Self::root_mask(paging))
     }
+
+    /// The bits of a translation root that name its top-level table under `paging`:
+    /// [`Self::root_table`] is the root under this mask. [`VmiCore`](crate::VmiCore)
+    /// computes it once per [`set_paging`](crate::VmiCore::set_paging), so that a
+    /// cached translation's key costs one AND. The default, for an architecture that
+    /// reads the root as it is, is every bit.
+    #[inline]
+    fn root_mask(paging: &Self::Paging) -> u64 {
+        let _ = paging;
+        u64::MAX
+    }
+
+    /// [`Self::root_mask`] of [`Self::DEFAULT_PAGING`], as a constant (for the `const`
+    /// constructor of [`VmiCore`](crate::VmiCore)). An architecture that changes
+    /// `root_mask` must change this to match (a test of the core checks AMD64's).
+    const DEFAULT_ROOT_MASK: u64 = u64::MAX;
 
     /// Translates `va` through the page tables rooted at `root`, read from `mem`.
     ///
@@ -243,6 +260,82 @@ pub trait Architecture: Sized + Send + Sync + 'static {
         root: Pa,
     ) -> Result<Translation, VmiError> {
         Self::translate_observed(mem, paging, va, root, |_| {})
+    }
+
+    /// What a walk computes from a [`Self::Paging`] alone (masks, reserved bits), computed
+    /// once by [`Self::plan`]: [`VmiCore`](crate::VmiCore) keeps the plan of its paging,
+    /// made at each [`set_paging`](crate::VmiCore::set_paging), and walks with it. `()`
+    /// for an architecture whose walk has nothing to precompute.
+    type Plan: Copy + Debug + Send + Sync;
+    /// [`Self::plan`] of [`Self::DEFAULT_PAGING`], as a constant (for the `const`
+    /// constructor of [`VmiCore`](crate::VmiCore)).
+    const DEFAULT_PLAN: Self::Plan;
+
+    /// The plan of `paging`.
+    fn plan(paging: &Self::Paging) -> Self::Plan;
+
+    /// [`Self::translate`], with `plan` the [`Self::plan`] of `paging` (the result of
+    /// any other plan is unspecified, but as safe). The default ignores the plan.
+    ///
+    /// # Errors
+    /// As [`Self::translate`].
+    #[inline]
+    fn translate_planned(
+        mem: &(impl PhysRead + ?Sized),
+        paging: &Self::Paging,
+        plan: &Self::Plan,
+        va: Va,
+        root: Pa,
+    ) -> Result<Translation, VmiError> {
+        let _ = plan;
+        Self::translate(mem, paging, va, root)
+    }
+
+    /// [`Self::translate_planned`] for each of `vas`, into `out` in the same order (as
+    /// many as the shorter of the two holds). An architecture may interleave the walks so
+    /// that their memory accesses overlap; each result must be the one
+    /// [`Self::translate_planned`] gives. The default walks them one after the other.
+    #[inline]
+    fn translate_many_planned(
+        mem: &(impl PhysRead + ?Sized),
+        paging: &Self::Paging,
+        plan: &Self::Plan,
+        vas: &[Va],
+        root: Pa,
+        out: &mut [Result<Translation, VmiError>],
+    ) {
+        for (va, slot) in vas.iter().zip(out.iter_mut()) {
+            *slot = Self::translate_planned(mem, paging, plan, *va, root);
+        }
+    }
+
+    /// The translations of `count` consecutive base pages from the page of `va`, in
+    /// order, each given to `each` (which returns whether to go on; each is the
+    /// translation of its page's first byte, as [`Self::translate_planned`] gives it);
+    /// the first failure ends the range and is returned. An architecture may read the
+    /// leaves of neighbouring pages without a walk from the root each (AMD64 reads
+    /// consecutive PTEs, every check kept). The default walks each page.
+    ///
+    /// # Errors
+    /// The first page's failure, as [`Self::translate`]'s.
+    #[inline]
+    fn translate_pages_planned(
+        mem: &(impl PhysRead + ?Sized),
+        paging: &Self::Paging,
+        plan: &Self::Plan,
+        va: Va,
+        root: Pa,
+        count: u64,
+        mut each: impl FnMut(Translation) -> bool,
+    ) -> Result<(), VmiError> {
+        let mut page = Self::va_align_down(va);
+        for _ in 0..count {
+            if !each(Self::translate_planned(mem, paging, plan, page, root)?) {
+                break;
+            }
+            page = Va(page.0.wrapping_add(Self::PAGE_SIZE));
+        }
+        Ok(())
     }
 
     /// [`Self::translate`], calling `observe` with every entry read, in walk order.

@@ -2,7 +2,7 @@
 
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
-use super::{Backoff, CacheMetrics, Counters, mix64};
+use super::{Backoff, CacheMetrics, Counters};
 
 /// A key word no key can have: the virtual page number of an empty slot.
 const EMPTY: u64 = u64::MAX;
@@ -15,10 +15,37 @@ const REMOVAL_BITS: u32 = 16;
 /// One flush, as an increment of the generation word.
 const FLUSH: u64 = 1 << REMOVAL_BITS;
 
-/// Whether two generation words count the same flushes.
-#[inline]
-const fn same_flush(a: u64, b: u64) -> bool {
-    (a ^ b) >> REMOVAL_BITS == 0
+/// The flush count of a generation word, in place: what a slot stores, so that a lookup
+/// compares its slot's word with one `==`.
+const FLUSHES: u64 = !(FLUSH - 1);
+
+/// What a [`Tlb::probe_hinted`] miss saw of the key's set, for [`Tlb::offer_hinted`],
+/// in one word (so that the probe's result comes back in registers): the set's index
+/// from bit 8, bit 4 set when the probe looked at the ways, and in bits 0..=3 one bit
+/// for each free or stale way.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MissHint(u64);
+
+impl MissHint {
+    const LOOKED: u64 = 1 << 4;
+
+    fn new(set: usize, free: Option<u32>) -> Self {
+        let set = (set as u64) << 8;
+        Self(match free {
+            Some(bits) => set | Self::LOOKED | u64::from(bits & 0xf),
+            None => set,
+        })
+    }
+
+    /// The set's index.
+    fn set(self) -> usize {
+        usize::try_from(self.0 >> 8).unwrap_or(usize::MAX)
+    }
+
+    /// The free or stale ways, if the probe looked.
+    fn free(self) -> Option<u32> {
+        (self.0 & Self::LOOKED != 0).then_some((self.0 & 0xf) as u32)
+    }
 }
 
 /// One way of a [`Tlb`] set, guarded by its own sequence number (a seqlock): odd while a
@@ -59,25 +86,6 @@ impl TlbSlot {
         // The page number read before the fence belongs to the same write when the
         // sequence number did not move.
         (consistent && r == root).then_some((value, generation))
-    }
-
-    /// A consistent snapshot `(root, vpn, generation)`, or `None` while a writer holds
-    /// the slot. Reads only; an insertion chooses its slot by it, and decides again
-    /// under the slot's lock.
-    #[inline]
-    fn read(&self) -> Option<(u64, u64, u64)> {
-        let before = self.seq.load(Ordering::Acquire);
-        if before & 1 != 0 {
-            return None;
-        }
-        let snapshot = (
-            self.root.load(Ordering::Relaxed),
-            self.vpn.load(Ordering::Relaxed),
-            self.generation.load(Ordering::Relaxed),
-        );
-        // The data loads above happen before the second sequence load.
-        fence(Ordering::Acquire);
-        (self.seq.load(Ordering::Relaxed) == before).then_some(snapshot)
     }
 
     /// Runs `f` with the slot held for writing, unless another writer holds it (then
@@ -156,7 +164,10 @@ impl TlbSlot {
 /// stale slot, else the slot the set's round-robin pointer names (the oldest insertion,
 /// unless a replacement or removal reused a slot since), which is then counted as an
 /// eviction (the pointer moves without a locked instruction, so racing insertions may
-/// pick the same victim). Counters are exact for a single thread; with several they
+/// pick the same victim). The slot is chosen from a read of the set that skips the
+/// sequence numbers (a hint; the write decides under the slot's lock whether it lands),
+/// so racing insertions may also leave a duplicate of a key, which removals visit.
+/// Counters are exact for a single thread; with several they
 /// spread over stripes chosen by the calling thread's stack address, and an increment is
 /// lost only if two threads share a stripe at the same instant. `len` is exact: it moves
 /// only under a slot's lock.
@@ -251,17 +262,28 @@ impl<const N: usize> Tlb<N> {
             // Capacity zero: no set is in use, so nothing is stored or found.
             return None;
         }
-        // Lemire's multiply-shift reduction of a well-mixed hash: always < sets. A 64-bit
-        // hash times a set count below 2^64 fits in 128 bits.
-        let h = mix64(root.rotate_left(29) ^ vpn);
-        let index = (u128::from(h).wrapping_mul(sets as u128) >> 64) as usize;
+        let index = self.index_of(root, vpn, sets);
         Some((index, self.set(index)?))
+    }
+
+    /// The set of `(root, vpn)` among `sets` (0 when `sets` is 0).
+    #[inline]
+    fn index_of(&self, root: u64, vpn: u64, sets: usize) -> usize {
+        // One multiply by 2^64 / phi (Fibonacci hashing), whose high bits are well spread
+        // for consecutive keys (Knuth, TAOCP vol. 3, §6.4), then Lemire's multiply-shift
+        // reduction, which reads exactly those high bits: always < sets. A 64-bit hash
+        // times a set count below 2^64 fits in 128 bits. A stronger mix (splitmix64)
+        // cost a hit ten more instructions; a cache needs spread, not secrecy.
+        let h = (root.rotate_left(29) ^ vpn).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (u128::from(h).wrapping_mul(sets as u128) >> 64) as usize
     }
 
     /// Set `index`: [`Tlb::WAYS`] slots, or fewer for the last set.
     #[inline]
     fn set(&self, index: usize) -> Option<&[TlbSlot]> {
-        let start = index.checked_mul(Self::WAYS)?;
+        // `index < sets <= N`: the product does not wrap for any array that fits in
+        // memory, and a wrapped one would only find no set.
+        let start = index.wrapping_mul(Self::WAYS);
         let end = start.saturating_add(Self::WAYS).min(N);
         self.slots.get(start..end)
     }
@@ -288,12 +310,101 @@ impl<const N: usize> Tlb<N> {
     /// with [`Tlb::record`]. O(WAYS), no lock, no write.
     #[inline]
     pub fn probe(&self, root: u64, vpn: u64, generation: u64) -> Option<u64> {
-        self.set_of(root, vpn).and_then(|(_, set)| {
-            set.iter().find_map(|slot| match slot.lookup(root, vpn) {
-                Some((value, g)) if same_flush(g, generation) => Some(value),
-                _ => None,
-            })
-        })
+        const { assert!(Self::WAYS == 4, "probe's fixed-size set") };
+        let flushes = generation & FLUSHES;
+        let found = |slot: &TlbSlot| match slot.lookup(root, vpn) {
+            Some((value, g)) if g == flushes => Some(value),
+            _ => None,
+        };
+        // No test of a zero set count here: with none in use, set 0 is empty (a resize
+        // empties every slot, and insertions store nothing then), so the probe misses.
+        let index = self.index_of(root, vpn, self.sets_in_use.load(Ordering::Relaxed));
+        // `index < sets <= N`: the product does not wrap for any array that fits in
+        // memory, and a wrapped one would only find no set.
+        let start = index.wrapping_mul(Self::WAYS);
+        // A whole set is four slots known at compile time: the probe is unrolled, each
+        // slot's bounds checked once. Only the last set of a capacity that is not a
+        // multiple of four is shorter.
+        match self
+            .slots
+            .get(start..)
+            .and_then(<[TlbSlot]>::first_chunk::<4>)
+        {
+            Some(set) => set.iter().find_map(found),
+            None => self.set(index)?.iter().find_map(found),
+        }
+    }
+
+    /// [`Tlb::probe`] that, on a miss, also says which ways of the key's set are free
+    /// or stale, for [`Tlb::offer_hinted`]: the miss path then need not read the set
+    /// twice. The hint is read without the sequence numbers, as an insertion's choice
+    /// always is (the write decides under its lock).
+    #[inline]
+    pub(crate) fn probe_hinted(
+        &self,
+        root: u64,
+        vpn: u64,
+        generation: u64,
+    ) -> Result<u64, MissHint> {
+        let flushes = generation & FLUSHES;
+        let index = self.index_of(root, vpn, self.sets_in_use.load(Ordering::Relaxed));
+        let start = index.wrapping_mul(Self::WAYS);
+        let Some(set) = self
+            .slots
+            .get(start..)
+            .and_then(<[TlbSlot]>::first_chunk::<4>)
+        else {
+            // A short last set (or none): the plain probe, and no hint.
+            return self
+                .probe(root, vpn, generation)
+                .ok_or(MissHint::new(index, None));
+        };
+        let found = set.iter().find_map(|slot| match slot.lookup(root, vpn) {
+            Some((value, g)) if g == flushes => Some(value),
+            _ => None,
+        });
+        match found {
+            Some(value) => Ok(value),
+            None => Err(Self::hint(index, set, flushes)),
+        }
+    }
+
+    /// The hint of a miss in the four ways of set `index`: out of line, so that a hit's
+    /// path stays as short as [`Tlb::probe`]'s.
+    #[inline(never)]
+    fn hint(index: usize, set: &[TlbSlot; 4], flushes: u64) -> MissHint {
+        let mut free = 0u32;
+        for (i, slot) in set.iter().enumerate() {
+            let v = slot.vpn.load(Ordering::Relaxed);
+            let g = slot.generation.load(Ordering::Relaxed);
+            free |= u32::from((v == EMPTY) | (g != flushes)) << i;
+        }
+        MissHint::new(index, Some(free))
+    }
+
+    /// [`Tlb::offer`] of the key a [`Tlb::probe_hinted`] missed, choosing among the ways
+    /// its hint named (the key itself was not there). Without a usable hint, as
+    /// [`Tlb::offer`].
+    #[inline]
+    pub(crate) fn offer_hinted(
+        &self,
+        hint: MissHint,
+        root: u64,
+        vpn: u64,
+        value: u64,
+        generation: u64,
+    ) {
+        let sets = self.sets_in_use.load(Ordering::Relaxed);
+        let index = hint.set();
+        let (Some(free), Some(set)) = (hint.free(), self.set(index)) else {
+            return self.offer(root, vpn, value, generation);
+        };
+        // A resize since the probe: the set may no longer be the key's (the write would
+        // be cancelled anyway, the resize having flushed); nothing is stored.
+        if vpn == EMPTY || index >= sets || self.generation() != generation {
+            return;
+        }
+        self.store_in(index, set, free, root, vpn, value, generation, true);
     }
 
     /// Counts one lookup: a hit if `hit`, else a miss. O(1), no locked instruction.
@@ -332,54 +443,76 @@ impl<const N: usize> Tlb<N> {
         let Some((set_index, set)) = self.set_of(root, vpn) else {
             return;
         };
-        let current = self.generation();
-        if current != generation {
+        if self.generation() != generation {
             // Flushed or removed from since the walk began: the insertion could only be
             // cancelled under the lock.
             return;
         }
-        let mut target = None;
-        let mut free = None;
-        for (i, slot) in set.iter().enumerate() {
-            match slot.read() {
-                Some((r, v, _)) if r == root && v == vpn => {
-                    target = Some(i);
-                    break;
-                }
-                Some((_, v, _)) if v == EMPTY => {
-                    free = free.or(Some(i));
-                }
-                Some((_, _, g)) if !same_flush(g, current) => {
-                    free = free.or(Some(i));
-                }
-                _ => {}
-            }
+        // The choice of a slot is a hint, read without the slots' sequence numbers (the
+        // write decides again under the lock whether to land, and counts `len` there):
+        // two racing writers may so make a duplicate or miscount an eviction, which
+        // removals and statistics allow for. For one thread it is exact. Each slot is
+        // classified without a branch: a set's ways answer in any order.
+        let flushes = generation & FLUSHES;
+        let (mut same, mut free) = (0u32, 0u32);
+        let mut classify = |i: usize, slot: &TlbSlot| {
+            let v = slot.vpn.load(Ordering::Relaxed);
+            let r = slot.root.load(Ordering::Relaxed);
+            let g = slot.generation.load(Ordering::Relaxed);
+            same |= u32::from((v == vpn) & (r == root)) << i;
+            free |= u32::from((v == EMPTY) | (g != flushes)) << i;
+        };
+        match set.first_chunk::<4>() {
+            Some(four) => four.iter().enumerate().for_each(|(i, s)| classify(i, s)),
+            None => set.iter().enumerate().for_each(|(i, s)| classify(i, s)),
         }
-        let (index, evicts) = match target.or(free) {
-            Some(i) => (i, false),
-            None => {
-                if filtered && let Some(door) = self.doorkeeper.get(set_index) {
-                    // A fingerprint collision only admits a key early: it evicts an
-                    // entry, as an unfiltered insertion always does.
-                    // 32 bits of the mix: the upper half.
-                    let mixed = mix64(root.rotate_left(17) ^ vpn ^ 0x9e37_79b9_7f4a_7c15);
-                    let print = (mixed >> 32) as u32;
-                    if door.load(Ordering::Relaxed) != print {
-                        door.store(print, Ordering::Relaxed);
-                        return;
-                    }
-                    door.store(0, Ordering::Relaxed);
+        let choice = if same != 0 { same } else { free };
+        self.store_in(
+            set_index, set, choice, root, vpn, value, generation, filtered,
+        );
+    }
+
+    /// [`Tlb::store`] once the slot is chosen: `choice` has a bit for each way of `set`
+    /// (set `set_index`) that may take the key (the way holding it, else the free or
+    /// stale ones); none means the set is full, and the admission filter (if `filtered`)
+    /// and the round-robin victim decide.
+    #[expect(clippy::too_many_arguments, reason = "the parts of one insertion")]
+    #[inline]
+    fn store_in(
+        &self,
+        set_index: usize,
+        set: &[TlbSlot],
+        choice: u32,
+        root: u64,
+        vpn: u64,
+        value: u64,
+        generation: u64,
+        filtered: bool,
+    ) {
+        let (index, evicts) = if choice != 0 {
+            (choice.trailing_zeros() as usize, false)
+        } else {
+            if filtered && let Some(door) = self.doorkeeper.get(set_index) {
+                // A fingerprint collision only admits a key early: it evicts an entry,
+                // as an unfiltered insertion always does. 32 bits of a multiply of the
+                // key, folded.
+                let mixed = (root.rotate_left(17) ^ vpn).wrapping_mul(0xd6e8_feb8_6659_fd93);
+                let print = ((mixed >> 32) ^ mixed) as u32;
+                if door.load(Ordering::Relaxed) != print {
+                    door.store(print, Ordering::Relaxed);
+                    return;
                 }
-                let victim = match self.next.get(set_index) {
-                    Some(n) => {
-                        let v = n.load(Ordering::Relaxed);
-                        n.store(v.wrapping_add(1), Ordering::Relaxed);
-                        usize::from(v).checked_rem(set.len()).unwrap_or(0)
-                    }
-                    None => 0,
-                };
-                (victim, true)
+                door.store(0, Ordering::Relaxed);
             }
+            let victim = match self.next.get(set_index) {
+                Some(n) => {
+                    let v = n.load(Ordering::Relaxed);
+                    n.store(v.wrapping_add(1), Ordering::Relaxed);
+                    usize::from(v).checked_rem(set.len()).unwrap_or(0)
+                }
+                None => 0,
+            };
+            (victim, true)
         };
         let Some(slot) = set.get(index) else {
             return;
@@ -396,7 +529,7 @@ impl<const N: usize> Tlb<N> {
             s.root.store(root, Ordering::Relaxed);
             s.vpn.store(vpn, Ordering::Relaxed);
             s.value.store(value, Ordering::Relaxed);
-            s.generation.store(generation, Ordering::Relaxed);
+            s.generation.store(generation & FLUSHES, Ordering::Relaxed);
             true
         });
         if landed == Some(true) && evicts {
@@ -492,6 +625,7 @@ impl<const N: usize> Tlb<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::mix64;
 
     #[test]
     fn tlb_hits_misses_generations_and_removal() {

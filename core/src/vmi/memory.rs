@@ -2,6 +2,9 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+use core::sync::atomic::Ordering;
+
+use super::translate::{CoreReader, DirectReader};
 use super::{SCAN_PAGES, VmiCore};
 use crate::access::{AccessContext, TranslationMechanism};
 use crate::addr::{Gfn, Pa, Va};
@@ -17,7 +20,12 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// between the first and the last are walked without the translation cache: a scan
     /// touches each once, and probing and filling the cache for them costs more than
     /// the walk (the copy has pushed the cache's lines out of the CPU's caches); such
-    /// pages see the guest's current tables even before a flush.
+    /// pages see the guest's current tables even before a flush. They are one range
+    /// walk ([`Architecture::translate_pages_planned`]: on AMD64, consecutive PTEs of a
+    /// table are read without a walk from the root each, every check kept), and each
+    /// run of physically contiguous frames is read from the memory the driver lends
+    /// ([`VmiDriver::physical_memory`]) with one bounds check, or page by page from the
+    /// driver otherwise.
     ///
     /// # Errors
     /// The first failure: for a translation, the [`PageFault`](crate::PageFault) names the
@@ -29,6 +37,19 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         let mut done = 0usize;
         while let Some(left) = buf.len().checked_sub(done).filter(|&left| left > 0) {
             let address = ctx.address.wrapping_add(done as u64);
+            // The middle pages of a long read: one range walk, and one copy per run of
+            // physically contiguous frames.
+            if scan
+                && done != 0
+                && let TranslationMechanism::Paging { root } = ctx.mechanism
+            {
+                // `done` ends a page here; every page but the last is whole.
+                let middle = (left.saturating_sub(1) as u64) >> Self::PAGE_SHIFT;
+                if middle > 0 {
+                    done = self.read_pages(Va(address), root, middle, buf, done)?;
+                    continue;
+                }
+            }
             // At least one byte (the page end is after `address`), at most `left`: the
             // loop ends, and `end` is at most `buf.len()`.
             let chunk = Self::to_page_end(address).min(left);
@@ -40,12 +61,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
                         Pa(pa_base | (address & mask))
                     }
                     _ => {
-                        let middle = scan && done != 0 && end < buf.len();
-                        let t = if middle {
-                            self.translate_uncached(Va(address), root)?
-                        } else {
-                            self.translate(Va(address), root)?
-                        };
+                        let t = self.translate(Va(address), root)?;
                         if t.page_size > Self::PAGE_SIZE && t.page_size.is_power_of_two() {
                             // A power of two above the page size: not zero.
                             let mask = t.page_size.wrapping_sub(1);
@@ -60,6 +76,114 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
                 .ok_or(VmiError::InvalidArgument("buffer range"))?;
             self.read_physical_in_page(pa, dst)?;
             done = end;
+        }
+        Ok(())
+    }
+
+    /// The `count` whole pages of `buf` from `done` on, at `va` (a page's start) under
+    /// `root`: one range walk without the translation cache
+    /// ([`Architecture::translate_pages_planned`]), each run of physically contiguous
+    /// frames copied at once. Returns where the pages end in `buf`.
+    ///
+    /// # Errors
+    /// The first failure in address order: a run's copy, or the walk of the page after it.
+    fn read_pages(
+        &self,
+        va: Va,
+        root: Pa,
+        count: u64,
+        buf: &mut [u8],
+        done: usize,
+    ) -> Result<usize, VmiError> {
+        let page = usize::try_from(Self::PAGE_SIZE).unwrap_or(usize::MAX);
+        // The run being gathered: its first frame, where it starts in `buf`, its length.
+        let mut run: Option<(Pa, usize, usize)> = None;
+        let mut at = done;
+        let mut failed = None;
+        let mut each = |t: crate::arch::Translation| {
+            let extends = run.is_some_and(|(pa, _, len)| {
+                pa.0.checked_add(len as u64) == Some(t.pa.0) && len.checked_add(page).is_some()
+            });
+            match run.as_mut() {
+                Some((_, _, len)) if extends => *len = len.saturating_add(page),
+                _ => {
+                    if let Some(r) = run.take()
+                        && let Err(e) = self.copy_run(r, buf)
+                    {
+                        failed = Some(e);
+                        return false;
+                    }
+                    run = Some((t.pa, at, page));
+                }
+            }
+            at = at.saturating_add(page);
+            true
+        };
+        let memory = self.driver.physical_memory();
+        let walked = if memory.is_none() && self.gfn_cache_enabled.load(Ordering::Relaxed) {
+            <D::Architecture as Architecture>::translate_pages_planned(
+                &CoreReader(self),
+                &self.paging,
+                &self.plan,
+                va,
+                root,
+                count,
+                &mut each,
+            )
+        } else {
+            <D::Architecture as Architecture>::translate_pages_planned(
+                &DirectReader::new(&self.driver, memory),
+                &self.paging,
+                &self.plan,
+                va,
+                root,
+                count,
+                &mut each,
+            )
+        };
+        // The run before a failure comes first in address order.
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if let Some(r) = run {
+            self.copy_run(r, buf)?;
+        }
+        walked?;
+        Ok(at)
+    }
+
+    /// Copies the run `(pa, start, len)` into `buf[start..start + len]`: from the memory
+    /// the driver lends when it holds the whole run (one bounds check), else page by page
+    /// through [`VmiCore::read_physical_in_page`] (which names the first byte that fails).
+    fn copy_run(
+        &self,
+        (pa, start, len): (Pa, usize, usize),
+        buf: &mut [u8],
+    ) -> Result<(), VmiError> {
+        let dst = start
+            .checked_add(len)
+            .and_then(|end| buf.get_mut(start..end))
+            .ok_or(VmiError::InvalidArgument("buffer range"))?;
+        let page = usize::try_from(Self::PAGE_SIZE).unwrap_or(usize::MAX);
+        if !self.page_cache_in_use()
+            && let Some(src) = self.driver.physical_memory().and_then(|m| {
+                let from = usize::try_from(pa.0).ok()?;
+                m.get(from..from.checked_add(len)?)
+            })
+        {
+            // One bounds check for the run, copied a page at a time: as fast as one copy
+            // of the whole run (measured, walk_profile bulk), and a copy above a few KiB
+            // makes glibc use `rep movsb`, whose every iteration callgrind counts as an
+            // instruction, which would hide the rest of any profile.
+            for (d, s) in dst.chunks_mut(page).zip(src.chunks(page)) {
+                d.copy_from_slice(s);
+            }
+            return Ok(());
+        }
+        let mut frame = pa;
+        for piece in dst.chunks_mut(page) {
+            self.read_physical_in_page(frame, piece)?;
+            frame = Pa(frame.0.wrapping_add(Self::PAGE_SIZE));
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! - `translation_cache.rs`: `TranslationCache`, the cache of translations as a type of
 //!   its own (the TLB word format, its base and large-page parts, flushes);
 //! - `translate.rs`: virtual-to-physical translation, cached and not;
+//! - `batch.rs`: batches of translations and reads, their walks interleaved;
 //! - `memory.rs`: reads, writes, integers, addresses and structures;
 //! - `strings.rs`: NUL-terminated strings, UTF-8 and UTF-16;
 //! - `control.rs`: vCPUs, views, event pass-through and [`PauseGuard`];
@@ -31,6 +32,7 @@ use crate::driver::VmiDriver;
 use crate::error::VmiError;
 
 mod amd64;
+mod batch;
 mod control;
 mod memory;
 mod page_cache;
@@ -154,6 +156,11 @@ pub struct VmiCore<
 > {
     driver: D,
     paging: <D::Architecture as Architecture>::Paging,
+    /// [`Architecture::root_mask`] of `paging`, kept with it by
+    /// [`VmiCore::set_paging`]: the translation cache's key is the root under it.
+    root_mask: u64,
+    /// [`Architecture::plan`] of `paging`, kept with it likewise.
+    plan: <D::Architecture as Architecture>::Plan,
     gfn_cache: ClockCache<Gfn, D::Page, PAGES>,
     gfn_cache_enabled: AtomicBool,
     v2p_cache: TranslationCache<D::Architecture, TLB>,
@@ -212,6 +219,8 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         Self {
             driver,
             paging: <D::Architecture as Architecture>::DEFAULT_PAGING,
+            root_mask: <D::Architecture as Architecture>::DEFAULT_ROOT_MASK,
+            plan: <D::Architecture as Architecture>::DEFAULT_PLAN,
             gfn_cache: ClockCache::new(),
             gfn_cache_enabled: AtomicBool::new(true),
             v2p_cache: TranslationCache::new(),

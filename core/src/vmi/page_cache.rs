@@ -82,7 +82,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     ///
     /// Small on purpose: with the page cache off it inlines down to the driver's copy, so
     /// a page-table entry read with a constant length becomes a load, not a `memcpy` call.
-    #[inline]
+    #[inline(always)]
     pub(super) fn read_physical_in_page(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
         if !self.page_cache_in_use() {
             return self.driver.read_physical(pa, buf);

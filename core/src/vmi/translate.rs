@@ -42,6 +42,14 @@ pub(super) struct DirectReader<'a, D: VmiDriver> {
     memory: Option<&'a [u8]>,
 }
 
+impl<'a, D: VmiDriver> DirectReader<'a, D> {
+    /// A reader of `driver`, through `memory` when the driver lends it.
+    #[inline]
+    pub(super) fn new(driver: &'a D, memory: Option<&'a [u8]>) -> Self {
+        Self { driver, memory }
+    }
+}
+
 impl<D: VmiDriver> PhysRead for DirectReader<'_, D> {
     #[inline]
     fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
@@ -73,6 +81,8 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// Sets how page tables are read, and flushes the translation cache.
     pub fn set_paging(&mut self, paging: <D::Architecture as Architecture>::Paging) {
         self.paging = paging;
+        self.root_mask = <D::Architecture as Architecture>::root_mask(&self.paging);
+        self.plan = <D::Architecture as Architecture>::plan(&self.paging);
         self.flush_v2p_cache();
     }
 
@@ -130,8 +140,9 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// The key of the translation cache for the root `root`: the top-level table the
     /// walker reads for it, so that every form of one root is one key.
     #[inline]
-    fn root_table(&self, root: Pa) -> Pa {
-        <D::Architecture as Architecture>::root_table(&self.paging, root)
+    pub(super) fn root_table(&self, root: Pa) -> Pa {
+        // `Architecture::root_table` is the root under `root_mask`, computed once.
+        Pa(root.0 & self.root_mask)
     }
 
     /// Drops every cached translation. O(1): the cache's generation moves on, and older
@@ -182,9 +193,10 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         if !self.v2p_cache_enabled.load(Ordering::Relaxed) {
             return self.translate_uncached(va, root);
         }
-        self.v2p_cache.translate(self.root_table(root), va, || {
-            self.translate_uncached(va, root)
-        })
+        self.v2p_cache
+            .translate(self.root_table(root), va, root, |va, root| {
+                self.translate_uncached(va, root)
+            })
     }
 
     /// The walker's reader for a core whose page cache is disabled.
@@ -204,13 +216,25 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     pub fn translate_uncached(&self, va: Va, root: Pa) -> Result<Translation, VmiError> {
         let memory = self.driver.physical_memory();
         if memory.is_none() && self.gfn_cache_enabled.load(Ordering::Relaxed) {
-            <D::Architecture as Architecture>::translate(&CoreReader(self), &self.paging, va, root)
+            <D::Architecture as Architecture>::translate_planned(
+                &CoreReader(self),
+                &self.paging,
+                &self.plan,
+                va,
+                root,
+            )
         } else {
             let reader = DirectReader {
                 driver: &self.driver,
                 memory,
             };
-            <D::Architecture as Architecture>::translate(&reader, &self.paging, va, root)
+            <D::Architecture as Architecture>::translate_planned(
+                &reader,
+                &self.paging,
+                &self.plan,
+                va,
+                root,
+            )
         }
     }
 

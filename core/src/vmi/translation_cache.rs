@@ -3,8 +3,9 @@
 //!
 //! # The TLB word
 //! A cached translation of one virtual page is packed in one word: the leaf's frame
-//! (aligned to the leaf's size), then in the low bits W, X and U (bits 0..=2) and log2 of
-//! the leaf's size (bits 3..=8).
+//! (aligned to the leaf's size), then in the low bits the rights as [`MemoryAccess`]
+//! holds them (R, W, X in bits 0..=2, R always set, so that they are the word's low
+//! three bits as they are), U (bit 3) and log2 of the leaf's size (bits 4..=9).
 //!
 //! A base page is keyed by its virtual page number (below 2^52). A large page is one
 //! entry, keyed by `va >> log2(size)` with log2(size) (nonzero) in bits 58..=63, so a
@@ -19,16 +20,16 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::access::MemoryAccess;
 use crate::addr::{Pa, Va};
 use crate::arch::{Architecture, Translation};
-use crate::cache::{CacheMetrics, Tlb};
+use crate::cache::{CacheMetrics, MissHint, Tlb};
 use crate::error::VmiError;
 
 /// The default capacity: base and large pages together.
 pub(crate) const CAPACITY: usize = 1024;
 
-const TLB_W: u64 = 1 << 0;
-const TLB_X: u64 = 1 << 1;
-const TLB_U: u64 = 1 << 2;
-const TLB_SHIFT: u32 = 3;
+/// The rights bits: [`MemoryAccess`]'s own.
+const TLB_ACCESS: u64 = 0b111;
+const TLB_U: u64 = 1 << 3;
+const TLB_SHIFT: u32 = 4;
 const TLB_SHIFT_MASK: u64 = 0x3f << TLB_SHIFT;
 /// Where a large-page key keeps log2 of the page size.
 const TLB_LARGE_TAG: u32 = 58;
@@ -42,9 +43,10 @@ const TLB_LARGE_TAG: u32 = 58;
 /// # Concurrency
 /// The cache is a [`Tlb`], with the guarantees its documentation gives for racing
 /// lookups, insertions, flushes, removals and resizes. What this type adds is the mask of
-/// large-page sizes (`large_shifts`), and one invariant over it: *a large page's entry
-/// can exist only once its size is in the mask*, so [`TranslationCache::flush_entry`],
-/// which visits the sizes in the mask, cannot miss it.
+/// large-page sizes (`large_shifts`), and one invariant over it: *a current large page's
+/// entry (one of the cache's flush count) can exist only once its size is in the mask*,
+/// so [`TranslationCache::flush_entry`], which visits the sizes in the mask, cannot miss
+/// one that could be served.
 /// - **A translation** is a lookup of the base-page key, then of the large-page key for
 ///   each size in the mask, then a walk whose result is offered under the generation read
 ///   before the walk. A large page's size is set in the mask (`SeqCst`) before its entry
@@ -56,8 +58,12 @@ const TLB_LARGE_TAG: u32 = 58;
 ///   so its lock-time check sees the cancellation and it does not land; one whose size
 ///   was shown is handled by the removal ([`Tlb`]'s argument). Once the flush returns, no
 ///   translation walked before it began is served.
-/// - **A flush** moves the generation on: lookups after it miss everything before it,
-///   and walks in flight are outdated.
+/// - **A flush** clears the mask (`SeqCst`), then moves the generation on: lookups after
+///   it miss everything before it, and walks in flight are outdated. Every entry left in
+///   the slots is stale, so the invariant holds of an empty mask; an insertion that read
+///   the new generation read it after the clear, and sets its size after it (its own
+///   `SeqCst` order: generation, then mask), so the clear cannot take that size away. The
+///   misses after a flush so stop probing for sizes the cache no longer holds.
 /// - **A resize** resizes and empties the [`Tlb`] ([`Tlb::set_capacity`]) and leaves the
 ///   mask as it is. Before issue 13 it cleared the mask after emptying the cache: a
 ///   2 MiB translation inserted in between lost its size from the mask, a later
@@ -68,9 +74,9 @@ const TLB_LARGE_TAG: u32 = 58;
 ///   the cache, with the guarantees above.
 pub(crate) struct TranslationCache<A: Architecture, const N: usize> {
     tlb: Tlb<N>,
-    /// Bit `s` is set once a page of `1 << s` bytes was offered: the sizes a base-page
-    /// miss probes and a single-entry flush visits. Never cleared (a stale bit costs a
-    /// probe; an architecture has a handful of page sizes).
+    /// Bit `s` is set once a page of `1 << s` bytes was offered since the last flush:
+    /// the sizes a base-page miss probes and a single-entry flush visits. Cleared by
+    /// [`TranslationCache::flush`] only (a resize leaves it: the type's notes).
     large_shifts: AtomicU64,
     arch: PhantomData<fn() -> A>,
 }
@@ -91,7 +97,9 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     }
 
     /// The translation of `va` under `root`: from the cache when it holds one, else from
-    /// `walk`, whose result is offered to the cache (a large page as one entry).
+    /// `walk(va, raw_root)`, whose result is offered to the cache (a large page as one
+    /// entry). `root` is the key, `raw_root` the root as the caller gave it; both go to
+    /// `walk` as arguments, not captures, so that a hit stores neither.
     ///
     /// # Errors
     /// As `walk`'s.
@@ -100,17 +108,54 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         &self,
         root: Pa,
         va: Va,
-        walk: impl FnOnce() -> Result<Translation, VmiError>,
+        raw_root: Pa,
+        walk: impl FnOnce(Va, Pa) -> Result<Translation, VmiError>,
     ) -> Result<Translation, VmiError> {
         let vpn = va.0 >> Self::PAGE_SHIFT;
         let generation = self.tlb.generation();
-        match self.tlb.probe(root.0, vpn, generation) {
-            Some(entry) => {
+        match self.tlb.probe_hinted(root.0, vpn, generation) {
+            Ok(entry) => {
                 self.tlb.record(true);
                 Ok(Self::unpack(entry, va, Self::OFFSET_MASK))
             }
-            None => self.miss(root, va, vpn, generation, walk),
+            Err(hint) => self.miss(root, va, raw_root, generation, hint, walk),
         }
+    }
+
+    /// The current generation, to read before walking for [`TranslationCache::lookup`]
+    /// and [`TranslationCache::insert_walked`].
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.tlb.generation()
+    }
+
+    /// The cached translation of `va` under `root` (its base page, then each large size
+    /// the cache holds), counting a hit; `None`, counting nothing, when it has none (the
+    /// caller counts the miss with [`TranslationCache::record_miss`]).
+    #[inline]
+    pub(crate) fn lookup(&self, root: Pa, va: Va, generation: u64) -> Option<Translation> {
+        let vpn = va.0 >> Self::PAGE_SHIFT;
+        let found = match self.tlb.probe(root.0, vpn, generation) {
+            Some(entry) => Some(Self::unpack(entry, va, Self::OFFSET_MASK)),
+            None => self.probe_large(root, va, generation),
+        };
+        if found.is_some() {
+            self.tlb.record(true);
+        }
+        found
+    }
+
+    /// Counts one miss.
+    #[inline]
+    pub(crate) fn record_miss(&self) {
+        self.tlb.record(false);
+    }
+
+    /// Offers `t`, the walk of `va` under `root` that followed a read of `generation`,
+    /// as a miss of [`TranslationCache::translate`] does.
+    #[inline]
+    pub(crate) fn insert_walked(&self, root: Pa, va: Va, t: &Translation, generation: u64) {
+        self.offer(root, va, va.0 >> Self::PAGE_SHIFT, t, generation);
     }
 
     /// The miss path of [`TranslationCache::translate`]: the large-page key for each
@@ -123,9 +168,10 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         &self,
         root: Pa,
         va: Va,
-        vpn: u64,
+        raw_root: Pa,
         generation: u64,
-        walk: impl FnOnce() -> Result<Translation, VmiError>,
+        hint: MissHint,
+        walk: impl FnOnce(Va, Pa) -> Result<Translation, VmiError>,
     ) -> Result<Translation, VmiError> {
         const {
             assert!(
@@ -138,8 +184,15 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
             return Ok(t);
         }
         self.tlb.record(false);
-        let t = walk()?;
-        self.offer(root, va, vpn, &t, generation);
+        let t = walk(va, raw_root)?;
+        let vpn = va.0 >> Self::PAGE_SHIFT;
+        if t.page_size == Self::PAGE_SIZE {
+            // The base page's key, in the set the probe saw.
+            self.tlb
+                .offer_hinted(hint, root.0, vpn, Self::pack(&t), generation);
+        } else {
+            self.offer(root, va, vpn, &t, generation);
+        }
         Ok(t)
     }
 
@@ -205,8 +258,11 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         }
     }
 
-    /// Drops every cached translation. O(1): the generation moves on.
+    /// Drops every cached translation, and forgets which large-page sizes were seen.
+    /// O(1): the generation moves on.
     pub(crate) fn flush(&self) {
+        // Before the generation moves (the concurrency notes of the type).
+        self.large_shifts.store(0, Ordering::SeqCst);
         self.tlb.flush();
     }
 
@@ -233,17 +289,17 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     /// `offset_mask`.
     #[inline]
     fn unpack(entry: u64, va: Va, offset_mask: u64) -> Translation {
-        let mut access = MemoryAccess::R;
-        if entry & TLB_W != 0 {
-            access |= MemoryAccess::W;
-        }
-        if entry & TLB_X != 0 {
-            access |= MemoryAccess::X;
-        }
+        const {
+            assert!(
+                MemoryAccess::RWX.bits() as u64 == TLB_ACCESS,
+                "the word's rights are MemoryAccess's bits"
+            )
+        };
         Translation {
             pa: Pa((entry & !offset_mask & A::PAGE_MASK) | (va.0 & offset_mask)),
             page_size: 1 << ((entry & TLB_SHIFT_MASK) >> TLB_SHIFT),
-            access,
+            // The low three bits, as `pack` stored them (R always among them).
+            access: MemoryAccess::from_bits_retain((entry & TLB_ACCESS) as u8),
             user: entry & TLB_U != 0,
         }
     }
@@ -251,18 +307,10 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     /// The TLB word of a translation.
     #[inline]
     fn pack(t: &Translation) -> u64 {
-        let mut entry = (t.pa.0 & !t.page_size.wrapping_sub(1) & A::PAGE_MASK)
-            | (u64::from(t.page_size.trailing_zeros()) << TLB_SHIFT);
-        if t.access.contains(MemoryAccess::W) {
-            entry |= TLB_W;
-        }
-        if t.access.contains(MemoryAccess::X) {
-            entry |= TLB_X;
-        }
-        if t.user {
-            entry |= TLB_U;
-        }
-        entry
+        (t.pa.0 & !t.page_size.wrapping_sub(1) & A::PAGE_MASK)
+            | (u64::from(t.page_size.trailing_zeros()) << TLB_SHIFT)
+            | u64::from((t.access | MemoryAccess::R).bits()) & TLB_ACCESS
+            | if t.user { TLB_U } else { 0 }
     }
 }
 
@@ -292,7 +340,7 @@ mod tests {
     /// address of its page.
     fn through(cache: &Cache, root: Pa, va: u64, t: Translation, walks: &Cell<u32>) -> Translation {
         let mask = t.page_size - 1;
-        let r = cache.translate(root, Va(va), || {
+        let r = cache.translate(root, Va(va), root, |_, _| {
             walks.set(walks.get() + 1);
             Ok(Translation {
                 pa: Pa((t.pa.0 & !mask) | (va & mask)),
@@ -324,7 +372,9 @@ mod tests {
         }
         // The offset bits of the frame never leak into the word's flags.
         let odd = page(0x0012_3fff, 0x1000, MemoryAccess::R, false);
-        assert_eq!(Cache::pack(&odd) & !TLB_SHIFT_MASK, 0x0012_3000);
+        let word = Cache::pack(&odd);
+        assert_eq!(word & !(TLB_SHIFT_MASK | TLB_ACCESS), 0x0012_3000);
+        assert_eq!(word & TLB_ACCESS, u64::from(MemoryAccess::R.bits()));
     }
 
     #[test]
@@ -361,8 +411,16 @@ mod tests {
                 reason: FaultReason::NotPresent,
             }))
         };
-        assert!(cache.translate(ROOT, Va(0x5000), fault).is_err());
-        assert!(cache.translate(ROOT, Va(0x5000), fault).is_err());
+        assert!(
+            cache
+                .translate(ROOT, Va(0x5000), ROOT, |_, _| fault())
+                .is_err()
+        );
+        assert!(
+            cache
+                .translate(ROOT, Va(0x5000), ROOT, |_, _| fault())
+                .is_err()
+        );
         assert_eq!(cache.metrics().misses, 2);
         assert_eq!(cache.metrics().len, 0);
     }
@@ -399,13 +457,41 @@ mod tests {
         through(&cache, ROOT, 0x8000_0000, large, &walks);
         assert_eq!(walks.get(), 4);
         // A flush while the walk runs: its result must not be served afterwards.
-        let r = cache.translate(ROOT, Va(0x9000), || {
+        let r = cache.translate(ROOT, Va(0x9000), ROOT, |_, _| {
             cache.flush();
             Ok(small)
         });
         assert_eq!(r.map(|t| t.pa), Ok(small.pa));
         through(&cache, ROOT, 0x9000, small, &walks);
         assert_eq!(walks.get(), 5, "the walk raced by a flush was not cached");
+    }
+
+    #[test]
+    fn flush_forgets_the_large_sizes_and_they_come_back() {
+        let cache = Cache::new();
+        let walks = Cell::new(0);
+        let two_mib = page(0x0020_0000, 0x20_0000, MemoryAccess::RX, false);
+        let small = page(0x0010_0000, 0x1000, MemoryAccess::R, false);
+        through(&cache, ROOT, 0x40_0000, two_mib, &walks);
+        assert_eq!(cache.large_shifts.load(Ordering::Relaxed), 1 << 21);
+        cache.flush();
+        assert_eq!(cache.large_shifts.load(Ordering::Relaxed), 0);
+        // A base page after the flush: no size to probe, and it caches as before.
+        through(&cache, ROOT, 0x1000, small, &walks);
+        through(&cache, ROOT, 0x1000, small, &walks);
+        assert_eq!(walks.get(), 2);
+        // The 2 MiB page walks once more, brings its size back, and hits again.
+        through(&cache, ROOT, 0x40_1000, two_mib, &walks);
+        through(&cache, ROOT, 0x5f_f000, two_mib, &walks);
+        assert_eq!(walks.get(), 3);
+        assert_eq!(cache.large_shifts.load(Ordering::Relaxed), 1 << 21);
+        // A single-entry flush after that still finds it.
+        cache.flush_entry(ROOT, Va(0x40_0000));
+        through(&cache, ROOT, 0x40_2000, two_mib, &walks);
+        assert_eq!(walks.get(), 4);
+        // A resize empties the cache but keeps the mask (issue 13's race).
+        cache.set_capacity(8);
+        assert_eq!(cache.large_shifts.load(Ordering::Relaxed), 1 << 21);
     }
 
     #[test]

@@ -5,10 +5,16 @@
 //! pages, two over PA 0 (only the first 256 MiB of them is backed) and two wholly past RAM.
 //! Data is pseudo-random; 100,000 NUL-terminated strings live in the last quarter of the
 //! 4 KiB range, back to back, so some cross pages (whose frames are not adjacent).
+//!
+//! Every leaf has its own flags, at random from a fixed seed, as a kernel's do
+//! ([`introvisor_host_test::mixed_flags`]): text executable and read-only, data not
+//! executable, writable or not, user or supervisor, and A, D, G, PWT/PCD, PAT and
+//! software bits that change no translation.
 
 use introvisor::{Pa, Va};
-use introvisor_host::builder::{Guest, GuestBuilder, MapFlags, PageSize};
+use introvisor_host::builder::{Guest, GuestBuilder, PageSize};
 use introvisor_host_test::Rng;
+use introvisor_host_test::mixed_flags;
 
 pub(crate) const RAM: u64 = 256 << 20;
 pub(crate) const KIB4: u64 = 4 << 10;
@@ -55,7 +61,10 @@ pub(crate) struct Synthetic {
 pub(crate) fn build(ops: usize) -> Synthetic {
     let mut rng = Rng::new(0x1e70_5eed);
     let mut b = GuestBuilder::new(RAM as usize);
-    let flags = MapFlags::KERNEL_DATA;
+    // The flags have a generator of their own: the addresses are those of a guest
+    // whose entries all had the same flags.
+    let mut flag_rng = Rng::new(0xf1a9_5eed);
+    let mut flags = || mixed_flags::map_flags(&mut flag_rng);
 
     // 4 KiB pages over a shuffled 64 MiB region (Fisher-Yates).
     let pages = (LEN_4K / KIB4) as usize;
@@ -69,7 +78,7 @@ pub(crate) fn build(ops: usize) -> Synthetic {
             Va(VA_4K + i as u64 * KIB4),
             Pa(PA_4K + f * KIB4),
             PageSize::Size4K,
-            flags,
+            flags(),
         )
         .expect("4 KiB mapping");
     }
@@ -78,7 +87,7 @@ pub(crate) fn build(ops: usize) -> Synthetic {
             Va(VA_2M + i * MIB2),
             Pa((i * MIB2) % RAM),
             PageSize::Size2M,
-            flags,
+            flags(),
         )
         .expect("2 MiB mapping");
     }
@@ -87,7 +96,7 @@ pub(crate) fn build(ops: usize) -> Synthetic {
             Va(VA_1G + i as u64 * GIB1),
             Pa(pa),
             PageSize::Size1G,
-            MapFlags::KERNEL_TEXT,
+            flags(),
         )
         .expect("1 GiB mapping");
     }
@@ -113,7 +122,8 @@ pub(crate) fn build(ops: usize) -> Synthetic {
         at += text.len() as u64;
     }
     assert!(at <= VA_4K + LEN_4K, "strings overflow the 4 KiB range");
-    let guest = b.finish();
+    let mut guest = b.finish();
+    mixed_flags::decorate(&mut guest, 0xdec0_5eed);
 
     let random_4k = (0..ops).map(|_| VA_4K + (rng.below(LEN_4K) & !7)).collect();
     let ws_pages: Vec<u64> = (0..64).map(|_| rng.below(pages as u64)).collect();

@@ -51,6 +51,17 @@ pub(crate) trait Subject {
     fn read(&mut self, va: u64, buf: &mut [u8]) -> bool;
     /// The NUL-terminated string at `va`, at most `limit` bytes, into `buf`; its length.
     fn read_string(&mut self, va: u64, limit: usize, buf: &mut [u8]) -> Option<usize>;
+    /// The physical address of each of `vas` through the subject's batch API, `u64::MAX`
+    /// for a failure; `false` (the default) if it has none, and then no batch row is run.
+    fn translate_many(&mut self, vas: &[u64], out: &mut [u64]) -> bool {
+        let _ = (vas, out);
+        false
+    }
+    /// The u64 at each of `vas` through the batch API, as [`Subject::translate_many`].
+    fn read_u64_many(&mut self, vas: &[u64], out: &mut [u64]) -> bool {
+        let _ = (vas, out);
+        false
+    }
 }
 
 /// Which floor a row is, if any.
@@ -297,6 +308,49 @@ impl Bench {
             n as u64,
             bad,
         );
+
+        // The cold random translations and the mixed reads again, through the batch API.
+        let batch_name = format!("{name}, batch API");
+        s.flush();
+        if s.translate_many(&self.syn.random_4k, &mut out) {
+            let bad = count_mismatches(&out, &self.expected.random_4k);
+            let samples = (0..self.reps)
+                .map(|_| {
+                    s.flush();
+                    time(|| {
+                        s.translate_many(&self.syn.random_4k, &mut out);
+                        black_box(&mut out);
+                    }) / n as f64
+                })
+                .collect();
+            self.push(
+                Workload::TranslateCold,
+                batch_name.clone(),
+                kind,
+                samples,
+                n as u64,
+                bad,
+            );
+        }
+        if s.read_u64_many(&self.syn.mixed, &mut out) {
+            let bad = count_mismatches(&out, &self.expected.mixed_values);
+            let samples = (0..self.reps)
+                .map(|_| {
+                    time(|| {
+                        s.read_u64_many(&self.syn.mixed, &mut out);
+                        black_box(&mut out);
+                    }) / n as f64
+                })
+                .collect();
+            self.push(
+                Workload::ReadMixed,
+                batch_name,
+                kind,
+                samples,
+                n as u64,
+                bad,
+            );
+        }
 
         // Random u64 reads across the three page sizes.
         read_u64_batch(s, &self.syn.mixed, &mut out);

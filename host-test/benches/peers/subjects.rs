@@ -1,12 +1,15 @@
 //! The subjects: introvisor, vmi-rs and memflow, each in the configurations measured.
 
-use introvisor::{AccessContext, Pa, Va, VmiCore};
+use introvisor::{AccessContext, Pa, Va, VmiCore, VmiError};
 use introvisor_host::HostDriver;
 
 use crate::Subject;
 use crate::guest::RAM;
 
 // ----- introvisor ------------------------------------------------------------------------
+
+/// Addresses the introvisor subject hands its batch API at a time.
+const BATCH: usize = 64;
 
 /// Which of introvisor's caches are on.
 #[derive(Clone, Copy)]
@@ -79,6 +82,40 @@ impl Subject for Introvisor {
             .read_string_bytes_limited_into(AccessContext::paging(Va(va), self.root), limit, buf)
             .ok()
             .map(<[u8]>::len)
+    }
+
+    fn translate_many(&mut self, vas: &[u64], out: &mut [u64]) -> bool {
+        let mut batch = [Va(0); BATCH];
+        let mut results = [Err(VmiError::NotFound); BATCH];
+        for (vas, out) in vas.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
+            for (b, va) in batch.iter_mut().zip(vas) {
+                *b = Va(*va);
+            }
+            let n = self
+                .core
+                .translate_many(&batch[..vas.len()], self.root, &mut results);
+            for (o, r) in out.iter_mut().zip(&results[..n]) {
+                *o = r.map_or(u64::MAX, |t| t.pa.0);
+            }
+        }
+        true
+    }
+
+    fn read_u64_many(&mut self, vas: &[u64], out: &mut [u64]) -> bool {
+        let mut batch = [Va(0); BATCH];
+        let mut results = [Err(VmiError::NotFound); BATCH];
+        for (vas, out) in vas.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
+            for (b, va) in batch.iter_mut().zip(vas) {
+                *b = Va(*va);
+            }
+            let n = self
+                .core
+                .read_u64_many(&batch[..vas.len()], self.root, &mut results);
+            for (o, r) in out.iter_mut().zip(&results[..n]) {
+                *o = r.unwrap_or(u64::MAX);
+            }
+        }
+        true
     }
 }
 

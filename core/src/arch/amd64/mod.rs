@@ -12,7 +12,7 @@ pub use events::{
 pub use gp_registers::GpRegisters;
 pub use paging::{
     Access, AccessKind, EntryFlags, EntryNames, PageTableEntry, Paging, PagingMode, PfErrorCode,
-    RightsPolicy, TableIndex, level_name,
+    RightsPolicy, TableIndex, WalkPlan, level_name,
 };
 pub use registers::{DescriptorTable, Registers, Segment};
 
@@ -37,10 +37,60 @@ impl Architecture for Amd64 {
     type EventReason = EventReason;
     type Interrupt = Interrupt;
 
-    /// [`Paging::root_table`], the masking the walker applies.
+    /// [`Paging::root_table`], the masking the walker applies, as a mask.
     #[inline]
-    fn root_table(paging: &Paging, root: Pa) -> Pa {
-        paging.root_table(root)
+    fn root_mask(paging: &Paging) -> u64 {
+        paging.root_mask()
+    }
+
+    const DEFAULT_ROOT_MASK: u64 = Self::DEFAULT_PAGING.root_mask();
+
+    type Plan = WalkPlan;
+    const DEFAULT_PLAN: WalkPlan = Self::DEFAULT_PAGING.plan();
+
+    #[inline]
+    fn plan(paging: &Paging) -> WalkPlan {
+        paging.plan()
+    }
+
+    #[inline]
+    fn translate_planned(
+        mem: &(impl PhysRead + ?Sized),
+        paging: &Paging,
+        plan: &WalkPlan,
+        va: Va,
+        root: Pa,
+    ) -> Result<Translation, VmiError> {
+        paging::walk_planned(mem, paging, plan, va, root, |_| {})
+    }
+
+    /// A range walk: consecutive PTEs of one table without a walk from the root each.
+    #[inline]
+    fn translate_pages_planned(
+        mem: &(impl PhysRead + ?Sized),
+        paging: &Paging,
+        plan: &WalkPlan,
+        va: Va,
+        root: Pa,
+        count: u64,
+        each: impl FnMut(Translation) -> bool,
+    ) -> Result<(), VmiError> {
+        paging::walk_pages_planned(mem, paging, plan, va, root, count, each)
+    }
+
+    /// Interleaved: eight walks at a time, level by level.
+    #[inline]
+    fn translate_many_planned(
+        mem: &(impl PhysRead + ?Sized),
+        paging: &Paging,
+        plan: &WalkPlan,
+        vas: &[Va],
+        root: Pa,
+        out: &mut [Result<Translation, VmiError>],
+    ) {
+        for (vas, out) in vas.chunks(paging::LANES).zip(out.chunks_mut(paging::LANES)) {
+            paging::walk_many_planned(mem, paging, plan, vas, root, out);
+        }
     }
 
     #[inline]

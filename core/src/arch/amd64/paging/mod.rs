@@ -57,7 +57,8 @@ mod walk;
 
 pub use entry::{EntryFlags, EntryNames, PageTableEntry, TableIndex, level_name};
 pub use rights::{Access, AccessKind, PfErrorCode, RightsPolicy};
-pub(crate) use walk::walk;
+pub use walk::WalkPlan;
+pub(crate) use walk::{LANES, walk, walk_many_planned, walk_pages_planned, walk_planned};
 
 /// The paging mode of a vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -254,12 +255,17 @@ impl Paging {
     /// assert_eq!(Paging::new(PagingMode::Level4).root_table(cr3), Pa(0x12_3000));
     /// ```
     pub const fn root_table(&self, cr3: Pa) -> Pa {
-        Pa(match self.mode {
+        Pa(cr3.0 & self.root_mask())
+    }
+
+    /// The CR3 bits [`Paging::root_table`] keeps: it is CR3 under this mask.
+    pub const fn root_mask(&self) -> u64 {
+        match self.mode {
             PagingMode::Disabled => 0,
-            PagingMode::Bits32 => cr3.0 & 0xffff_f000,
-            PagingMode::Pae => cr3.0 & 0xffff_ffe0,
-            PagingMode::Level4 | PagingMode::Level5 => cr3.0 & self.phys_mask() & !0xfff,
-        })
+            PagingMode::Bits32 => 0xffff_f000,
+            PagingMode::Pae => 0xffff_ffe0,
+            PagingMode::Level4 | PagingMode::Level5 => self.phys_mask() & !0xfff,
+        }
     }
 
     /// MAXPHYADDR clamped to 32..=52.

@@ -9,6 +9,49 @@ use crate::arch::{PhysRead, Translation, WalkStep, fault};
 use crate::error::FaultReason;
 use crate::error::VmiError;
 
+/// What a walk under one [`Paging`] computes from it alone, once: built by
+/// [`Paging::plan`] (a [`VmiCore`](crate::VmiCore) builds it at each `set_paging`), so
+/// that a walk starts with its masks in hand. Opaque: a plan is only ever the plan of
+/// the paging it is passed with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkPlan {
+    /// Bits below MAXPHYADDR.
+    phys_mask: u64,
+    /// The address bits of an entry that references a table.
+    table_mask: u64,
+    /// 8-byte entries: the reserved bits at or above MAXPHYADDR of a level with rights
+    /// (bit 63 included unless EFER.NXE = 1).
+    high_reserved: u64,
+    /// 8-byte entries: the same for a level without rights (bit 63 always reserved).
+    high_reserved_no_rights: u64,
+    /// The XD bit (63) when it takes execution away (8-byte entries, EFER.NXE = 1), else
+    /// 0: a leaf is executable when the OR of the entries has none of these bits.
+    no_exec: u64,
+}
+
+impl Paging {
+    /// The walk's plan for this paging: what every walk would otherwise compute from it.
+    pub const fn plan(&self) -> WalkPlan {
+        let desc = self.mode.desc();
+        let maxphy = self.maxphy();
+        let phys_mask = self.phys_mask();
+        let wide = desc.entry_size == 8;
+        let high = bit_range(maxphy, desc.high_reserved_end as u32);
+        let xd = EntryFlags::EXECUTE_DISABLE.bits();
+        WalkPlan {
+            phys_mask,
+            table_mask: if wide {
+                phys_mask & !0xfff
+            } else {
+                0xffff_f000
+            },
+            high_reserved: if self.nxe { high } else { high | xd },
+            high_reserved_no_rights: high | xd,
+            no_exec: if wide && self.nxe { xd } else { 0 },
+        }
+    }
+}
+
 /// The walk itself; see the module documentation.
 ///
 /// 4- and 5-level paging, by far the commonest, get a straight-line copy of the walk in
@@ -22,10 +65,241 @@ pub(crate) fn walk(
     root: Pa,
     observe: impl FnMut(WalkStep),
 ) -> Result<Translation, VmiError> {
+    walk_planned(mem, paging, &paging.plan(), va, root, observe)
+}
+
+/// [`walk`] with the plan of `paging` given.
+#[inline]
+pub(crate) fn walk_planned(
+    mem: &(impl PhysRead + ?Sized),
+    paging: &Paging,
+    plan: &WalkPlan,
+    va: Va,
+    root: Pa,
+    observe: impl FnMut(WalkStep),
+) -> Result<Translation, VmiError> {
     match paging.mode {
-        PagingMode::Level4 => walk_long::<4>(mem, paging, &LEVEL4, va, root, observe),
-        PagingMode::Level5 => walk_long::<5>(mem, paging, &LEVEL5, va, root, observe),
-        _ => walk_other(mem, paging, va, root, observe),
+        PagingMode::Level4 => walk_long::<4>(mem, paging, plan, &LEVEL4, va, root, observe),
+        PagingMode::Level5 => walk_long::<5>(mem, paging, plan, &LEVEL5, va, root, observe),
+        _ => walk_other(mem, paging, plan, va, root, observe),
+    }
+}
+
+/// The translations of `count` consecutive 4 KiB pages from the page of `va`, in order,
+/// each given to `each` (which returns whether to go on); the first failure ends it and
+/// is returned. Each translation is the one [`walk_planned`] gives for its page.
+///
+/// A range walk: after a full walk whose leaf is a PTE (4- and 5-level paging), the
+/// pages that follow in the same page table are read from the consecutive PTEs, each
+/// checked as the walk's last level checks one (present, reserved bits including those
+/// at or above MAXPHYADDR, and the rights combined with the levels above, which do not
+/// change within the table); an entry that fails those checks gets a full walk, which
+/// names the failure. The pages of a large leaf after the first are its next 4 KiB,
+/// without a walk. A table boundary (every 2 MiB) starts a full walk again, with its
+/// canonical check.
+pub(crate) fn walk_pages_planned(
+    mem: &(impl PhysRead + ?Sized),
+    paging: &Paging,
+    plan: &WalkPlan,
+    va: Va,
+    root: Pa,
+    count: u64,
+    mut each: impl FnMut(Translation) -> bool,
+) -> Result<(), VmiError> {
+    const PAGE: u64 = 4096;
+    let long = matches!(paging.mode, PagingMode::Level4 | PagingMode::Level5);
+    let present = EntryFlags::PRESENT.bits();
+    let mut page = va.0 & !(PAGE - 1);
+    let mut left = count;
+    while left > 0 {
+        // A full walk; the entries above the leaf are folded into the rights a PTE of the
+        // same table combines with (every level has rights in 4- and 5-level paging).
+        let (mut upper_and, mut upper_or) = (u64::MAX, 0u64);
+        let mut leaf: Option<WalkStep> = None;
+        let t = walk_planned(mem, paging, plan, Va(page), root, |step| {
+            if let Some(above) = leaf.replace(step) {
+                upper_and &= above.value;
+                upper_or |= above.value;
+            }
+        })?;
+        left = left.saturating_sub(1);
+        if !each(t) {
+            return Ok(());
+        }
+        page = page.wrapping_add(PAGE);
+        if t.page_size > PAGE && t.page_size.is_power_of_two() {
+            // The rest of a large leaf: the same rights, the next frames.
+            let mut pa = t.pa.0;
+            while left > 0 && page & t.page_size.wrapping_sub(1) != 0 {
+                pa = pa.wrapping_add(PAGE);
+                left = left.saturating_sub(1);
+                if !each(Translation { pa: Pa(pa), ..t }) {
+                    return Ok(());
+                }
+                page = page.wrapping_add(PAGE);
+            }
+            continue;
+        }
+        let Some(mut entry) = leaf.filter(|l| long && l.level == 1).map(|l| l.entry) else {
+            continue;
+        };
+        // The next PTEs of the same table (a table is 512 entries, 4 KiB aligned).
+        while left > 0 && entry.0 & 0xff8 != 0xff8 {
+            entry = Pa(entry.0.wrapping_add(8));
+            let Some(value) = mem.read_u64_fast(entry) else {
+                break;
+            };
+            // As `Walker::check` at level 1: P, then the reserved bits (a PTE has no PS
+            // and no fixed reserved bits in these modes; bit 7 is PAT).
+            if (value ^ present) & (plan.high_reserved | present) != 0 {
+                break;
+            }
+            let and = upper_and & value;
+            let exec = u8::from((upper_or | value) & plan.no_exec == 0);
+            let t = Translation {
+                pa: Pa(value & plan.phys_mask & !(PAGE - 1)),
+                page_size: PAGE,
+                access: MemoryAccess::from_bits_retain(
+                    MemoryAccess::R.bits()
+                        | (and & EntryFlags::WRITABLE.bits()) as u8
+                        | exec << MemoryAccess::X.bits().trailing_zeros(),
+                ),
+                user: and & EntryFlags::USER.bits() != 0,
+            };
+            left = left.saturating_sub(1);
+            if !each(t) {
+                return Ok(());
+            }
+            page = page.wrapping_add(PAGE);
+        }
+    }
+    Ok(())
+}
+
+/// Walks that a batch interleaves: [`walk_many_planned`] takes the addresses this many at
+/// a time, each level of every walk before the next level of any.
+pub(crate) const LANES: usize = 8;
+
+/// [`walk_planned`] for each of `vas` (at most [`LANES`] of them, the rest are left),
+/// into `out` in the same order: in 4- and 5-level paging the walks are interleaved,
+/// level by level, so that the memory accesses of different walks overlap; each result
+/// is the one [`walk_planned`] gives.
+pub(crate) fn walk_many_planned(
+    mem: &(impl PhysRead + ?Sized),
+    paging: &Paging,
+    plan: &WalkPlan,
+    vas: &[Va],
+    root: Pa,
+    out: &mut [Result<Translation, VmiError>],
+) {
+    match paging.mode {
+        PagingMode::Level4 => walk_long_many::<4>(mem, paging, plan, &LEVEL4, vas, root, out),
+        PagingMode::Level5 => walk_long_many::<5>(mem, paging, plan, &LEVEL5, vas, root, out),
+        _ => {
+            for (va, slot) in vas.iter().zip(out.iter_mut()) {
+                *slot = walk_other(mem, paging, plan, *va, root, |_| {});
+            }
+        }
+    }
+}
+
+/// The interleaved walks of [`walk_many_planned`] in 4- or 5-level paging.
+#[inline(always)]
+fn walk_long_many<const LEVELS: u8>(
+    mem: &(impl PhysRead + ?Sized),
+    paging: &Paging,
+    plan: &WalkPlan,
+    desc: &'static ModeDesc,
+    vas: &[Va],
+    root: Pa,
+    out: &mut [Result<Translation, VmiError>],
+) {
+    let noop = |_: WalkStep| {};
+    // One walker per lane, and whether it still walks and which table it reads next;
+    // a lane without an address (or whose address failed its check) never walks.
+    let mut walkers: [_; LANES] = core::array::from_fn(|i| {
+        let va = vas.get(i).copied().unwrap_or(Va(0));
+        Walker::unchecked(mem, paging, plan, desc, va, root, noop)
+    });
+    let mut active = [false; LANES];
+    let start = Pa(root.0 & plan.table_mask);
+    let mut tables = [start; LANES];
+    for ((on, va), slot) in active.iter_mut().zip(vas).zip(out.iter_mut()) {
+        if paging.mode.is_valid_va(*va) {
+            *on = true;
+        } else {
+            *slot = Err(fault(
+                *va,
+                root,
+                desc.levels,
+                Pa(0),
+                0,
+                FaultReason::NonCanonical,
+            ));
+        }
+    }
+    // Each level of every walk, then the next: the walks' loads do not depend on one
+    // another, so the CPU overlaps them.
+    if LEVELS == 5 {
+        lanes_level::<LEVELS, 5, _, _>(&mut walkers, &mut active, &mut tables, out);
+    }
+    lanes_level::<LEVELS, 4, _, _>(&mut walkers, &mut active, &mut tables, out);
+    lanes_level::<LEVELS, 3, _, _>(&mut walkers, &mut active, &mut tables, out);
+    lanes_level::<LEVELS, 2, _, _>(&mut walkers, &mut active, &mut tables, out);
+    lanes_level::<LEVELS, 1, _, _>(&mut walkers, &mut active, &mut tables, out);
+    // Level 1 always maps a page or fails; this is the bound made explicit.
+    for (((on, va), table), slot) in active.iter().zip(vas).zip(tables).zip(out.iter_mut()) {
+        if *on {
+            *slot = Err(fault(*va, root, 0, table, 0, FaultReason::NotPresent));
+        }
+    }
+}
+
+/// One level of every lane of [`walk_long_many`] that still walks: its own function for
+/// each level, so that the level is a constant in it and every lookup in the mode's
+/// description folds, as in [`walk_long`]. As there, an entry the reader cannot read the
+/// fast way finishes that walk out of line.
+#[inline(never)]
+fn lanes_level<
+    const LEVELS: u8,
+    const LEVEL: u8,
+    M: PhysRead + ?Sized,
+    F: FnMut(WalkStep) + Copy,
+>(
+    walkers: &mut [Walker<'_, M, F>; LANES],
+    active: &mut [bool; LANES],
+    tables: &mut [Pa; LANES],
+    out: &mut [Result<Translation, VmiError>],
+) {
+    // The walkers hold these already; set here, they are constants to the compiler.
+    let desc: &'static ModeDesc = if LEVELS == 5 { &LEVEL5 } else { &LEVEL4 };
+    let lanes = walkers
+        .iter_mut()
+        .zip(active.iter_mut())
+        .zip(tables.iter_mut());
+    for (((w, on), table), slot) in lanes.zip(out.iter_mut()) {
+        if !*on {
+            continue;
+        }
+        w.desc = desc;
+        w.wide = true;
+        let (shift, _, entry) = w.locate(LEVEL, *table);
+        let Some(value) = w.mem.read_u64_fast(entry) else {
+            *on = false;
+            *slot = w.fork().finish(LEVEL, *table);
+            continue;
+        };
+        match w.check(LEVEL, shift, entry, value) {
+            Ok(Step::Table(next)) => *table = next,
+            Ok(Step::Leaf(t)) => {
+                *on = false;
+                *slot = Ok(t);
+            }
+            Err(e) => {
+                *on = false;
+                *slot = Err(e);
+            }
+        }
     }
 }
 
@@ -34,13 +308,15 @@ pub(crate) fn walk(
 fn walk_long<const LEVELS: u8>(
     mem: &(impl PhysRead + ?Sized),
     paging: &Paging,
+    plan: &WalkPlan,
     desc: &'static ModeDesc,
     va: Va,
     root: Pa,
     observe: impl FnMut(WalkStep),
 ) -> Result<Translation, VmiError> {
-    let mut w = Walker::new(mem, paging, desc, va, root, observe)?;
-    let mut table = paging.root_table(root);
+    let mut w = Walker::new(mem, paging, plan, desc, va, root, observe)?;
+    // `Paging::root_table` in 4- and 5-level paging: the plan's table mask.
+    let mut table = Pa(root.0 & plan.table_mask);
     // The levels one after the other, not in a loop, so that each is compiled with its
     // level a constant. An entry the reader cannot read the fast way sends the rest of the
     // walk out of line (`finish`): the fast path never rejoins the slow one, so what the
@@ -73,6 +349,7 @@ fn walk_long<const LEVELS: u8>(
 fn walk_other(
     mem: &(impl PhysRead + ?Sized),
     paging: &Paging,
+    plan: &WalkPlan,
     va: Va,
     root: Pa,
     observe: impl FnMut(WalkStep),
@@ -89,7 +366,7 @@ fn walk_other(
             user: true,
         });
     }
-    let mut w = Walker::new(mem, paging, desc, va, root, observe)?;
+    let mut w = Walker::new(mem, paging, plan, desc, va, root, observe)?;
     let mut table = paging.root_table(root);
     let mut level = desc.levels;
     // One iteration per level, top to bottom: bounded by the level count.
@@ -158,15 +435,8 @@ struct Walker<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> {
     observe: F,
     /// Whether entries are 8 bytes wide.
     wide: bool,
-    /// Bits below MAXPHYADDR.
-    phys_mask: u64,
-    /// The address bits of an entry that references a table.
-    table_mask: u64,
-    /// 8-byte entries: the reserved bits at or above MAXPHYADDR of a level with rights (bit
-    /// 63 included unless EFER.NXE = 1).
-    high_reserved: u64,
-    /// 8-byte entries: the same for a level without rights (bit 63 always reserved).
-    high_reserved_no_rights: u64,
+    /// What the paging says, computed once ([`Paging::plan`]).
+    plan: WalkPlan,
     /// The AND of the entries read so far at levels with rights (R/W and U/S).
     rights_and: u64,
     /// The OR of the same entries (XD).
@@ -180,6 +450,7 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
     fn new(
         mem: &'a M,
         paging: &'a Paging,
+        plan: &WalkPlan,
         desc: &'static ModeDesc,
         va: Va,
         root: Pa,
@@ -195,30 +466,53 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
                 FaultReason::NonCanonical,
             ));
         }
-        let maxphy = paging.maxphy();
-        let phys_mask = paging.phys_mask();
-        let wide = desc.entry_size == 8;
-        let high = bit_range(maxphy, u32::from(desc.high_reserved_end));
-        let xd = EntryFlags::EXECUTE_DISABLE.bits();
-        Ok(Self {
+        Ok(Self::unchecked(mem, paging, plan, desc, va, root, observe))
+    }
+
+    /// [`Walker::new`] without its check of the address: for a lane of a batch that has
+    /// no walk to do (it is never stepped).
+    #[inline(always)]
+    fn unchecked(
+        mem: &'a M,
+        paging: &'a Paging,
+        plan: &WalkPlan,
+        desc: &'static ModeDesc,
+        va: Va,
+        root: Pa,
+        observe: F,
+    ) -> Self {
+        Self {
             mem,
             paging,
             desc,
             va,
             root,
             observe,
-            wide,
-            phys_mask,
-            table_mask: if wide {
-                phys_mask & !0xfff
-            } else {
-                0xffff_f000
-            },
-            high_reserved: if paging.nxe { high } else { high | xd },
-            high_reserved_no_rights: high | xd,
+            wide: desc.entry_size == 8,
+            plan: *plan,
             rights_and: u64::MAX,
             rights_or: 0,
-        })
+        }
+    }
+
+    /// A copy of this walker, to finish a lane of a batch with [`Walker::finish`].
+    #[inline(always)]
+    fn fork(&self) -> Self
+    where
+        F: Copy,
+    {
+        Self {
+            mem: self.mem,
+            paging: self.paging,
+            desc: self.desc,
+            va: self.va,
+            root: self.root,
+            observe: self.observe,
+            wide: self.wide,
+            plan: self.plan,
+            rights_and: self.rights_and,
+            rights_or: self.rights_or,
+        }
     }
 
     /// The entry of `level` (1 for the PTE) at `entry`, index `index` in its table.
@@ -323,9 +617,9 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
         }
         if self.wide {
             reserved |= if has_rights {
-                self.high_reserved
+                self.plan.high_reserved
             } else {
-                self.high_reserved_no_rights
+                self.plan.high_reserved_no_rights
             };
             if ps {
                 // Between the PAT bit 12 and the page base: bits 20:13 of a 2 MiB leaf,
@@ -362,7 +656,7 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
             let offset_mask = page_size.wrapping_sub(1);
             let base = if self.wide {
                 // The frame bits only: not the PAT bit 12 of a large leaf, nor bit 63.
-                value & self.phys_mask & !offset_mask
+                value & self.plan.phys_mask & !offset_mask
             } else if ps {
                 // PSE-36: PDE bits (M-20):13 are physical-address bits (M-1):32.
                 // M is 32..=40: M - 32 is 0..=8 bits.
@@ -379,12 +673,13 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
             const {
                 assert!(EntryFlags::WRITABLE.bits() == MemoryAccess::W.bits() as u64);
             }
-            let no_exec =
-                self.wide && paging.nxe && self.rights_or & EntryFlags::EXECUTE_DISABLE.bits() != 0;
+            // X without a branch: 1 when the OR of the entries has no XD that counts
+            // (the plan's `no_exec` is 0 when none does), moved to X's bit.
+            let exec = u8::from(self.rights_or & self.plan.no_exec == 0);
             let access = MemoryAccess::from_bits_retain(
                 MemoryAccess::R.bits()
                     | (self.rights_and & EntryFlags::WRITABLE.bits()) as u8
-                    | if no_exec { 0 } else { MemoryAccess::X.bits() },
+                    | exec << MemoryAccess::X.bits().trailing_zeros(),
             );
             return Ok(Step::Leaf(Translation {
                 pa: Pa(base | (va.0 & offset_mask)),
@@ -393,7 +688,7 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
                 user: self.rights_and & EntryFlags::USER.bits() != 0,
             }));
         }
-        Ok(Step::Table(Pa(value & self.table_mask)))
+        Ok(Step::Table(Pa(value & self.plan.table_mask)))
     }
 
     /// The error of a walk that stopped at `level`.
