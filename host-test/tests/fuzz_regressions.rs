@@ -53,6 +53,8 @@ fn tlb_removal_of_the_empty_marker_keeps_the_length() {
     tlb.remove(ROOT, 1);
     tlb.remove(ROOT, u64::MAX);
     assert_eq!(tlb.metrics().len, 0);
+    // A removal cancels insertions for generations read before it: read a new one.
+    let generation = tlb.generation();
     tlb.insert(ROOT, 2, 20, generation);
     let m = tlb.metrics();
     assert_eq!(m.len, 1);

@@ -311,6 +311,11 @@ impl<const N: usize> Tlb<N> {
     #[inline]
     pub fn probe(&self, root: u64, vpn: u64, generation: u64) -> Option<u64> {
         const { assert!(Self::WAYS == 4, "probe's fixed-size set") };
+        if vpn == EMPTY {
+            // The empty-slot marker is never stored, so it is never found: without this,
+            // an empty slot whose stale root matches would answer with its stale value.
+            return None;
+        }
         let flushes = generation & FLUSHES;
         let found = |slot: &TlbSlot| match slot.lookup(root, vpn) {
             Some((value, g)) if g == flushes => Some(value),
@@ -557,6 +562,10 @@ impl<const N: usize> Tlb<N> {
     /// [`Tlb::remove`] without its cancellation, for a caller that called
     /// [`Tlb::cancel_insertions`] itself before it chose the keys to remove.
     pub(crate) fn remove_cancelled(&self, root: u64, vpn: u64) {
+        if vpn == EMPTY {
+            // Never stored (see `probe`): an empty slot must not count as a removed entry.
+            return;
+        }
         let Some((_, set)) = self.set_of(root, vpn) else {
             return;
         };
