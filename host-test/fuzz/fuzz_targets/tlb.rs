@@ -30,11 +30,11 @@ use libfuzzer_sys::fuzz_target;
 const ROOTS: [u64; 4] = [0x1000, 0x1000 | 0xfff, 0x7f_f000, u64::MAX];
 
 /// Whether lookups and removals may name the page number `u64::MAX`, the empty-slot
-/// marker. A lookup of it finds an emptied slot's old value, and a removal of it counts
-/// an empty slot as removed (the length wraps): see `regressions/tlb/` and
-/// `host-test/tests/fuzz_regressions.rs`. Until the fix is in, the campaign keeps the
-/// marker to insertions (which must refuse it), so that it can look past this defect.
-const LOOKUP_EMPTY_MARKER: bool = false;
+/// marker. They found an emptied slot's old value, and a removal of the marker counted an
+/// empty slot as removed (the length wrapped): `regressions/tlb/`,
+/// `host-test/tests/fuzz_regressions.rs`, fixed in main at a0a9d3a. Set to `false` to keep
+/// the marker to insertions (which must refuse it) on a tree without the fix.
+const LOOKUP_EMPTY_MARKER: bool = true;
 
 fn key(input: &mut Input<'_>, lookup: bool) -> (u64, u64) {
     let b = input.u8();
