@@ -267,19 +267,22 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
         let mut frame = pool_start;
         while frame < pool_end {
             FramePtr::of(&platform, Hpa(frame))?;
-            frame += 4096;
+            // `frame < pool_end <= u64::MAX`: saturating at the top ends the loop.
+            frame = frame.saturating_add(4096);
         }
         let mut regions = heapless::Vec::<GuestRegion, MAX_REGIONS>::new();
         let mut max_end = 0u64;
         for r in config.regions {
-            check_region(r, config.levels, (pool_start, pool_end))?;
+            let end = check_region(r, config.levels, (pool_start, pool_end))?;
             for other in regions.iter() {
-                if r.gpa.0 < other.gpa.0 + other.size && other.gpa.0 < r.gpa.0 + r.size {
+                // `other` passed `check_region` too: its end does not wrap, so the
+                // saturating sum is the plain one.
+                if r.gpa.0 < other.gpa.0.saturating_add(other.size) && other.gpa.0 < end {
                     return Err(EptError::Overlap);
                 }
             }
             regions.push(*r).map_err(|_| EptError::CapacityExceeded)?;
-            max_end = max_end.max(r.gpa.0 + r.size);
+            max_end = max_end.max(end);
         }
         let mut tables = Tables {
             platform: &platform,
@@ -477,9 +480,9 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
         if view.0 == 0 {
             return Ok((state.default_root, self.default_eptp));
         }
-        state
-            .views
-            .get(usize::from(view.0) - 1)
+        usize::from(view.0)
+            .checked_sub(1)
+            .and_then(|slot| state.views.get(slot))
             .and_then(|v| v.as_ref())
             .map(|v| (v.root, v.eptp))
             .ok_or(EptError::NoSuchView(view))
@@ -530,8 +533,8 @@ pub(crate) const fn site(site: ShootdownSite) -> u8 {
     1 << site as u8
 }
 
-/// Checks one guest region.
-fn check_region(r: &GuestRegion, levels: u8, pool: (u64, u64)) -> Result<(), EptError> {
+/// Checks one guest region, and returns its guest-physical end (which does not wrap).
+fn check_region(r: &GuestRegion, levels: u8, pool: (u64, u64)) -> Result<u64, EptError> {
     if r.gpa.0 & 0xfff != 0 {
         return Err(EptError::Misaligned(Hpa(r.gpa.0)));
     }
@@ -547,13 +550,14 @@ fn check_region(r: &GuestRegion, levels: u8, pool: (u64, u64)) -> Result<(), Ept
         .checked_add(r.size)
         .ok_or(EptError::BeyondWalkReach(r.gpa))?;
     if end > reach(levels) {
-        return Err(EptError::BeyondWalkReach(Pa(end - 1)));
+        // `r.size` is not zero (checked above): the region's last byte is `end - 1`.
+        return Err(EptError::BeyondWalkReach(Pa(end.saturating_sub(1))));
     }
     let hend = r.hpa.0.checked_add(r.size).ok_or(EptError::Overlap)?;
     if r.hpa.0 < pool.1 && pool.0 < hend {
         return Err(EptError::Overlap);
     }
-    Ok(())
+    Ok(end)
 }
 
 /// Maps one region into the hierarchy at `root` with the largest leaves that fit.
@@ -563,10 +567,14 @@ fn map_region<P: Platform, const FRAMES: usize>(
     r: &GuestRegion,
 ) -> Result<(), EptError> {
     let mut offset = 0u64;
-    while offset < r.size {
-        let gpa = r.gpa.0 + offset;
-        let hpa = r.hpa.0 + offset;
-        let left = r.size - offset;
+    while let Some(left) = r.size.checked_sub(offset).filter(|&left| left > 0) {
+        // `check_region` refused regions whose ends wrap: these never fail.
+        let gpa = r
+            .gpa
+            .0
+            .checked_add(offset)
+            .ok_or(EptError::BeyondWalkReach(r.gpa))?;
+        let hpa = r.hpa.0.checked_add(offset).ok_or(EptError::Overlap)?;
         let level = [3u8, 2]
             .into_iter()
             .find(|&l| {
@@ -586,7 +594,9 @@ fn map_region<P: Platform, const FRAMES: usize>(
             tables.caps,
         )?;
         tables.map(root, gpa, level, entry)?;
-        offset += level_size(level);
+        // The leaf fits in what is left (4 KiB ones too: the size is 4 KiB aligned), so
+        // `offset` stays at most `r.size`.
+        offset = offset.saturating_add(level_size(level));
     }
     Ok(())
 }

@@ -72,14 +72,20 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
         mut each: impl FnMut(FramePtr, usize, usize, usize) -> Result<(), EptError>,
     ) -> Result<(), VmiError> {
         let mut done = 0usize;
-        while done < len {
+        while let Some(left) = len.checked_sub(done).filter(|&left| left > 0) {
             let gpa =
                 pa.0.checked_add(done as u64)
                     .ok_or(VmiError::OutOfBounds(pa))?;
             let (frame, offset) = self.frame_of(gpa)?;
-            let n = (4096 - offset).min(len - done);
+            // The offset in a frame is below 4096: each piece is 1..=left bytes, so `done`
+            // grows to `len` and no further.
+            let n = 4096usize
+                .checked_sub(offset)
+                .filter(|&n| n > 0)
+                .ok_or(EptError::OutsideFrame)?
+                .min(left);
             each(frame, offset, done, n)?;
-            done += n;
+            done = done.saturating_add(n);
         }
         Ok(())
     }
@@ -114,8 +120,9 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
     fn read_physical(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
         let len = buf.len();
         self.per_frame(pa, len, |frame, offset, start, n| {
-            let out = buf
-                .get_mut(start..start + n)
+            let out = start
+                .checked_add(n)
+                .and_then(|end| buf.get_mut(start..end))
                 .ok_or(EptError::OutsideFrame)?;
             frame.read(offset, out)
         })
@@ -123,7 +130,10 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
 
     fn write_physical(&self, pa: Pa, data: &[u8]) -> Result<(), VmiError> {
         self.per_frame(pa, data.len(), |frame, offset, start, n| {
-            let input = data.get(start..start + n).ok_or(EptError::OutsideFrame)?;
+            let input = start
+                .checked_add(n)
+                .and_then(|end| data.get(start..end))
+                .ok_or(EptError::OutsideFrame)?;
             frame.write(offset, input)
         })
     }

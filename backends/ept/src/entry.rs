@@ -178,7 +178,8 @@ impl EptEntry {
             return Err(EptError::LargePageUnsupported(level));
         }
         let size = crate::table::level_size(level);
-        if frame.0 & (size - 1) != 0 || frame.0 & !ADDRESS_MASK != 0 {
+        // A level's size is a power of two from 4 KiB: one less cannot wrap.
+        if frame.0 & size.wrapping_sub(1) != 0 || frame.0 & !ADDRESS_MASK != 0 {
             return Err(EptError::Misaligned(frame));
         }
         let extra = flags.bits() & (EptFlags::IGNORE_PAT.bits() | EptFlags::SUPPRESS_VE.bits());
@@ -280,9 +281,9 @@ impl EptPointer {
             return Err(EptError::Misaligned(root));
         }
         let ad = if accessed_dirty { 1 << 6 } else { 0 };
-        Ok(Self(
-            root.0 | ((levels as u64 - 1) << 3) | (memory_type as u64) | ad,
-        ))
+        // `walk_length` (checked first) accepts 4 and 5 only: `levels - 1` is 3 or 4.
+        let length = (levels as u64).wrapping_sub(1);
+        Ok(Self(root.0 | (length << 3) | (memory_type as u64) | ad))
     }
 
     /// The root table's address.
@@ -291,6 +292,10 @@ impl EptPointer {
     }
 
     /// The walk length: bits 5:3 plus one.
+    #[expect(
+        clippy::arithmetic_side_effects,
+        reason = "bits 5:3 are at most 7: the sum is at most 8"
+    )]
     pub const fn levels(self) -> u8 {
         (((self.0 >> 3) & 0b111) + 1) as u8
     }

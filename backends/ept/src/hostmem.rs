@@ -73,13 +73,18 @@ impl FramePtr {
         if index >= FRAME / 8 {
             return None;
         }
-        // SAFETY: `index * 8 + 8 <= 4096`, so the word lies inside the frame, which is
+        #[expect(
+            clippy::arithmetic_side_effects,
+            reason = "`index` < 512 (checked just above): the product is at most 4088"
+        )]
+        let byte = index * 8;
+        // SAFETY: `byte + 8 <= 4096`, so the word lies inside the frame, which is
         // valid for reads and writes for the rest of the program ('static) and 8-aligned
         // (checked in `of`), so the word is 8-aligned too. Every other access to it is
         // atomic or by hardware (Platform contract 2), so treating it as an `AtomicU64` is
         // sound; `AtomicU64` has interior mutability, so a shared reference to it does not
         // promise the bytes stay unchanged (unlike a `&u64` or `&[u8]`).
-        Some(unsafe { AtomicU64::from_ptr(self.0.as_ptr().add(index * 8).cast::<u64>()) })
+        Some(unsafe { AtomicU64::from_ptr(self.0.as_ptr().add(byte).cast::<u64>()) })
     }
 
     /// Reads the 8-byte word at `index` (an EPT entry when the frame is a table), with
@@ -116,14 +121,17 @@ impl FramePtr {
         while at < end {
             let word = self.word(at / 8).map_or(0, |w| w.load(Ordering::Relaxed));
             let bytes = word.to_le_bytes();
+            // The word holding `at` starts at `start <= at < end <= 4096`: neither the
+            // difference nor the sum below saturates, and `last > first`, so `at` moves on.
+            let start = at & !7;
             let first = at % 8;
-            let last = (end - (at - first)).min(8);
+            let last = end.saturating_sub(start).min(8);
             for &b in bytes.get(first..last).unwrap_or(&[]) {
                 if let Some(o) = out.next() {
                     *o = b;
                 }
             }
-            at += last - first;
+            at = start.saturating_add(last);
         }
         Ok(())
     }
@@ -144,8 +152,10 @@ impl FramePtr {
         let mut at = offset;
         let mut input = data.iter();
         while at < end {
+            // As in `read`: `start <= at < end <= 4096`, `last > first`.
+            let start = at & !7;
             let first = at % 8;
-            let last = (end - (at - first)).min(8);
+            let last = end.saturating_sub(start).min(8);
             let mut bytes = [0u8; 8];
             let mut mask = [0u8; 8];
             for (b, m) in bytes.iter_mut().zip(mask.iter_mut()).take(last).skip(first) {
@@ -160,7 +170,7 @@ impl FramePtr {
                     merge(w, value, mask);
                 }
             }
-            at += last - first;
+            at = start.saturating_add(last);
         }
         Ok(())
     }

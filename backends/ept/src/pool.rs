@@ -10,6 +10,9 @@ use crate::error::EptError;
 use crate::hostmem::FRAME;
 use crate::platform::Hpa;
 
+/// [`FRAME`] as an address offset.
+const FRAME_BYTES: u64 = FRAME as u64;
+
 /// What a pool frame holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -27,6 +30,8 @@ pub(crate) enum Usage {
 /// The pool's bookkeeping for at most `FRAMES` frames: 5 bytes a frame.
 pub(crate) struct Pool<const FRAMES: usize> {
     base: u64,
+    /// `base` plus `count` frames (checked in [`Pool::new`]: it does not wrap).
+    end: u64,
     count: usize,
     free: [u32; FRAMES],
     top: usize,
@@ -47,8 +52,8 @@ impl<const FRAMES: usize> Pool<FRAMES> {
         if count > FRAMES || u32::try_from(count).is_err() {
             return Err(EptError::CapacityExceeded);
         }
-        (count as u64)
-            .checked_mul(FRAME as u64)
+        let end = (count as u64)
+            .checked_mul(FRAME_BYTES)
             .and_then(|len| base.0.checked_add(len))
             .ok_or(EptError::Overlap)?;
         let mut free = [0u32; FRAMES];
@@ -58,6 +63,7 @@ impl<const FRAMES: usize> Pool<FRAMES> {
         }
         Ok(Self {
             base: base.0,
+            end,
             count,
             free,
             top: count,
@@ -67,7 +73,7 @@ impl<const FRAMES: usize> Pool<FRAMES> {
 
     /// The address range `[start, end)` of the pool.
     pub(crate) fn range(&self) -> (u64, u64) {
-        (self.base, self.base + (self.count as u64) * FRAME as u64)
+        (self.base, self.end)
     }
 
     /// The free frames.
@@ -77,11 +83,11 @@ impl<const FRAMES: usize> Pool<FRAMES> {
 
     /// The frame index of `hpa`, when it lies in the pool.
     pub(crate) fn index(&self, hpa: Hpa) -> Option<usize> {
-        let (start, end) = self.range();
-        if hpa.0 < start || hpa.0 >= end {
+        if hpa.0 >= self.end {
             return None;
         }
-        Some(((hpa.0 - start) / FRAME as u64) as usize)
+        let offset = hpa.0.checked_sub(self.base)?;
+        Some((offset / FRAME_BYTES) as usize)
     }
 
     /// What the frame at `hpa` holds, when it lies in the pool.
@@ -93,10 +99,15 @@ impl<const FRAMES: usize> Pool<FRAMES> {
     pub(crate) fn allocate(&mut self, usage: Usage) -> Option<Hpa> {
         let top = self.top.checked_sub(1)?;
         let index = *self.free.get(top)? as usize;
+        // `index < count`, so the frame lies below `end` (checked in `new`): neither
+        // operation wraps.
+        let hpa = (index as u64)
+            .checked_mul(FRAME_BYTES)
+            .and_then(|offset| self.base.checked_add(offset))?;
         let tag = self.usage.get_mut(index)?;
         *tag = usage;
         self.top = top;
-        Some(Hpa(self.base + (index as u64) * FRAME as u64))
+        Some(Hpa(hpa))
     }
 
     /// Moves a table or shadow frame to limbo (it stays unusable until released).
@@ -121,20 +132,23 @@ impl<const FRAMES: usize> Pool<FRAMES> {
         if let Some(slot) = self.free.get_mut(self.top) {
             *tag = Usage::Free;
             *slot = index as u32;
-            self.top += 1;
+            // `free.get_mut(top)` succeeded: `top < FRAMES`, so this never saturates.
+            self.top = self.top.saturating_add(1);
         }
     }
 
     /// Counts the frames in each state: (free, table, shadow, limbo).
     pub(crate) fn census(&self) -> (usize, usize, usize, usize) {
-        let mut c = (0, 0, 0, 0);
+        // At most `count` frames in all: the counts never saturate.
+        let mut c = (0usize, 0usize, 0usize, 0usize);
         for u in self.usage.iter().take(self.count) {
-            match u {
-                Usage::Free => c.0 += 1,
-                Usage::Table => c.1 += 1,
-                Usage::Shadow => c.2 += 1,
-                Usage::Limbo => c.3 += 1,
-            }
+            let n = match u {
+                Usage::Free => &mut c.0,
+                Usage::Table => &mut c.1,
+                Usage::Shadow => &mut c.2,
+                Usage::Limbo => &mut c.3,
+            };
+            *n = n.saturating_add(1);
         }
         c
     }

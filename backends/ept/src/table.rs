@@ -19,6 +19,16 @@ use crate::pool::{Pool, Usage};
 /// The bytes a leaf at `level` maps: 4 KiB at 1, 2 MiB at 2, 1 GiB at 3, 512 GiB at 4,
 /// 256 TiB at 5 (levels outside 1..=5 are clamped).
 pub const fn level_size(level: u8) -> u64 {
+    1u64 << level_shift(level)
+}
+
+/// The bit the range of an entry at `level` starts at: 12 at 1, 21 at 2, ... 48 at 5
+/// (levels outside 1..=5 are clamped).
+#[expect(
+    clippy::arithmetic_side_effects,
+    reason = "`l` is clamped to 1..=5: the shift is 12..=48"
+)]
+const fn level_shift(level: u8) -> u32 {
     let l = if level == 0 {
         1
     } else if level > 5 {
@@ -26,17 +36,26 @@ pub const fn level_size(level: u8) -> u64 {
     } else {
         level
     };
-    1u64 << (12 + 9 * (l as u32 - 1))
+    12 + 9 * (l as u32 - 1)
 }
 
-/// The guest-physical reach of a `levels`-level hierarchy: 2^48 or 2^57 bytes.
+/// The guest-physical reach of a `levels`-level hierarchy: 2^48 or 2^57 bytes (`u64::MAX`
+/// for a walk length of 6 or more, whose reach does not fit).
 pub const fn reach(levels: u8) -> u64 {
-    1u64 << (12 + 9 * levels as u32)
+    #[expect(
+        clippy::arithmetic_side_effects,
+        reason = "`levels` is a u8: the shift is at most 12 + 9 * 255, far below u32::MAX"
+    )]
+    let shift = 12 + 9 * levels as u32;
+    match 1u64.checked_shl(shift) {
+        Some(reach) => reach,
+        None => u64::MAX,
+    }
 }
 
 /// The index of `gpa` in a table at `level`.
 pub(crate) const fn index_of(gpa: u64, level: u8) -> usize {
-    ((gpa >> (12 + 9 * (level as u32 - 1))) & 511) as usize
+    ((gpa >> level_shift(level)) & 511) as usize
 }
 
 /// The bits two leaves must share to be merged: everything but the address and the A/D
@@ -86,7 +105,7 @@ impl Path {
 
 /// Whether `entry` at `level` is a leaf (as opposed to a table reference).
 pub(crate) const fn is_leaf(entry: EptEntry, level: u8) -> bool {
-    level == 1 || entry.is_large() || !entry.is_present()
+    level <= 1 || entry.is_large() || !entry.is_present()
 }
 
 /// Operations on hierarchies with one platform, capabilities and walk length, taking
@@ -129,12 +148,14 @@ impl<P: Platform, const FRAMES: usize> Tables<'_, P, FRAMES> {
                 entry,
                 level,
             };
-            path.len += 1;
+            // One step per slot of `path.steps`: at most 5.
+            path.len = path.len.saturating_add(1);
             if !entry.is_mapped() || is_leaf(entry, level) {
                 break;
             }
             table = entry.address();
-            level -= 1;
+            // Not a leaf, so `level` is 2 or more (`is_leaf` holds at 1 and below).
+            level = level.saturating_sub(1);
         }
         Ok(path)
     }
@@ -149,7 +170,8 @@ impl<P: Platform, const FRAMES: usize> Tables<'_, P, FRAMES> {
 
     /// The host address `gpa` maps to through the leaf `leaf`.
     pub(crate) fn hpa_of(leaf: Step, gpa: u64) -> Hpa {
-        Hpa(leaf.entry.address().0 | (gpa & (level_size(leaf.level) - 1)))
+        // A level's size is a power of two from 4 KiB: one less cannot wrap.
+        Hpa(leaf.entry.address().0 | (gpa & level_size(leaf.level).wrapping_sub(1)))
     }
 
     /// A zeroed table from the pool.
@@ -189,10 +211,10 @@ impl<P: Platform, const FRAMES: usize> Tables<'_, P, FRAMES> {
         let Some(last) = self.walk(root, gpa)?.last() else {
             return Ok(None);
         };
-        if last.entry.is_mapped() || last.level < level {
+        if last.entry.is_mapped() {
             return Ok(None);
         }
-        Ok(Some(usize::from(last.level - level)))
+        Ok(last.level.checked_sub(level).map(usize::from))
     }
 
     /// Writes `entry` as the leaf for `gpa` at `level` into a hole, creating the tables
@@ -225,7 +247,8 @@ impl<P: Platform, const FRAMES: usize> Tables<'_, P, FRAMES> {
             } else {
                 e.address()
             };
-            at -= 1;
+            // `at > level` (the loop condition): never below zero.
+            at = at.saturating_sub(1);
         }
         let index = index_of(gpa, level);
         if read_entry(self.platform, table, index)?.is_mapped() {
@@ -255,6 +278,11 @@ impl<P: Platform, const FRAMES: usize> Tables<'_, P, FRAMES> {
             flags &= !EptFlags::LARGE_PAGE.bits();
         }
         for i in 0..512u64 {
+            #[expect(
+                clippy::arithmetic_side_effects,
+                reason = "`base` is an entry's address (bits 51:12), `i` < 2^9 and `size` <= \
+                          2^48 (`level_size` clamps): the sum is below 2^58"
+            )]
             let entry = (base + i * size) | flags;
             frame.store(i as usize, entry)?;
         }
@@ -283,13 +311,14 @@ impl<P: Platform, const FRAMES: usize> Tables<'_, P, FRAMES> {
             return Ok(None);
         }
         let table = parent.entry.address();
-        let child_level = level - 1;
+        // `level >= 2` (checked above).
+        let child_level = level.saturating_sub(1);
         let child_size = level_size(child_level);
         let frame = FramePtr::of(self.platform, table)?;
         let first = EptEntry(frame.load(0)?);
         if !first.is_mapped()
             || !is_leaf(first, child_level)
-            || first.address().0 & (level_size(level) - 1) != 0
+            || first.address().0 & level_size(level).wrapping_sub(1) != 0
         {
             return Ok(None);
         }
@@ -299,7 +328,9 @@ impl<P: Platform, const FRAMES: usize> Tables<'_, P, FRAMES> {
             if !e.is_mapped()
                 || !is_leaf(e, child_level)
                 || e.0 & MERGE_MASK != attributes
-                || e.address().0 != first.address().0 + i * child_size
+                || Some(e.address().0)
+                    != i.checked_mul(child_size)
+                        .and_then(|offset| first.address().0.checked_add(offset))
             {
                 return Ok(None);
             }
@@ -331,7 +362,8 @@ impl<P: Platform, const FRAMES: usize> Tables<'_, P, FRAMES> {
         for i in 0..512 {
             let e = EptEntry(frame.load(i)?);
             if e.is_mapped() && !is_leaf(e, level) {
-                n = n.saturating_add(self.count_below(e.address(), level - 1)?);
+                // `level >= 2` (checked above).
+                n = n.saturating_add(self.count_below(e.address(), level.saturating_sub(1))?);
             }
         }
         Ok(n)
@@ -373,7 +405,8 @@ impl<P: Platform, const FRAMES: usize> Tables<'_, P, FRAMES> {
                     None => e,
                 }
             } else {
-                EptEntry::table(self.copy_below(e.address(), level - 1, access)?)
+                // Not a leaf, so `level` is 2 or more (`is_leaf` holds at 1 and below).
+                EptEntry::table(self.copy_below(e.address(), level.saturating_sub(1), access)?)
             };
             dst.store(i, out.0)?;
         }
@@ -395,7 +428,7 @@ impl<P: Platform, const FRAMES: usize> Tables<'_, P, FRAMES> {
             for i in 0..512 {
                 let e = EptEntry(frame.load(i)?);
                 if e.is_mapped() && !is_leaf(e, level) {
-                    self.free_below(e.address(), level - 1)?;
+                    self.free_below(e.address(), level.saturating_sub(1))?;
                 }
             }
         }
@@ -429,7 +462,7 @@ impl<P: Platform, const FRAMES: usize> Tables<'_, P, FRAMES> {
             if !entry.is_mapped() {
                 continue;
             }
-            let gpa = base | ((i as u64) << (12 + 9 * (u32::from(level) - 1)));
+            let gpa = base | ((i as u64) << level_shift(level));
             let step = Step {
                 table,
                 index: i,
@@ -438,7 +471,8 @@ impl<P: Platform, const FRAMES: usize> Tables<'_, P, FRAMES> {
             };
             visit(gpa, step)?;
             if !is_leaf(entry, level) {
-                self.visit_below(entry.address(), level - 1, gpa, visit)?;
+                // Not a leaf, so `level` is 2 or more (`is_leaf` holds at 1 and below).
+                self.visit_below(entry.address(), level.saturating_sub(1), gpa, visit)?;
             }
         }
         Ok(())

@@ -149,6 +149,61 @@ fn five_level_hierarchies_walk_five_levels() {
 }
 
 #[test]
+fn sizes_that_wrap_the_address_space_are_refused_by_name() {
+    let make = |cfg: &Config<'_>| Backend::new(TestPlatform::new(BASE, HOST_FRAMES, 1), cfg).err();
+    // A region whose guest-physical end wraps past 2^64.
+    let top = 0xffff_ffff_ffff_f000;
+    let wraps_gpa = [region(top, RAM_HPA, 0x2000)];
+    assert_eq!(
+        make(&config(&wraps_gpa)),
+        Some(EptError::BeyondWalkReach(Pa(top)))
+    );
+    // One that ends exactly at the 4-level reach is fine; a frame more is not, and the
+    // error names the region's last byte.
+    let at_reach = [region((1 << 48) - 0x1000, RAM_HPA, 0x1000)];
+    assert_eq!(make(&config(&at_reach)), None);
+    let past_reach = [region((1 << 48) - 0x1000, RAM_HPA, 0x2000)];
+    assert_eq!(
+        make(&config(&past_reach)),
+        Some(EptError::BeyondWalkReach(Pa((1 << 48) + 0xfff)))
+    );
+    // A region whose host end wraps.
+    let wraps_hpa = [region(0, top, 0x2000)];
+    assert_eq!(make(&config(&wraps_hpa)), Some(EptError::Overlap));
+    // A pool whose end wraps.
+    let mut wraps_pool = config(&REGIONS);
+    wraps_pool.pool.base = Hpa(top);
+    wraps_pool.pool.frames = 2;
+    assert_eq!(make(&wraps_pool), Some(EptError::Overlap));
+}
+
+#[test]
+fn the_walk_geometry_is_total() {
+    use crate::table::{level_size, reach};
+    assert_eq!(
+        [0, 1, 2, 3, 4, 5, 6, u8::MAX].map(level_size),
+        [
+            1 << 12,
+            1 << 12,
+            1 << 21,
+            1 << 30,
+            1 << 39,
+            1 << 48,
+            1 << 48,
+            1 << 48
+        ]
+    );
+    assert_eq!(reach(4), 1 << 48);
+    assert_eq!(reach(5), 1 << 57);
+    // Six levels or more would reach past 2^64: the reach saturates instead.
+    assert_eq!(reach(6), u64::MAX);
+    assert_eq!(reach(u8::MAX), u64::MAX);
+    // Bits 5:3 of any EPTP give a length of 1..=8.
+    assert_eq!(EptPointer(0b111 << 3).levels(), 8);
+    assert_eq!(EptPointer(0).levels(), 1);
+}
+
+#[test]
 fn refuses_bad_configurations_by_name() {
     let make = |cfg: &Config<'_>, vcpus| {
         Backend::new(TestPlatform::new(BASE, HOST_FRAMES, vcpus), cfg).err()

@@ -123,7 +123,8 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
             if new_4k == old_4k {
                 return Ok(());
             }
-            if t.pool.available() < usize::from(leaf.level - 1) {
+            // A leaf's level is 1 or more: one less never saturates.
+            if t.pool.available() < usize::from(leaf.level.saturating_sub(1)) {
                 return Err(EptError::PoolExhausted);
             }
             let mut cur = leaf;
@@ -195,6 +196,13 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
                 .iter()
                 .position(Option::is_none)
                 .ok_or(EptError::ViewLimit)?;
+            // Alternate view `n` lives in slot `n - 1`. `slot` indexes an array, so the
+            // sum does not wrap; a view number past `u16::MAX` is no view.
+            let view = slot
+                .checked_add(1)
+                .and_then(|n| u16::try_from(n).ok())
+                .map(View)
+                .ok_or(EptError::ViewLimit)?;
             let default_root = state.default_root;
             let mut t = self.tables(&mut state);
             let root = t.copy(default_root, Some(default_access))?;
@@ -212,7 +220,7 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
                     default_access,
                 });
             }
-            (View((slot + 1) as u16), eptp)
+            (view, eptp)
         };
         if self.eptp_list {
             self.platform.set_eptp_list_entry(view.0, Some(eptp))?;
@@ -227,14 +235,15 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
     /// [`EptError::DefaultView`]; [`EptError::NoSuchView`]; a platform error moving a vCPU
     /// (the view is gone, its tables are freed after the shootdown all the same).
     pub fn destroy(&self, view: View) -> Result<(), EptError> {
-        if view.0 == 0 {
+        // Alternate view `n` lives in slot `n - 1`; view 0 is the default view.
+        let Some(slot) = usize::from(view.0).checked_sub(1) else {
             return Err(EptError::DefaultView);
-        }
+        };
         let info = {
             let mut state = self.lock(&self.state, None);
             state
                 .views
-                .get_mut(usize::from(view.0) - 1)
+                .get_mut(slot)
                 .and_then(Option::take)
                 .ok_or(EptError::NoSuchView(view))?
         };
@@ -499,7 +508,8 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
                     if e.access() != MemoryAccess::RWX {
                         return Err(EptError::InvalidExitInformation("table entry without RWX"));
                     }
-                    tables_seen += 1;
+                    // At most the pool's frames: never saturates.
+                    tables_seen = tables_seen.saturating_add(1);
                     return Ok(());
                 }
                 check_access(e.access(), self.caps)?;
@@ -508,13 +518,17 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
                     return Err(EptError::LargePageUnsupported(step.level));
                 }
                 let size = crate::table::level_size(step.level);
-                if e.address().0 & (size - 1) != 0 {
+                // A level's size is a power of two from 4 KiB: one less cannot wrap.
+                if e.address().0 & size.wrapping_sub(1) != 0 {
                     return Err(EptError::Misaligned(e.address()));
                 }
                 let hpa = e.address().0;
-                let in_guest = regions
-                    .iter()
-                    .any(|r| hpa >= r.hpa.0 && hpa + size <= r.hpa.0 + r.size);
+                let in_guest = regions.iter().any(|r| {
+                    // `[hpa, hpa + size)` inside `[r.hpa, r.hpa + r.size)`, without sums.
+                    hpa.checked_sub(r.hpa.0)
+                        .and_then(|offset| r.size.checked_sub(offset))
+                        .is_some_and(|room| size <= room)
+                });
                 let shadow = step.level == 1 && t.pool.usage(e.address()) == Some(Usage::Shadow);
                 if !in_guest && !shadow {
                     return Err(EptError::OutsideGuestMemory(Pa(gpa)));
