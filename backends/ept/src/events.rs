@@ -660,7 +660,9 @@ impl<P: Platform, const VIEWS: usize, const FRAMES: usize, const VCPUS: usize, c
             // The guest's IF is never changed by the backend (module docs).
             gp.rflags = (gp.rflags & !RFLAGS_IF) | (regs.rflags & RFLAGS_IF);
             rflags = gp.rflags;
-            let mut full = self.platform.registers(vcpu)?;
+            // The event holds the full register set read at this exit, and nothing has
+            // changed it since: no second read of the VMCS.
+            let mut full = *regs;
             full.set_gp(&gp);
             self.platform.set_registers(vcpu, &full)?;
         }

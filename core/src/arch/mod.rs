@@ -218,22 +218,12 @@ pub trait Architecture: Sized + Send + Sync + 'static {
         Va(va.0 & Self::PAGE_MASK)
     }
 
-    /// The top-level table a walk under `paging` reads for the translation root `root`
-    /// as given (AMD64: CR3 without its PCID, no-flush and LAM bits,
-    /// [`Paging::root_table`](amd64::Paging::root_table)): what names one address space.
-    /// The translation cache keys its entries by it, so every form of a root is one key
-    /// and a flush under any form drops them all. An architecture whose walk masks its
-    /// root must answer with the walk's own masking; the default, for one that reads the
-    /// root as it is, is `root`.
-    ///
-    /// It is `root` under [`Self::root_mask`]; an architecture changes that, not this.
-    #[inline]
-    fn root_table(paging: &Self::Paging, root: Pa) -> Pa {
-        Pa(root.0 & Self::root_mask(paging))
-    }
-
-    /// The bits of a translation root that name its top-level table under `paging`:
-    /// [`Self::root_table`] is the root under this mask. [`VmiCore`](crate::VmiCore)
+    /// The bits of a translation root that name its top-level table under `paging`
+    /// (AMD64: CR3 without its PCID, no-flush and LAM bits,
+    /// [`Paging::root_table`](amd64::Paging::root_table)): the root under this mask names
+    /// one address space. The translation cache keys its entries by it, so every form of
+    /// a root is one key and a flush under any form drops them all; an architecture whose
+    /// walk masks its root must answer with the walk's own mask. [`VmiCore`](crate::VmiCore)
     /// computes it once per [`set_paging`](crate::VmiCore::set_paging), so that a
     /// cached translation's key costs one AND. The default, for an architecture that
     /// reads the root as it is, is every bit.

@@ -130,7 +130,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// whatever the page's size.
     ///
     /// The root is compared as the walker reads it
-    /// ([`Architecture::root_table`]): on AMD64, a CR3 with PCID, no-flush or LAM bits
+    /// ([`Architecture::root_mask`]): on AMD64, a CR3 with PCID, no-flush or LAM bits
     /// names the same entries as the CR3 without them.
     pub fn flush_v2p_cache_entry(&self, ctx: AddressContext) {
         self.v2p_cache
@@ -141,7 +141,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// walker reads for it, so that every form of one root is one key.
     #[inline]
     pub(super) fn root_table(&self, root: Pa) -> Pa {
-        // `Architecture::root_table` is the root under `root_mask`, computed once.
+        // The root under the architecture's `root_mask`, computed once per `set_paging`.
         Pa(root.0 & self.root_mask)
     }
 
@@ -184,7 +184,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
 
     /// Translates `va` under `root`, through the translation cache, with the page size and
     /// the effective rights. Cached translations are keyed by the root as the walker
-    /// reads it ([`Architecture::root_table`]), so every form of one root shares them.
+    /// reads it ([`Architecture::root_mask`]), so every form of one root shares them.
     ///
     /// # Errors
     /// As [`VmiCore::translate_address`].
