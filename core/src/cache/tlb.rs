@@ -2,7 +2,7 @@
 
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
-use super::{Backoff, CacheMetrics, Counters};
+use super::{Backoff, CacheMetrics, Counters, Local};
 
 /// A key word no key can have: the virtual page number of an empty slot.
 const EMPTY: u64 = u64::MAX;
@@ -45,6 +45,12 @@ impl MissHint {
     /// The free or stale ways, if the probe looked.
     fn free(self) -> Option<u32> {
         (self.0 & Self::LOOKED != 0).then_some((self.0 & 0xf) as u32)
+    }
+
+    /// Whether the probe saw its set full of current entries: a capacity miss, which a
+    /// cold cache (after a flush, at start) does not have.
+    pub(crate) fn full(self) -> bool {
+        self.free() == Some(0)
     }
 }
 
@@ -437,6 +443,13 @@ impl<const N: usize> Tlb<N> {
     #[inline]
     pub fn record(&self, hit: bool) {
         self.counters.record(hit);
+    }
+
+    /// The calling thread's counters, chosen once for one lookup (see [`Local`]): its
+    /// count, and the bypass state ([`Bypass`]).
+    #[inline]
+    pub(crate) fn local(&self) -> Local<'_> {
+        self.counters.local()
     }
 
     /// Caches `value` for `(root, vpn)` in `generation`, replacing as the type documents.
