@@ -125,12 +125,7 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
                 local.record(true);
                 Ok(Self::unpack(entry, va, Self::OFFSET_MASK))
             }
-            Err(hint) => {
-                if hint.full() {
-                    local.capacity_miss(bypass());
-                }
-                self.miss(local, root, va, raw_root, generation, hint, walk)
-            }
+            Err(hint) => self.miss(local, root, va, raw_root, generation, hint, bypass, walk),
         }
     }
 
@@ -194,6 +189,7 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         raw_root: Pa,
         generation: u64,
         hint: MissHint,
+        bypass: impl FnOnce() -> Bypass,
         walk: impl FnOnce(Va, Pa) -> Result<Translation, VmiError>,
     ) -> Result<Translation, VmiError> {
         const {
@@ -207,6 +203,12 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
             return Ok(t);
         }
         local.record(false);
+        // A miss of every key: if the base page's set is full, a capacity miss, which
+        // the bypass decision counts (a large page's hit above is a hit).
+        let hint = self.tlb.look(hint, generation);
+        if hint.full() {
+            local.capacity_miss(bypass());
+        }
         let t = walk(va, raw_root)?;
         let vpn = va.0 >> Self::PAGE_SHIFT;
         if t.page_size == Self::PAGE_SIZE {
@@ -687,5 +689,44 @@ mod tests {
             !cache.tlb.local().bypassing(),
             "cold misses started a bypass"
         );
+    }
+
+    /// A large page's hit after a base-page miss in a full set is a hit, not a capacity
+    /// miss: a stream of large-page translations never starts a bypass.
+    #[test]
+    fn large_page_hits_behind_a_full_set_never_start_a_bypass() {
+        // One set of four ways: three base pages and one 2 MiB page fill it.
+        let cache: TranslationCache<Amd64, 4> = TranslationCache::new();
+        let bypass = Bypass { threshold: 3 << 4 };
+        let walks = Cell::new(0u32);
+        let go = |va: u64, size: u64| {
+            let local = cache.local();
+            let walk = |va: Va, _| {
+                walks.set(walks.get() + 1);
+                Ok(page(va.0, size, MemoryAccess::RW, false))
+            };
+            let r = if local.bypassing() {
+                walk(Va(va), ROOT)
+            } else {
+                cache.translate(&local, ROOT, Va(va), ROOT, || bypass, walk)
+            };
+            assert_eq!(r.map(|t| t.pa.0), Ok(va));
+        };
+        for vpn in 1..=3u64 {
+            go(vpn << 12, 0x1000);
+        }
+        let large = 0x4000_0000u64;
+        go(large, 0x20_0000);
+        assert_eq!(walks.get(), 4);
+        for i in 0..200u64 {
+            go(large + (i % 512) * 0x1000 + 8, 0x20_0000);
+        }
+        assert_eq!(
+            walks.get(),
+            4,
+            "large-page hits were walked: a bypass started"
+        );
+        let m = cache.metrics();
+        assert_eq!((m.hits, m.misses), (200, 4));
     }
 }
