@@ -134,7 +134,7 @@ impl Bypass {
     )]
     pub(crate) const NEVER: Bypass = Bypass { threshold: 0 };
     /// Lookups per sample while bypassing: one looks, the others go to the source.
-    pub(crate) const EVERY: u64 = 64;
+    pub(crate) const EVERY: u64 = 32;
     /// The starting score: eight hits per miss, far above any threshold, so that a cache
     /// that has not missed when full never bypasses.
     const START: u64 = 8 << 4;

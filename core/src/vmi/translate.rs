@@ -190,7 +190,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// The cache steps aside for a thread whose translations keep missing in it when it
     /// is full (a scan over more pages than it holds), where looking and inserting would
     /// cost more than the hits save: that thread then walks without looking, but for one
-    /// translation in 64, whose hits bring the cache back. The bar is three hits per such
+    /// translation in 32, whose hits bring the cache back. The bar is three hits per such
     /// miss when the driver lends its memory ([`VmiDriver::physical_memory`]: a walk is
     /// then a few loads), one hit in eight misses otherwise. A miss in a cold cache (after
     /// a flush) does not count. Results are the same either way: a walk is what a miss
