@@ -69,6 +69,11 @@ impl<D: VmiDriver> PhysRead for DirectReader<'_, D> {
     fn read_u64_fast(&self, pa: Pa) -> Option<u64> {
         self.memory?.read_u64_fast(pa)
     }
+
+    #[inline(always)]
+    fn physical_memory(&self) -> Option<&[u8]> {
+        self.memory
+    }
 }
 
 impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> {
@@ -193,6 +198,13 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         if !self.v2p_cache_enabled.load(Ordering::Relaxed) {
             return self.translate_uncached(va, root);
         }
+        self.translate_cached(va, root)
+    }
+
+    /// [`VmiCore::translate`] with the translation cache on: its own function, so that
+    /// the uncached path does not pay for the cached one's registers.
+    #[inline(never)]
+    fn translate_cached(&self, va: Va, root: Pa) -> Result<Translation, VmiError> {
         self.v2p_cache
             .translate(self.root_table(root), va, root, |va, root| {
                 self.translate_uncached(va, root)
@@ -213,9 +225,29 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     ///
     /// # Errors
     /// As [`VmiCore::translate_address`].
+    #[inline]
     pub fn translate_uncached(&self, va: Va, root: Pa) -> Result<Translation, VmiError> {
-        let memory = self.driver.physical_memory();
-        if memory.is_none() && self.gfn_cache_enabled.load(Ordering::Relaxed) {
+        match self.driver.physical_memory() {
+            // Memory lent as one slice: the walker reads it directly (the page cache is
+            // not used for such a driver).
+            Some(memory) => <D::Architecture as Architecture>::translate_lent(
+                memory,
+                || self.direct_reader(),
+                &self.paging,
+                &self.plan,
+                va,
+                root,
+            ),
+            None => self.translate_unlent(va, root),
+        }
+    }
+
+    /// [`VmiCore::translate_uncached`] for a driver that lends no memory: through the page
+    /// cache when it is on, else through the driver's reads. Out of line, so that the
+    /// lent walk keeps its registers.
+    #[inline(never)]
+    fn translate_unlent(&self, va: Va, root: Pa) -> Result<Translation, VmiError> {
+        if self.gfn_cache_enabled.load(Ordering::Relaxed) {
             <D::Architecture as Architecture>::translate_planned(
                 &CoreReader(self),
                 &self.paging,
@@ -224,12 +256,11 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
                 root,
             )
         } else {
-            let reader = DirectReader {
-                driver: &self.driver,
-                memory,
-            };
             <D::Architecture as Architecture>::translate_planned(
-                &reader,
+                &DirectReader {
+                    driver: &self.driver,
+                    memory: None,
+                },
                 &self.paging,
                 &self.plan,
                 va,
