@@ -304,26 +304,27 @@ pub trait Architecture: Sized + Send + Sync + 'static {
         Self::translate(mem, paging, va, root)
     }
 
-    /// [`Self::translate_planned`] through the reader `reader` builds, whose
-    /// [`PhysRead::physical_memory`] is `memory`: an architecture may walk `memory`
-    /// directly and build the reader only for what lies outside it (its walk's rare
-    /// paths), so that the common path holds no reader in memory. The result must be the
-    /// one [`Self::translate_planned`] gives through `reader()`. The default builds the
-    /// reader first.
+    /// [`Self::translate_planned`] through the reader that `reader` builds, whose
+    /// [`PhysRead::physical_memory`] is `memory`. `reader` also gives `paging` and `plan`
+    /// again (the caller's own references): an architecture may walk `memory` directly
+    /// and call `reader` only for what lies outside it (its walk's rare paths), so that
+    /// the common path keeps neither a reader in memory nor those references in
+    /// registers. The result must be the one [`Self::translate_planned`] gives through
+    /// the reader. The default builds the reader first.
     ///
     /// # Errors
     /// As [`Self::translate`].
     #[inline]
-    fn translate_lent<R: PhysRead>(
+    fn translate_lent<'a, R: PhysRead>(
         memory: &[u8],
-        reader: impl FnOnce() -> R,
+        reader: impl FnOnce() -> (R, &'a Self::Paging, &'a Self::Plan),
         paging: &Self::Paging,
         plan: &Self::Plan,
         va: Va,
         root: Pa,
     ) -> Result<Translation, VmiError> {
         let _ = memory;
-        Self::translate_planned(&reader(), paging, plan, va, root)
+        Self::translate_planned(&reader().0, paging, plan, va, root)
     }
 
     /// [`Self::translate_planned`] for each of `vas`, into `out` in the same order (as

@@ -232,7 +232,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
             // not used for such a driver).
             Some(memory) => <D::Architecture as Architecture>::translate_lent(
                 memory,
-                || self.direct_reader(),
+                || (self.direct_reader(), &self.paging, &self.plan),
                 &self.paging,
                 &self.plan,
                 va,

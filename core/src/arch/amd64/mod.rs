@@ -80,9 +80,9 @@ impl Architecture for Amd64 {
     /// The walk of `memory` itself in 4- and 5-level paging; the reader is built for its
     /// rare paths only.
     #[inline]
-    fn translate_lent<R: PhysRead>(
+    fn translate_lent<'a, R: PhysRead>(
         memory: &[u8],
-        reader: impl FnOnce() -> R,
+        reader: impl FnOnce() -> (R, &'a Paging, &'a WalkPlan),
         paging: &Paging,
         plan: &WalkPlan,
         va: Va,

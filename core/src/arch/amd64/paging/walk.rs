@@ -129,19 +129,19 @@ pub(crate) fn translate_planned<M: PhysRead + ?Sized>(
     root: Pa,
 ) -> Result<Translation, VmiError> {
     match mem.physical_memory() {
-        Some(bytes) => translate_lent(bytes, || mem, paging, plan, va, root),
+        Some(bytes) => translate_lent(bytes, || (mem, paging, plan), paging, plan, va, root),
         None => walk_planned(mem, paging, plan, va, root, |_| {}),
     }
 }
 
-/// [`walk_planned`] through the reader `reader` builds, `bytes` being its
-/// [`PhysRead::physical_memory`]: in 4- and 5-level paging, the walk of [`walk_lent`],
-/// with the reader built only when it hands over (to [`lent_rest`]). The result is always
-/// the one [`walk_planned`] gives.
+/// [`walk_planned`] through the reader `reader` builds (with `paging` and `plan` again),
+/// `bytes` being its [`PhysRead::physical_memory`]: in 4- and 5-level paging, the walk of
+/// [`walk_lent`], with `reader` called only when it hands over (to [`lent_rest`]). The
+/// result is always the one [`walk_planned`] gives.
 #[inline]
-pub(crate) fn translate_lent<R: PhysRead>(
+pub(crate) fn translate_lent<'a, R: PhysRead>(
     bytes: &[u8],
-    reader: impl FnOnce() -> R,
+    reader: impl FnOnce() -> (R, &'a Paging, &'a WalkPlan),
     paging: &Paging,
     plan: &WalkPlan,
     va: Va,
@@ -150,16 +150,21 @@ pub(crate) fn translate_lent<R: PhysRead>(
     let lent = match paging.mode {
         PagingMode::Level4 => walk_lent::<4>(bytes, plan, va, root),
         PagingMode::Level5 => walk_lent::<5>(bytes, plan, va, root),
-        _ => return walk_planned(&reader(), paging, plan, va, root, |_| {}),
+        _ => return walk_planned(&reader().0, paging, plan, va, root, |_| {}),
     };
     match lent {
         Ok(t) => Ok(t),
-        Err(rest) => lent_rest(reader, paging, plan, va, root, rest),
+        Err(rest) => lent_rest(reader, va, root, rest),
     }
 }
 
 /// Where a [`walk_lent`] hands over to [`lent_rest`]: the level whose entry it did not
-/// take, the table that holds that entry, and the AND of the adjusted entries above.
+/// take, the table that holds that entry, and the AND of the adjusted entries above,
+/// that entry's possibly included. Including it changes nothing the rest of the walk
+/// reads: [`Walker::check`] folds the same entry in again (AND and OR are idempotent,
+/// and the adjustment only changes bit 63, inverted in the OR, and bit 0), except when
+/// the entry is not present, where the borrow may change other bits and the walk then
+/// fails without reading the rights.
 #[derive(Clone, Copy)]
 struct Resume {
     level: u8,
@@ -226,6 +231,9 @@ fn walk_lent<const LEVELS: u8>(
     macro_rules! upper {
         ($level:literal) => {{
             let adjusted = entry!($level);
+            // Before the test: the handover's rights may hold this entry already (see
+            // `Resume`), and the adjusted entry is then only needed masked.
+            rights &= adjusted;
             let next = (adjusted & plan.upper_test).rotate_right(12);
             if next >= frames {
                 return Err(Resume {
@@ -234,7 +242,6 @@ fn walk_lent<const LEVELS: u8>(
                     table: frame << 12,
                 });
             }
-            rights &= adjusted;
             frame = next;
         }};
     }
@@ -245,6 +252,7 @@ fn walk_lent<const LEVELS: u8>(
     upper!(3);
     upper!(2);
     let adjusted = entry!(1);
+    rights &= adjusted;
     let leaf = (adjusted & plan.upper_test & !EntryFlags::PAGE_SIZE.bits()).rotate_right(12);
     if leaf >= plan.phys_frames {
         return Err(Resume {
@@ -253,7 +261,6 @@ fn walk_lent<const LEVELS: u8>(
             table: frame << 12,
         });
     }
-    rights &= adjusted;
     // W is bit 1 of the entries and of the rights; X is bit 63 of the AND (no XD at any
     // level), or always with EFER.NXE = 0, where the plan's `adjust` has bit 63 set; U/S
     // is bit 2.
@@ -278,15 +285,14 @@ fn walk_lent<const LEVELS: u8>(
 /// [`walk_long`] does. Out of line: a fault, a large leaf, a table past the slice.
 #[cold]
 #[inline(never)]
-fn lent_rest<R: PhysRead>(
-    reader: impl FnOnce() -> R,
-    paging: &Paging,
-    plan: &WalkPlan,
+fn lent_rest<'a, R: PhysRead>(
+    reader: impl FnOnce() -> (R, &'a Paging, &'a WalkPlan),
     va: Va,
     root: Pa,
     rest: Resume,
 ) -> Result<Translation, VmiError> {
-    let mem = &reader();
+    let (mem, paging, plan) = reader();
+    let mem = &mem;
     let desc = paging.mode.desc();
     // A resumed walk's address was canonical; this is the check of one that never began.
     let mut w = Walker::new(mem, paging, plan, desc, va, root, |_| {})?;
