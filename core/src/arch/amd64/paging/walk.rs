@@ -531,7 +531,12 @@ fn lanes_level<
 }
 
 /// 4- or 5-level paging (`LEVELS`, described by `desc`): the levels written out.
-#[inline(always)]
+///
+/// Inlined in optimized builds only: unoptimized, each inlined copy keeps its own stack
+/// slots for every level, and [`walk_planned`] holding both copies took 16 KiB of stack,
+/// half of what a firmware core runs on (host-test's `embedding.rs`).
+#[cfg_attr(not(debug_assertions), inline(always))]
+#[cfg_attr(debug_assertions, inline(never))]
 fn walk_long<const LEVELS: u8>(
     mem: &(impl PhysRead + ?Sized),
     paging: &Paging,
