@@ -12,10 +12,12 @@
 //! with and without the translation cache); `walkmany`, `tlbmany`, `readmany`: `walk`,
 //! `tlb` and `read` through the batch APIs, 64 addresses a call; `miss` (a translation
 //! cache of one set: every translation a miss and an offer), `naive` (the bench floor's
-//! naive walk), `none` (the loop alone, to subtract).
+//! naive walk), `none` (the loop alone, to subtract). `walk5`, `naive5` and `none5`: `walk`,
+//! `naive` and `none` with the same pages under a 5-level guest (CR4.LA57).
 
 use std::time::Instant;
 
+use introvisor::arch::amd64::{Paging, PagingMode};
 use introvisor::{AccessContext, Va, VmiCore, VmiError};
 use introvisor_host::HostDriver;
 use introvisor_host::builder::{GuestBuilder, PageSize};
@@ -28,8 +30,13 @@ const OPS: u32 = 200_000;
 const MIBS: u64 = (PAGES * 4096) >> 20;
 
 fn main() {
-    let mode = std::env::args().nth(1).unwrap_or_else(|| "walk".into());
-    let mut b = GuestBuilder::new(32 << 20);
+    let arg = std::env::args().nth(1).unwrap_or_else(|| "walk".into());
+    // `walk5`, `naive5`, `none5`: the 4-level mode of that name, under 5-level paging.
+    let (mode, levels) = match arg.strip_suffix('5') {
+        Some(m @ ("walk" | "naive" | "none")) => (m.to_string(), 5),
+        _ => (arg.clone(), 4),
+    };
+    let mut b = GuestBuilder::with_levels(32 << 20, levels);
     // Each page with its own flags, as a kernel's are (mixed_flags).
     let mut flag_rng = Rng::new(0xf1a9_5eed);
     for page in 0..PAGES {
@@ -44,7 +51,10 @@ fn main() {
     mixed_flags::decorate(&mut guest, 0xdec0_5eed);
     let memory: &'static [u8] = Box::leak(guest.memory.clone().into_boxed_slice());
     let root = guest.root;
-    let core = VmiCore::new(HostDriver::from_vec(guest.memory));
+    let mut core = VmiCore::new(HostDriver::from_vec(guest.memory));
+    if levels == 5 {
+        core.set_paging(Paging::new(PagingMode::Level5));
+    }
     core.disable_gfn_cache();
     if mode == "walk" || mode == "bulkwalk" || mode == "walkmany" {
         core.disable_v2p_cache();
@@ -119,6 +129,8 @@ fn main() {
         } else if mode == "none" {
             // The loop alone: what the other modes' counts include besides their work.
             core::hint::black_box(va)
+        } else if mode == "naive" && levels == 5 {
+            naive_walk5(memory, root.0, va)
         } else if mode == "naive" {
             naive_walk(memory, root.0, va)
         } else {
@@ -126,7 +138,7 @@ fn main() {
         };
     }
     let ns = start.elapsed().as_nanos() as f64 / f64::from(OPS);
-    eprintln!("{mode}: {ns:.1} ns per operation ({acc:#x})");
+    eprintln!("{arg}: {ns:.1} ns per operation ({acc:#x})");
     if std::env::var_os("WALK_PROFILE_METRICS").is_some() {
         eprintln!("translation cache: {}", core.v2p_cache_metrics());
     }
@@ -141,6 +153,22 @@ fn naive_walk(memory: &[u8], root: u64, va: u64) -> u64 {
         u64::from_le_bytes(memory[i..i + 8].try_into().expect("in memory"))
     };
     let e4 = load(root + ((va >> 39) & 0x1ff) * 8);
+    let e3 = load((e4 & ADDR) + ((va >> 30) & 0x1ff) * 8);
+    let e2 = load((e3 & ADDR) + ((va >> 21) & 0x1ff) * 8);
+    let e1 = load((e2 & ADDR) + ((va >> 12) & 0x1ff) * 8);
+    (e1 & ADDR) | (va & 0xfff)
+}
+
+/// [`naive_walk`] under 5-level paging: five dependent loads with masks, no checks.
+#[inline(always)]
+fn naive_walk5(memory: &[u8], root: u64, va: u64) -> u64 {
+    const ADDR: u64 = 0x000f_ffff_ffff_f000;
+    let load = |pa: u64| {
+        let i = pa as usize;
+        u64::from_le_bytes(memory[i..i + 8].try_into().expect("in memory"))
+    };
+    let e5 = load(root + ((va >> 48) & 0x1ff) * 8);
+    let e4 = load((e5 & ADDR) + ((va >> 39) & 0x1ff) * 8);
     let e3 = load((e4 & ADDR) + ((va >> 30) & 0x1ff) * 8);
     let e2 = load((e3 & ADDR) + ((va >> 21) & 0x1ff) * 8);
     let e1 = load((e2 & ADDR) + ((va >> 12) & 0x1ff) * 8);

@@ -39,6 +39,19 @@ pub trait PhysRead {
 
     /// Reads the 4 bytes at `pa`.
     fn read_u32(&self, pa: Pa) -> Result<u32, VmiError>;
+
+    /// Guest-physical memory from address 0 as one byte slice, when the reader holds it so
+    /// (`None`, the default, when it does not). Byte `n` of the slice must be what
+    /// [`PhysRead::read_u64`] reads at address `n`; addresses past its end may still be
+    /// readable through [`PhysRead::read_u64`].
+    ///
+    /// The AMD64 walker in 4- and 5-level paging reads entries inside the slice without a
+    /// call, and goes through [`PhysRead::read_u64_fast`] and [`PhysRead::read_u64`] for
+    /// anything past its end.
+    #[inline]
+    fn physical_memory(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// Guest-physical memory as a byte slice starting at address zero.
@@ -74,6 +87,11 @@ impl PhysRead for [u8] {
         raw.copy_from_slice(bytes);
         Ok(u32::from_le_bytes(raw))
     }
+
+    #[inline]
+    fn physical_memory(&self) -> Option<&[u8]> {
+        Some(self)
+    }
 }
 
 impl<T: PhysRead + ?Sized> PhysRead for &T {
@@ -88,6 +106,11 @@ impl<T: PhysRead + ?Sized> PhysRead for &T {
 
     fn read_u32(&self, pa: Pa) -> Result<u32, VmiError> {
         (**self).read_u32(pa)
+    }
+
+    #[inline]
+    fn physical_memory(&self) -> Option<&[u8]> {
+        (**self).physical_memory()
     }
 }
 
@@ -279,6 +302,29 @@ pub trait Architecture: Sized + Send + Sync + 'static {
     ) -> Result<Translation, VmiError> {
         let _ = plan;
         Self::translate(mem, paging, va, root)
+    }
+
+    /// [`Self::translate_planned`] through the reader that `reader` builds, whose
+    /// [`PhysRead::physical_memory`] is `memory`. `reader` also gives `paging` and `plan`
+    /// again (the caller's own references): an architecture may walk `memory` directly
+    /// and call `reader` only for what lies outside it (its walk's rare paths), so that
+    /// the common path keeps neither a reader in memory nor those references in
+    /// registers. The result must be the one [`Self::translate_planned`] gives through
+    /// the reader. The default builds the reader first.
+    ///
+    /// # Errors
+    /// As [`Self::translate`].
+    #[inline]
+    fn translate_lent<'a, R: PhysRead>(
+        memory: &[u8],
+        reader: impl FnOnce() -> (R, &'a Self::Paging, &'a Self::Plan),
+        paging: &Self::Paging,
+        plan: &Self::Plan,
+        va: Va,
+        root: Pa,
+    ) -> Result<Translation, VmiError> {
+        let _ = memory;
+        Self::translate_planned(&reader().0, paging, plan, va, root)
     }
 
     /// [`Self::translate_planned`] for each of `vas`, into `out` in the same order (as

@@ -6,7 +6,7 @@ use super::VmiCore;
 use crate::access::{AccessContext, AddressContext, TranslationMechanism};
 use crate::addr::{Pa, Va};
 use crate::arch::{Architecture, PhysRead, Translation, WalkStep};
-use crate::cache::{Bypass, CacheMetrics};
+use crate::cache::{Bypass, CacheMetrics, Local};
 use crate::driver::VmiDriver;
 use crate::error::VmiError;
 use crate::fmt::{log_debug, log_trace};
@@ -68,6 +68,11 @@ impl<D: VmiDriver> PhysRead for DirectReader<'_, D> {
     #[inline(always)]
     fn read_u64_fast(&self, pa: Pa) -> Option<u64> {
         self.memory?.read_u64_fast(pa)
+    }
+
+    #[inline(always)]
+    fn physical_memory(&self) -> Option<&[u8]> {
+        self.memory
     }
 }
 
@@ -203,13 +208,26 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         if !self.v2p_cache_enabled.load(Ordering::Relaxed) {
             return self.translate_uncached(va, root);
         }
-        // One stripe of counters for this translation, chosen here.
+        // One stripe of counters for this translation, chosen here; a bypassed one walks
+        // as an uncached one does.
         let local = self.v2p_cache.local();
         if local.bypassing() {
             return self.translate_uncached(va, root);
         }
+        self.translate_cached(&local, va, root)
+    }
+
+    /// [`VmiCore::translate`] through the translation cache: its own function, so that
+    /// the uncached and bypassed paths do not pay for the cached one's registers.
+    #[inline(never)]
+    fn translate_cached(
+        &self,
+        local: &Local<'_>,
+        va: Va,
+        root: Pa,
+    ) -> Result<Translation, VmiError> {
         self.v2p_cache.translate(
-            &local,
+            local,
             self.root_table(root),
             va,
             root,
@@ -248,9 +266,29 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     ///
     /// # Errors
     /// As [`VmiCore::translate_address`].
+    #[inline]
     pub fn translate_uncached(&self, va: Va, root: Pa) -> Result<Translation, VmiError> {
-        let memory = self.driver.physical_memory();
-        if memory.is_none() && self.gfn_cache_enabled.load(Ordering::Relaxed) {
+        match self.driver.physical_memory() {
+            // Memory lent as one slice: the walker reads it directly (the page cache is
+            // not used for such a driver).
+            Some(memory) => <D::Architecture as Architecture>::translate_lent(
+                memory,
+                || (self.direct_reader(), &self.paging, &self.plan),
+                &self.paging,
+                &self.plan,
+                va,
+                root,
+            ),
+            None => self.translate_unlent(va, root),
+        }
+    }
+
+    /// [`VmiCore::translate_uncached`] for a driver that lends no memory: through the page
+    /// cache when it is on, else through the driver's reads. Out of line, so that the
+    /// lent walk keeps its registers.
+    #[inline(never)]
+    fn translate_unlent(&self, va: Va, root: Pa) -> Result<Translation, VmiError> {
+        if self.gfn_cache_enabled.load(Ordering::Relaxed) {
             <D::Architecture as Architecture>::translate_planned(
                 &CoreReader(self),
                 &self.paging,
@@ -259,12 +297,11 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
                 root,
             )
         } else {
-            let reader = DirectReader {
-                driver: &self.driver,
-                memory,
-            };
             <D::Architecture as Architecture>::translate_planned(
-                &reader,
+                &DirectReader {
+                    driver: &self.driver,
+                    memory: None,
+                },
                 &self.paging,
                 &self.plan,
                 va,

@@ -45,6 +45,19 @@ impl Architecture for Amd64 {
 
     const DEFAULT_ROOT_MASK: u64 = Self::DEFAULT_PAGING.root_mask();
 
+    /// The walk without an observer: over memory the reader lends as one slice, the
+    /// straight-line walk of 4- and 5-level paging (the same result as
+    /// [`Self::translate_observed`]).
+    #[inline]
+    fn translate(
+        mem: &(impl PhysRead + ?Sized),
+        paging: &Paging,
+        va: Va,
+        root: Pa,
+    ) -> Result<Translation, VmiError> {
+        paging::translate_planned(mem, paging, &paging.plan(), va, root)
+    }
+
     type Plan = WalkPlan;
     const DEFAULT_PLAN: WalkPlan = Self::DEFAULT_PAGING.plan();
 
@@ -61,7 +74,21 @@ impl Architecture for Amd64 {
         va: Va,
         root: Pa,
     ) -> Result<Translation, VmiError> {
-        paging::walk_planned(mem, paging, plan, va, root, |_| {})
+        paging::translate_planned(mem, paging, plan, va, root)
+    }
+
+    /// The walk of `memory` itself in 4- and 5-level paging; the reader is built for its
+    /// rare paths only.
+    #[inline]
+    fn translate_lent<'a, R: PhysRead>(
+        memory: &[u8],
+        reader: impl FnOnce() -> (R, &'a Paging, &'a WalkPlan),
+        paging: &Paging,
+        plan: &WalkPlan,
+        va: Va,
+        root: Pa,
+    ) -> Result<Translation, VmiError> {
+        paging::translate_lent(memory, reader, paging, plan, va, root)
     }
 
     /// A range walk: consecutive PTEs of one table without a walk from the root each.

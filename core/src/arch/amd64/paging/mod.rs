@@ -58,7 +58,9 @@ mod walk;
 pub use entry::{EntryFlags, EntryNames, PageTableEntry, TableIndex, level_name};
 pub use rights::{Access, AccessKind, PfErrorCode, RightsPolicy};
 pub use walk::WalkPlan;
-pub(crate) use walk::{LANES, walk, walk_many_planned, walk_pages_planned, walk_planned};
+pub(crate) use walk::{
+    LANES, translate_lent, translate_planned, walk, walk_many_planned, walk_pages_planned,
+};
 
 /// The paging mode of a vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

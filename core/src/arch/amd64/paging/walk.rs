@@ -15,18 +15,31 @@ use crate::error::VmiError;
 /// the paging it is passed with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WalkPlan {
-    /// Bits below MAXPHYADDR.
-    phys_mask: u64,
-    /// The address bits of an entry that references a table.
+    /// The address bits of an entry that references a table: bits MAXPHYADDR-1:12 of an
+    /// 8-byte entry (also the frame bits of a leaf, whose offset bits are then cleared),
+    /// 31:12 of a 4-byte one.
     table_mask: u64,
     /// 8-byte entries: the reserved bits at or above MAXPHYADDR of a level with rights
     /// (bit 63 included unless EFER.NXE = 1).
     high_reserved: u64,
-    /// 8-byte entries: the same for a level without rights (bit 63 always reserved).
-    high_reserved_no_rights: u64,
-    /// The XD bit (63) when it takes execution away (8-byte entries, EFER.NXE = 1), else
-    /// 0: a leaf is executable when the OR of the entries has none of these bits.
-    no_exec: u64,
+    /// Over lent memory in 4/5-level paging ([`walk_lent`]): what is added to an entry
+    /// before it is tested. It takes 1 away, which clears P in a present entry (bits
+    /// 62:1 unchanged) and sets bit 0 in an absent one (the borrow); when XD takes
+    /// execution away (8-byte entries, EFER.NXE = 1) it also adds 2^63, which flips XD,
+    /// so that the AND of the adjusted entries holds W (bit 1), U/S (bit 2) and "no XD
+    /// anywhere" (bit 63) at once. Its bit 63 is clear exactly when XD counts
+    /// ([`WalkPlan::no_exec`]).
+    adjust: u64,
+    /// 4/5-level paging: the bits of an adjusted entry above the leaf that the walk
+    /// tests, each 0 on the common path: P inverted (bit 0), PS (bit 7), the address bits
+    /// 51:12, and bit 63 when it is reserved (EFER.NXE = 0). A PTE's are the same but PS
+    /// (bit 7 is PAT there).
+    upper_test: u64,
+    /// 2^(MAXPHYADDR - 12), the frames below MAXPHYADDR: an entry's tested bits rotated
+    /// right by 12 are below this (and below the pages of memory, for a table) exactly
+    /// when P = 1, PS = 0 (above the leaf), no reserved bit is set and the frame is in
+    /// range.
+    phys_frames: u64,
 }
 
 impl Paging {
@@ -39,18 +52,37 @@ impl Paging {
         let high = bit_range(maxphy, desc.high_reserved_end as u32);
         let xd = EntryFlags::EXECUTE_DISABLE.bits();
         WalkPlan {
-            phys_mask,
             table_mask: if wide {
                 phys_mask & !0xfff
             } else {
                 0xffff_f000
             },
             high_reserved: if self.nxe { high } else { high | xd },
-            high_reserved_no_rights: high | xd,
-            no_exec: if wide && self.nxe { xd } else { 0 },
+            adjust: if wide && self.nxe {
+                xd.wrapping_sub(1)
+            } else {
+                u64::MAX
+            },
+            upper_test: LENT_TESTED | EntryFlags::PAGE_SIZE.bits() | if self.nxe { 0 } else { xd },
+            // MAXPHYADDR is 32..=52: the shift is 20..=40.
+            phys_frames: 1u64 << maxphy.wrapping_sub(12),
         }
     }
 }
+
+impl WalkPlan {
+    /// The XD bit (63) when it takes execution away (8-byte entries, EFER.NXE = 1), else
+    /// 0: a leaf is executable when the OR of the entries has none of these bits.
+    #[inline(always)]
+    const fn no_exec(&self) -> u64 {
+        !self.adjust & EntryFlags::EXECUTE_DISABLE.bits()
+    }
+}
+
+/// The bits [`walk_lent`] tests in every adjusted 4/5-level entry: P (inverted by the
+/// plan's `adjust`) and the address bits 51:12 (Tables 4-14 to 4-20), whose part at or
+/// above MAXPHYADDR is reserved.
+const LENT_TESTED: u64 = EntryFlags::PRESENT.bits() | 0x000f_ffff_ffff_f000;
 
 /// The walk itself; see the module documentation.
 ///
@@ -83,6 +115,201 @@ pub(crate) fn walk_planned(
         PagingMode::Level5 => walk_long::<5>(mem, paging, plan, &LEVEL5, va, root, observe),
         _ => walk_other(mem, paging, plan, va, root, observe),
     }
+}
+
+/// [`walk_planned`] without an observer: in 4- and 5-level paging, over memory the
+/// reader lends as one slice ([`PhysRead::physical_memory`]), [`translate_lent`]. The
+/// result is always the one [`walk_planned`] gives.
+#[inline]
+pub(crate) fn translate_planned<M: PhysRead + ?Sized>(
+    mem: &M,
+    paging: &Paging,
+    plan: &WalkPlan,
+    va: Va,
+    root: Pa,
+) -> Result<Translation, VmiError> {
+    match mem.physical_memory() {
+        Some(bytes) => translate_lent(bytes, || (mem, paging, plan), paging, plan, va, root),
+        None => walk_planned(mem, paging, plan, va, root, |_| {}),
+    }
+}
+
+/// [`walk_planned`] through the reader `reader` builds (with `paging` and `plan` again),
+/// `bytes` being its [`PhysRead::physical_memory`]: in 4- and 5-level paging, the walk of
+/// [`walk_lent`], with `reader` called only when it hands over (to [`lent_rest`]). The
+/// result is always the one [`walk_planned`] gives.
+#[inline]
+pub(crate) fn translate_lent<'a, R: PhysRead>(
+    bytes: &[u8],
+    reader: impl FnOnce() -> (R, &'a Paging, &'a WalkPlan),
+    paging: &Paging,
+    plan: &WalkPlan,
+    va: Va,
+    root: Pa,
+) -> Result<Translation, VmiError> {
+    let lent = match paging.mode {
+        PagingMode::Level4 => walk_lent::<4>(bytes, plan, va, root),
+        PagingMode::Level5 => walk_lent::<5>(bytes, plan, va, root),
+        _ => return walk_planned(&reader().0, paging, plan, va, root, |_| {}),
+    };
+    match lent {
+        Ok(t) => Ok(t),
+        Err(rest) => lent_rest(reader, va, root, rest),
+    }
+}
+
+/// Where a [`walk_lent`] hands over to [`lent_rest`]: the level whose entry it did not
+/// take, the table that holds that entry, and the AND of the adjusted entries above,
+/// that entry's possibly included. Including it changes nothing the rest of the walk
+/// reads: [`Walker::check`] folds the same entry in again (AND and OR are idempotent,
+/// and the adjustment only changes bit 63, inverted in the OR, and bit 0), except when
+/// the entry is not present, where the borrow may change other bits and the walk then
+/// fails without reading the rights.
+#[derive(Clone, Copy)]
+struct Resume {
+    level: u8,
+    rights: u64,
+    table: u64,
+}
+
+/// 4- or 5-level paging (`LEVELS`) over `bytes`, the memory the reader lends from address
+/// 0: the common path, one test a level; anything else is handed to [`lent_rest`] as a
+/// [`Resume`].
+///
+/// Each entry, once read, is adjusted by the plan (`adjust`: P cleared when present, XD
+/// flipped) and the AND of the adjusted entries is the rights (§4.6.1: W and U/S where
+/// every level has them, X where none has XD), without a branch. The entry's tested bits
+/// (`upper_test`, without PS for a PTE) rotated right by 12 are the next frame when, and only
+/// when, the entry is present, is not a large leaf, has no reserved bit (PS of a PML5E or
+/// PML4E, bits 51:MAXPHYADDR, XD without EFER.NXE) and, above the leaf, names a table in
+/// the slice: one compare against the number of pages (a PTE's frame, against
+/// MAXPHYADDR) decides all of it. The handover happens at the entry that fails it, or at
+/// the root for a non-canonical address or a root past the slice. Accessed and dirty bits
+/// are never written.
+#[inline(always)]
+fn walk_lent<const LEVELS: u8>(
+    bytes: &[u8],
+    plan: &WalkPlan,
+    va: Va,
+    root: Pa,
+) -> Result<Translation, Resume> {
+    // The root's table: CR3 bits M-1:12 (Tables 4-12, 4-13).
+    let root_table = root.0 & plan.table_mask;
+    let from_root = Resume {
+        level: LEVELS,
+        rights: u64::MAX,
+        table: root_table,
+    };
+    // Canonical for 48 or 57 bits (SDM Vol. 1 §3.3.7.1), before any memory is read.
+    let unused: u32 = if LEVELS == 5 { 7 } else { 16 };
+    if (((va.0 << unused) as i64) >> unused) as u64 != va.0 {
+        return Err(from_root);
+    }
+    // The slice as tables of 512 entries, the pages below MAXPHYADDR only: a frame
+    // number is in range when it is below `frames`.
+    let (entries, _) = bytes.as_chunks::<8>();
+    let (tables, _) = entries.as_chunks::<512>();
+    let below_maxphy = usize::try_from(plan.phys_frames).unwrap_or(usize::MAX);
+    let tables = tables.get(..below_maxphy).unwrap_or(tables);
+    let frames = tables.len() as u64;
+    let mut frame = root_table >> 12;
+    let mut rights = u64::MAX;
+    // The entry of `va` at `$level` in the table at `frame`, adjusted. Every frame but
+    // the root's was checked against `frames` with the entry that names it.
+    macro_rules! entry {
+        ($level:literal) => {{
+            let Some(table) = usize::try_from(frame).ok().and_then(|f| tables.get(f)) else {
+                return Err(from_root);
+            };
+            let index = (va.0 >> (12 + 9 * ($level - 1))) as usize & 0x1ff;
+            let Some(raw) = table.get(index) else {
+                return Err(from_root);
+            };
+            u64::from_le_bytes(*raw).wrapping_add(plan.adjust)
+        }};
+    }
+    macro_rules! upper {
+        ($level:literal) => {{
+            let adjusted = entry!($level);
+            // Before the test: the handover's rights may hold this entry already (see
+            // `Resume`), and the adjusted entry is then only needed masked.
+            rights &= adjusted;
+            let next = (adjusted & plan.upper_test).rotate_right(12);
+            if next >= frames {
+                return Err(Resume {
+                    level: $level,
+                    rights,
+                    table: frame << 12,
+                });
+            }
+            frame = next;
+        }};
+    }
+    if LEVELS == 5 {
+        upper!(5);
+    }
+    upper!(4);
+    upper!(3);
+    upper!(2);
+    let adjusted = entry!(1);
+    rights &= adjusted;
+    let leaf = (adjusted & plan.upper_test & !EntryFlags::PAGE_SIZE.bits()).rotate_right(12);
+    if leaf >= plan.phys_frames {
+        return Err(Resume {
+            level: 1,
+            rights,
+            table: frame << 12,
+        });
+    }
+    // W is bit 1 of the entries and of the rights; X is bit 63 of the AND (no XD at any
+    // level), or always with EFER.NXE = 0, where the plan's `adjust` has bit 63 set; U/S
+    // is bit 2.
+    const {
+        assert!(EntryFlags::WRITABLE.bits() == MemoryAccess::W.bits() as u64);
+        assert!(MemoryAccess::R.bits() == 1 && MemoryAccess::X.bits() == 4);
+    }
+    let exec = ((rights | plan.adjust) >> 63) as u8;
+    Ok(Translation {
+        pa: Pa((leaf << 12) | (va.0 & 0xfff)),
+        page_size: 1 << 12,
+        access: MemoryAccess::from_bits_retain(
+            1 | (rights & EntryFlags::WRITABLE.bits()) as u8 | exec << 2,
+        ),
+        user: rights & EntryFlags::USER.bits() != 0,
+    })
+}
+
+/// The rest of a [`walk_lent`], from where it handed over: the canonical check, then
+/// [`Walker::step`] level by level from `rest.level` with the rights of the levels above,
+/// reading through `mem` (so past the slice's end too) and naming every fault as
+/// [`walk_long`] does. Out of line: a fault, a large leaf, a table past the slice.
+#[cold]
+#[inline(never)]
+fn lent_rest<'a, R: PhysRead>(
+    reader: impl FnOnce() -> (R, &'a Paging, &'a WalkPlan),
+    va: Va,
+    root: Pa,
+    rest: Resume,
+) -> Result<Translation, VmiError> {
+    let (mem, paging, plan) = reader();
+    let mem = &mem;
+    let desc = paging.mode.desc();
+    // A resumed walk's address was canonical; this is the check of one that never began.
+    let mut w = Walker::new(mem, paging, plan, desc, va, root, |_| {})?;
+    // The adjusted entries carry W and U/S as they are, and bit 63 inverted when XD
+    // counts (when it does not, the walker ignores the OR's bit 63).
+    w.rights_and = rest.rights;
+    w.rights_or = !rest.rights & EntryFlags::EXECUTE_DISABLE.bits();
+    let mut table = Pa(rest.table);
+    // At most `rest.level` (4 or 5) iterations.
+    for level in (1..=rest.level).rev() {
+        match w.step(level, table)? {
+            Step::Leaf(t) => return Ok(t),
+            Step::Table(next) => table = next,
+        }
+    }
+    // Level 1 always maps a page; this is the bound made explicit.
+    Err(fault(va, root, 0, table, 0, FaultReason::NotPresent))
 }
 
 /// The translations of `count` consecutive 4 KiB pages from the page of `va`, in order,
@@ -155,9 +382,9 @@ pub(crate) fn walk_pages_planned(
                 break;
             }
             let and = upper_and & value;
-            let exec = u8::from((upper_or | value) & plan.no_exec == 0);
+            let exec = u8::from((upper_or | value) & plan.no_exec() == 0);
             let t = Translation {
-                pa: Pa(value & plan.phys_mask & !(PAGE - 1)),
+                pa: Pa(value & plan.table_mask),
                 page_size: PAGE,
                 access: MemoryAccess::from_bits_retain(
                     MemoryAccess::R.bits()
@@ -304,7 +531,12 @@ fn lanes_level<
 }
 
 /// 4- or 5-level paging (`LEVELS`, described by `desc`): the levels written out.
-#[inline(always)]
+///
+/// Inlined in optimized builds only: unoptimized, each inlined copy keeps its own stack
+/// slots for every level, and [`walk_planned`] holding both copies took 16 KiB of stack,
+/// half of what a firmware core runs on (host-test's `embedding.rs`).
+#[cfg_attr(not(debug_assertions), inline(always))]
+#[cfg_attr(debug_assertions, inline(never))]
 fn walk_long<const LEVELS: u8>(
     mem: &(impl PhysRead + ?Sized),
     paging: &Paging,
@@ -619,7 +851,7 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
             reserved |= if has_rights {
                 self.plan.high_reserved
             } else {
-                self.plan.high_reserved_no_rights
+                self.plan.high_reserved | EntryFlags::EXECUTE_DISABLE.bits()
             };
             if ps {
                 // Between the PAT bit 12 and the page base: bits 20:13 of a 2 MiB leaf,
@@ -656,7 +888,7 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
             let offset_mask = page_size.wrapping_sub(1);
             let base = if self.wide {
                 // The frame bits only: not the PAT bit 12 of a large leaf, nor bit 63.
-                value & self.plan.phys_mask & !offset_mask
+                value & self.plan.table_mask & !offset_mask
             } else if ps {
                 // PSE-36: PDE bits (M-20):13 are physical-address bits (M-1):32.
                 // M is 32..=40: M - 32 is 0..=8 bits.
@@ -675,7 +907,7 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
             }
             // X without a branch: 1 when the OR of the entries has no XD that counts
             // (the plan's `no_exec` is 0 when none does), moved to X's bit.
-            let exec = u8::from(self.rights_or & self.plan.no_exec == 0);
+            let exec = u8::from(self.rights_or & self.plan.no_exec() == 0);
             let access = MemoryAccess::from_bits_retain(
                 MemoryAccess::R.bits()
                     | (self.rights_and & EntryFlags::WRITABLE.bits()) as u8
