@@ -178,7 +178,7 @@ pub(crate) fn walk_pages_planned(
 
 /// Walks that a batch interleaves: [`walk_many_planned`] takes the addresses this many at
 /// a time, each level of every walk before the next level of any.
-pub(crate) const LANES: usize = 8;
+pub(crate) const LANES: usize = 16;
 
 /// [`walk_planned`] for each of `vas` (at most [`LANES`] of them, the rest are left),
 /// into `out` in the same order: in 4- and 5-level paging the walks are interleaved,
@@ -193,8 +193,8 @@ pub(crate) fn walk_many_planned(
     out: &mut [Result<Translation, VmiError>],
 ) {
     match paging.mode {
-        PagingMode::Level4 => walk_long_many::<4>(mem, paging, plan, &LEVEL4, vas, root, out),
-        PagingMode::Level5 => walk_long_many::<5>(mem, paging, plan, &LEVEL5, vas, root, out),
+        PagingMode::Level4 => walk_long_many::<4>(mem, paging, plan, vas, root, out),
+        PagingMode::Level5 => walk_long_many::<5>(mem, paging, plan, vas, root, out),
         _ => {
             for (va, slot) in vas.iter().zip(out.iter_mut()) {
                 *slot = walk_other(mem, paging, plan, *va, root, |_| {});
@@ -203,30 +203,50 @@ pub(crate) fn walk_many_planned(
     }
 }
 
+/// One walk of [`walk_long_many`] still under way: its address, its index in the batch,
+/// the table it reads next and the rights its walk has combined so far.
+#[derive(Clone, Copy)]
+struct Lane {
+    va: Va,
+    index: usize,
+    table: Pa,
+    rights_and: u64,
+    rights_or: u64,
+}
+
 /// The interleaved walks of [`walk_many_planned`] in 4- or 5-level paging.
+///
+/// Each level reads the entry of every walk still under way, then the next level those
+/// whose entry referenced a table. The walks that stop (a leaf, a fault) leave the list
+/// as they stop, the others move up in it: no lane is visited, nor branched on, once its
+/// walk is over, so that page sizes mixed at random cost no mispredictions there.
 #[inline(always)]
 fn walk_long_many<const LEVELS: u8>(
     mem: &(impl PhysRead + ?Sized),
     paging: &Paging,
     plan: &WalkPlan,
-    desc: &'static ModeDesc,
     vas: &[Va],
     root: Pa,
     out: &mut [Result<Translation, VmiError>],
 ) {
-    let noop = |_: WalkStep| {};
-    // One walker per lane, and whether it still walks and which table it reads next;
-    // a lane without an address (or whose address failed its check) never walks.
-    let mut walkers: [_; LANES] = core::array::from_fn(|i| {
-        let va = vas.get(i).copied().unwrap_or(Va(0));
-        Walker::unchecked(mem, paging, plan, desc, va, root, noop)
-    });
-    let mut active = [false; LANES];
+    let desc: &'static ModeDesc = if LEVELS == 5 { &LEVEL5 } else { &LEVEL4 };
     let start = Pa(root.0 & plan.table_mask);
-    let mut tables = [start; LANES];
-    for ((on, va), slot) in active.iter_mut().zip(vas).zip(out.iter_mut()) {
+    let mut lanes = [Lane {
+        va: Va(0),
+        index: 0,
+        table: start,
+        rights_and: u64::MAX,
+        rights_or: 0,
+    }; LANES];
+    let mut live = 0usize;
+    for (index, (va, slot)) in vas.iter().zip(out.iter_mut()).take(LANES).enumerate() {
         if paging.mode.is_valid_va(*va) {
-            *on = true;
+            // At most `LANES` addresses: `live` stays below `LANES` here.
+            if let Some(lane) = lanes.get_mut(live) {
+                lane.va = *va;
+                lane.index = index;
+            }
+            live = live.wrapping_add(1);
         } else {
             *slot = Err(fault(
                 *va,
@@ -241,66 +261,77 @@ fn walk_long_many<const LEVELS: u8>(
     // Each level of every walk, then the next: the walks' loads do not depend on one
     // another, so the CPU overlaps them.
     if LEVELS == 5 {
-        lanes_level::<LEVELS, 5, _, _>(&mut walkers, &mut active, &mut tables, out);
+        live = lanes_level::<LEVELS, 5, _>(mem, paging, plan, root, &mut lanes, live, out);
     }
-    lanes_level::<LEVELS, 4, _, _>(&mut walkers, &mut active, &mut tables, out);
-    lanes_level::<LEVELS, 3, _, _>(&mut walkers, &mut active, &mut tables, out);
-    lanes_level::<LEVELS, 2, _, _>(&mut walkers, &mut active, &mut tables, out);
-    lanes_level::<LEVELS, 1, _, _>(&mut walkers, &mut active, &mut tables, out);
-    // Level 1 always maps a page or fails; this is the bound made explicit.
-    for (((on, va), table), slot) in active.iter().zip(vas).zip(tables).zip(out.iter_mut()) {
-        if *on {
-            *slot = Err(fault(*va, root, 0, table, 0, FaultReason::NotPresent));
+    live = lanes_level::<LEVELS, 4, _>(mem, paging, plan, root, &mut lanes, live, out);
+    live = lanes_level::<LEVELS, 3, _>(mem, paging, plan, root, &mut lanes, live, out);
+    live = lanes_level::<LEVELS, 2, _>(mem, paging, plan, root, &mut lanes, live, out);
+    live = lanes_level::<LEVELS, 1, _>(mem, paging, plan, root, &mut lanes, live, out);
+    // Level 1 always maps a page or fails, so no walk is left; this is the bound made
+    // explicit.
+    for lane in lanes.iter().take(live) {
+        if let Some(slot) = out.get_mut(lane.index) {
+            *slot = Err(fault(
+                lane.va,
+                root,
+                0,
+                lane.table,
+                0,
+                FaultReason::NotPresent,
+            ));
         }
     }
 }
 
-/// One level of every lane of [`walk_long_many`] that still walks: its own function for
-/// each level, so that the level is a constant in it and every lookup in the mode's
-/// description folds, as in [`walk_long`]. As there, an entry the reader cannot read the
-/// fast way finishes that walk out of line.
-#[inline(never)]
-fn lanes_level<
-    const LEVELS: u8,
-    const LEVEL: u8,
-    M: PhysRead + ?Sized,
-    F: FnMut(WalkStep) + Copy,
->(
-    walkers: &mut [Walker<'_, M, F>; LANES],
-    active: &mut [bool; LANES],
-    tables: &mut [Pa; LANES],
+/// One level of the first `live` walks of `lanes` ([`walk_long_many`]); returns how many
+/// go on, moved to the front of `lanes` in their order. The level is a constant here, so
+/// that every lookup in the mode's description folds, as in [`walk_long`]; an entry the
+/// reader cannot read the fast way finishes that walk out of line ([`Walker::finish`]).
+#[inline(always)]
+fn lanes_level<const LEVELS: u8, const LEVEL: u8, M: PhysRead + ?Sized>(
+    mem: &M,
+    paging: &Paging,
+    plan: &WalkPlan,
+    root: Pa,
+    lanes: &mut [Lane; LANES],
+    live: usize,
     out: &mut [Result<Translation, VmiError>],
-) {
-    // The walkers hold these already; set here, they are constants to the compiler.
+) -> usize {
+    const { assert!(LANES.is_power_of_two()) };
     let desc: &'static ModeDesc = if LEVELS == 5 { &LEVEL5 } else { &LEVEL4 };
-    let lanes = walkers
-        .iter_mut()
-        .zip(active.iter_mut())
-        .zip(tables.iter_mut());
-    for (((w, on), table), slot) in lanes.zip(out.iter_mut()) {
-        if !*on {
-            continue;
-        }
-        w.desc = desc;
-        w.wide = true;
-        let (shift, _, entry) = w.locate(LEVEL, *table);
-        let Some(value) = w.mem.read_u64_fast(entry) else {
-            *on = false;
-            *slot = w.fork().finish(LEVEL, *table);
+    let mut kept = 0usize;
+    for n in 0..live.min(LANES) {
+        let Some(lane) = lanes.get(n).copied() else {
+            break;
+        };
+        let Some(slot) = out.get_mut(lane.index) else {
             continue;
         };
-        match w.check(LEVEL, shift, entry, value) {
-            Ok(Step::Table(next)) => *table = next,
-            Ok(Step::Leaf(t)) => {
-                *on = false;
-                *slot = Ok(t);
+        let mut w = Walker::unchecked(mem, paging, plan, desc, lane.va, root, |_: WalkStep| {});
+        w.rights_and = lane.rights_and;
+        w.rights_or = lane.rights_or;
+        let (shift, _, entry) = w.locate(LEVEL, lane.table);
+        let Some(value) = w.mem.read_u64_fast(entry) else {
+            // The rest of this walk out of line, one level after the other.
+            *slot = w.finish(LEVEL, lane.table);
+            continue;
+        };
+        if let Some((table, rights_and, rights_or)) = w.lane(LEVEL, shift, entry, value, slot) {
+            // Still walking: `kept <= n`, so the lane moves up (or stays), over one whose
+            // walk has ended or that has been moved already. The mask keeps the index in
+            // bounds without a check.
+            if let Some(to) = lanes.get_mut(kept & (LANES - 1)) {
+                *to = Lane {
+                    table,
+                    rights_and,
+                    rights_or,
+                    ..lane
+                };
             }
-            Err(e) => {
-                *on = false;
-                *slot = Err(e);
-            }
+            kept = kept.wrapping_add(1);
         }
     }
+    kept
 }
 
 /// 4- or 5-level paging (`LEVELS`, described by `desc`): the levels written out.
@@ -495,26 +526,6 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
         }
     }
 
-    /// A copy of this walker, to finish a lane of a batch with [`Walker::finish`].
-    #[inline(always)]
-    fn fork(&self) -> Self
-    where
-        F: Copy,
-    {
-        Self {
-            mem: self.mem,
-            paging: self.paging,
-            desc: self.desc,
-            va: self.va,
-            root: self.root,
-            observe: self.observe,
-            wide: self.wide,
-            plan: self.plan,
-            rights_and: self.rights_and,
-            rights_or: self.rights_or,
-        }
-    }
-
     /// The entry of `level` (1 for the PTE) at `entry`, index `index` in its table.
     #[inline(always)]
     fn read_entry(&self, level: u8, index: u64, entry: Pa) -> Result<u64, VmiError> {
@@ -558,6 +569,25 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
         let (shift, index, entry) = self.locate(level, table);
         let value = self.read_entry(level, index, entry)?;
         self.check(level, shift, entry, value)
+    }
+
+    /// [`Walker::check`] for a lane of a batch: the next table and the rights so far when
+    /// the walk goes on; else the walk's result, written to `slot`.
+    #[inline(always)]
+    fn lane(
+        &mut self,
+        level: u8,
+        shift: u32,
+        entry: Pa,
+        value: u64,
+        slot: &mut Result<Translation, VmiError>,
+    ) -> Option<(Pa, u64, u64)> {
+        match self.check(level, shift, entry, value) {
+            Ok(Step::Table(next)) => return Some((next, self.rights_and, self.rights_or)),
+            Ok(Step::Leaf(t)) => *slot = Ok(t),
+            Err(e) => *slot = Err(e),
+        }
+        None
     }
 
     /// The rest of a walk whose entry at `level` in `table` the reader could not read the
