@@ -87,6 +87,9 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
                 for ((x, t), _) in index.iter().zip(translations).zip(inside) {
                     match t {
                         Ok(t) => {
+                            // The line starts loading now; the walks of the next chunk
+                            // go on meanwhile.
+                            self.driver.prefetch_physical(t.pa);
                             if let (Some(a), Some(p)) = (at.get_mut(ready), pas.get_mut(ready)) {
                                 // The index in the group, below `GROUP`: it fits a byte.
                                 (*a, *p) = (c.wrapping_mul(CHUNK).wrapping_add(*x) as u8, t.pa);
