@@ -90,6 +90,12 @@ struct Stripe {
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
+    /// Lookups still to step aside for ([`Counters::bypassing`]).
+    skip: AtomicU64,
+    /// Hits per capacity miss, averaged over the last few (fixed point, 16ths).
+    score: AtomicU64,
+    /// `hits` at the last capacity miss.
+    mark: AtomicU64,
 }
 
 impl Stripe {
@@ -98,8 +104,43 @@ impl Stripe {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            skip: AtomicU64::new(0),
+            score: AtomicU64::new(Bypass::START),
+            mark: AtomicU64::new(0),
         }
     }
+}
+
+/// When a cache steps aside: the lookups of a thread whose recent lookups mostly missed
+/// in a full cache go straight to the source, and one in [`Bypass::EVERY`] still looks,
+/// so that a working set that returns is seen again.
+///
+/// The measure is the number of hits between two *capacity misses* (misses in a set with
+/// no free or stale way: a cold cache, after a flush or at start, has none), averaged over
+/// the last eight or so. Below a threshold the caller chooses (what a hit saves against
+/// what a miss costs), the next `EVERY - 1` lookups are skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Bypass {
+    /// The least average of hits per capacity miss, in 16ths, at which the cache still
+    /// pays.
+    pub(crate) threshold: u64,
+}
+
+impl Bypass {
+    /// A cache that never steps aside.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "for tests of the translation cache")
+    )]
+    pub(crate) const NEVER: Bypass = Bypass { threshold: 0 };
+    /// Lookups per sample while bypassing: one looks, the others go to the source.
+    pub(crate) const EVERY: u64 = 32;
+    /// The starting score: eight hits per miss, far above any threshold, so that a cache
+    /// that has not missed when full never bypasses.
+    const START: u64 = 8 << 4;
+    /// The most hits one capacity miss's run adds (16 hits, in 16ths), so that one long
+    /// run does not hold off the bypass for long.
+    const RUN_CAP: u64 = 16 << 4;
 }
 
 /// Adds one to a counter with a plain load and store: no locked instruction, so neither
@@ -150,6 +191,16 @@ impl Counters {
         }
     }
 
+    /// The calling thread's stripe, for several counts of one operation: a stripe
+    /// chosen once, so that a deeper call frame on another stack page cannot split
+    /// them ([`Local`]).
+    #[inline]
+    pub(crate) fn local(&self) -> Local<'_> {
+        Local {
+            stripe: self.stripe(),
+        }
+    }
+
     /// Counts one eviction.
     #[inline]
     pub(crate) fn eviction(&self) {
@@ -173,6 +224,62 @@ impl Counters {
             s.hits.store(0, Ordering::Relaxed);
             s.misses.store(0, Ordering::Relaxed);
             s.evictions.store(0, Ordering::Relaxed);
+            s.skip.store(0, Ordering::Relaxed);
+            s.score.store(Bypass::START, Ordering::Relaxed);
+            s.mark.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One thread's stripe of [`Counters`], chosen once for one operation: its counts and
+/// its [`Bypass`] state stay together whatever the call depth of each count.
+pub(crate) struct Local<'a> {
+    stripe: &'a Stripe,
+}
+
+impl Local<'_> {
+    /// Counts one lookup: a hit if `hit`, else a miss.
+    #[inline]
+    pub(crate) fn record(&self, hit: bool) {
+        if hit {
+            bump(&self.stripe.hits);
+        } else {
+            bump(&self.stripe.misses);
+        }
+    }
+
+    /// Whether the calling thread's lookup should step aside ([`Bypass`]); if so, it is
+    /// counted as a miss (the cache did not answer it). O(1), no locked instruction.
+    #[inline]
+    pub(crate) fn bypassing(&self) -> bool {
+        let stripe = self.stripe;
+        let skip = stripe.skip.load(Ordering::Relaxed);
+        if skip == 0 {
+            return false;
+        }
+        stripe.skip.store(skip.wrapping_sub(1), Ordering::Relaxed);
+        bump(&stripe.misses);
+        true
+    }
+
+    /// Notes a miss in a full set: updates the calling thread's average of hits per
+    /// capacity miss, and starts a bypass ([`Bypass`]) if it fell below `bypass`'s
+    /// threshold.
+    #[inline]
+    pub(crate) fn capacity_miss(&self, bypass: Bypass) {
+        let stripe = self.stripe;
+        let hits = stripe.hits.load(Ordering::Relaxed);
+        let run = hits
+            .wrapping_sub(stripe.mark.load(Ordering::Relaxed))
+            .saturating_mul(16)
+            .min(Bypass::RUN_CAP);
+        stripe.mark.store(hits, Ordering::Relaxed);
+        // An average over about eight capacity misses: 7/8 of the old, 1/8 of the new.
+        let old = stripe.score.load(Ordering::Relaxed);
+        let score = old.saturating_sub(old >> 3).saturating_add(run >> 3);
+        stripe.score.store(score, Ordering::Relaxed);
+        if score < bypass.threshold {
+            stripe.skip.store(Bypass::EVERY - 1, Ordering::Relaxed);
         }
     }
 }

@@ -6,7 +6,7 @@ use super::VmiCore;
 use crate::access::{AccessContext, AddressContext, TranslationMechanism};
 use crate::addr::{Pa, Va};
 use crate::arch::{Architecture, PhysRead, Translation, WalkStep};
-use crate::cache::CacheMetrics;
+use crate::cache::{Bypass, CacheMetrics};
 use crate::driver::VmiDriver;
 use crate::error::VmiError;
 use crate::fmt::{log_debug, log_trace};
@@ -155,7 +155,8 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
 
     /// The translation cache's counters. Each translation counts one hit or one miss,
     /// whichever part answered; `len`, `capacity` and `evictions` add both parts up, a
-    /// large page being one entry.
+    /// large page being one entry. A translation the cache stepped aside for (see
+    /// [`VmiCore::translate`]) counts as a miss.
     pub fn v2p_cache_metrics(&self) -> CacheMetrics {
         self.v2p_cache.metrics()
     }
@@ -186,6 +187,15 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// the effective rights. Cached translations are keyed by the root as the walker
     /// reads it ([`Architecture::root_mask`]), so every form of one root shares them.
     ///
+    /// The cache steps aside for a thread whose translations keep missing in it when it
+    /// is full (a scan over more pages than it holds), where looking and inserting would
+    /// cost more than the hits save: that thread then walks without looking, but for one
+    /// translation in 32, whose hits bring the cache back. The bar is three hits per such
+    /// miss when the driver lends its memory ([`VmiDriver::physical_memory`]: a walk is
+    /// then a few loads), one hit in eight misses otherwise. A miss in a cold cache (after
+    /// a flush) does not count. Results are the same either way: a walk is what a miss
+    /// does.
+    ///
     /// # Errors
     /// As [`VmiCore::translate_address`].
     #[inline]
@@ -193,10 +203,29 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         if !self.v2p_cache_enabled.load(Ordering::Relaxed) {
             return self.translate_uncached(va, root);
         }
-        self.v2p_cache
-            .translate(self.root_table(root), va, root, |va, root| {
-                self.translate_uncached(va, root)
-            })
+        self.v2p_cache.translate(
+            self.root_table(root),
+            va,
+            root,
+            || self.v2p_bypass(),
+            |va, root| self.translate_uncached(va, root),
+        )
+    }
+
+    /// When the translation cache steps aside for a thread ([`Bypass`]): below three hits
+    /// per capacity miss where the driver lends its memory (a walk is then four loads
+    /// from it, and a miss's probe and insertion cost about three hits' saving:
+    /// BENCHMARKS.md has the measurements); below one hit in eight misses otherwise,
+    /// where each table entry is a driver read.
+    #[inline]
+    fn v2p_bypass(&self) -> Bypass {
+        Bypass {
+            threshold: if self.driver.physical_memory().is_some() {
+                3 << 4
+            } else {
+                2
+            },
+        }
     }
 
     /// The walker's reader for a core whose page cache is disabled.

@@ -20,7 +20,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::access::MemoryAccess;
 use crate::addr::{Pa, Va};
 use crate::arch::{Architecture, Translation};
-use crate::cache::{CacheMetrics, MissHint, Tlb};
+use crate::cache::{Bypass, CacheMetrics, Local, MissHint, Tlb};
 use crate::error::VmiError;
 
 /// The default capacity: base and large pages together.
@@ -103,22 +103,37 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     ///
     /// # Errors
     /// As `walk`'s.
+    ///
+    /// A thread whose translations mostly miss in a full cache walks without looking,
+    /// but for one in [`Bypass::EVERY`]: `bypass` says below how many hits per capacity
+    /// miss (the caller knows what a walk costs against a hit). See [`Bypass`].
     #[inline]
     pub(crate) fn translate(
         &self,
         root: Pa,
         va: Va,
         raw_root: Pa,
+        bypass: impl FnOnce() -> Bypass,
         walk: impl FnOnce(Va, Pa) -> Result<Translation, VmiError>,
     ) -> Result<Translation, VmiError> {
+        // One stripe for every count of this translation.
+        let local = self.tlb.local();
+        if local.bypassing() {
+            return walk(va, raw_root);
+        }
         let vpn = va.0 >> Self::PAGE_SHIFT;
         let generation = self.tlb.generation();
         match self.tlb.probe_hinted(root.0, vpn, generation) {
             Ok(entry) => {
-                self.tlb.record(true);
+                local.record(true);
                 Ok(Self::unpack(entry, va, Self::OFFSET_MASK))
             }
-            Err(hint) => self.miss(root, va, raw_root, generation, hint, walk),
+            Err(hint) => {
+                if hint.full() {
+                    local.capacity_miss(bypass());
+                }
+                self.miss(&local, root, va, raw_root, generation, hint, walk)
+            }
         }
     }
 
@@ -163,9 +178,11 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     /// row in its set ([`Tlb::offer`]), so a scan over more pages than the cache holds (a
     /// bulk read, random reads over a large range) neither flushes the working set out
     /// nor pays a slot write's locked instruction per page.
+    #[expect(clippy::too_many_arguments, reason = "the state of one translation")]
     #[inline(never)]
     fn miss(
         &self,
+        local: &Local<'_>,
         root: Pa,
         va: Va,
         raw_root: Pa,
@@ -180,10 +197,10 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
             )
         };
         if let Some(t) = self.probe_large(root, va, generation) {
-            self.tlb.record(true);
+            local.record(true);
             return Ok(t);
         }
-        self.tlb.record(false);
+        local.record(false);
         let t = walk(va, raw_root)?;
         let vpn = va.0 >> Self::PAGE_SHIFT;
         if t.page_size == Self::PAGE_SIZE {
@@ -340,13 +357,19 @@ mod tests {
     /// address of its page.
     fn through(cache: &Cache, root: Pa, va: u64, t: Translation, walks: &Cell<u32>) -> Translation {
         let mask = t.page_size - 1;
-        let r = cache.translate(root, Va(va), root, |_, _| {
-            walks.set(walks.get() + 1);
-            Ok(Translation {
-                pa: Pa((t.pa.0 & !mask) | (va & mask)),
-                ..t
-            })
-        });
+        let r = cache.translate(
+            root,
+            Va(va),
+            root,
+            || Bypass::NEVER,
+            |_, _| {
+                walks.set(walks.get() + 1);
+                Ok(Translation {
+                    pa: Pa((t.pa.0 & !mask) | (va & mask)),
+                    ..t
+                })
+            },
+        );
         r.expect("walk succeeds")
     }
 
@@ -413,12 +436,12 @@ mod tests {
         };
         assert!(
             cache
-                .translate(ROOT, Va(0x5000), ROOT, |_, _| fault())
+                .translate(ROOT, Va(0x5000), ROOT, || Bypass::NEVER, |_, _| fault())
                 .is_err()
         );
         assert!(
             cache
-                .translate(ROOT, Va(0x5000), ROOT, |_, _| fault())
+                .translate(ROOT, Va(0x5000), ROOT, || Bypass::NEVER, |_, _| fault())
                 .is_err()
         );
         assert_eq!(cache.metrics().misses, 2);
@@ -457,10 +480,16 @@ mod tests {
         through(&cache, ROOT, 0x8000_0000, large, &walks);
         assert_eq!(walks.get(), 4);
         // A flush while the walk runs: its result must not be served afterwards.
-        let r = cache.translate(ROOT, Va(0x9000), ROOT, |_, _| {
-            cache.flush();
-            Ok(small)
-        });
+        let r = cache.translate(
+            ROOT,
+            Va(0x9000),
+            ROOT,
+            || Bypass::NEVER,
+            |_, _| {
+                cache.flush();
+                Ok(small)
+            },
+        );
         assert_eq!(r.map(|t| t.pa), Ok(small.pa));
         through(&cache, ROOT, 0x9000, small, &walks);
         assert_eq!(walks.get(), 5, "the walk raced by a flush was not cached");
@@ -547,5 +576,87 @@ mod tests {
             "a zero-capacity cache holds nothing"
         );
         assert_eq!(cache.metrics().capacity, 0);
+    }
+
+    /// A thread whose translations keep missing in a full cache walks without looking,
+    /// but for one translation in [`Bypass::EVERY`]; hits bring it back; cold misses
+    /// (free or stale ways, as after a flush) never start a bypass; and every
+    /// translation counts one hit or one miss throughout.
+    #[test]
+    fn the_cache_steps_aside_for_capacity_misses_and_comes_back_for_hits() {
+        // One set of four ways: every key meets in it.
+        let cache: TranslationCache<Amd64, 4> = TranslationCache::new();
+        let bypass = Bypass { threshold: 3 << 4 };
+        let walks = Cell::new(0u32);
+        let mut translations = 0u64;
+        let mut go = |vpn: u64| {
+            translations += 1;
+            let va = Va(vpn << 12 | 0x18);
+            let r = cache.translate(
+                ROOT,
+                va,
+                ROOT,
+                || bypass,
+                |va, _| {
+                    walks.set(walks.get() + 1);
+                    Ok(page(va.0, 0x1000, MemoryAccess::RW, false))
+                },
+            );
+            assert_eq!(r.map(|t| t.pa.0), Ok(vpn << 12 | 0x18));
+            translations
+        };
+        // Four cold misses fill the set; they start nothing.
+        for vpn in 0..4 {
+            go(vpn);
+        }
+        // Misses in the full set, each turned away or admitted by the filter: from
+        // eight hits per miss, eight misses in a row take the average below three.
+        for vpn in 100..108 {
+            go(vpn);
+        }
+        let held = (0..4)
+            .chain(100..108)
+            .find(|&v| cache.tlb.probe(ROOT.0, v, cache.generation()).is_some())
+            .expect("the set holds four of the keys");
+        // Bypassing: a cached page is walked for the next EVERY - 1 translations.
+        let before = walks.get();
+        for _ in 0..Bypass::EVERY - 1 {
+            go(held);
+        }
+        assert_eq!(walks.get() - before, Bypass::EVERY as u32 - 1);
+        // The sample looks, and hits; the hits that follow (no bypass is started by a
+        // hit) keep the cache in use, and the next capacity miss ends the bypass.
+        let before = walks.get();
+        for _ in 0..40 {
+            go(held);
+        }
+        assert_eq!(walks.get(), before, "hits after the sample do not walk");
+        go(200);
+        let before = walks.get();
+        go(held);
+        assert_eq!(walks.get(), before, "the run of hits ended the bypass");
+        let n = go(held);
+        let m = cache.metrics();
+        assert_eq!(m.hits + m.misses, n);
+
+        // After a flush, every way is stale: cold misses, which do not count.
+        let cache: TranslationCache<Amd64, 4> = TranslationCache::new();
+        for round in 0..20u64 {
+            cache.flush();
+            for vpn in 0..4 {
+                let va = Va((round * 8 + vpn) << 12);
+                let _ = cache.translate(
+                    ROOT,
+                    va,
+                    ROOT,
+                    || bypass,
+                    |va, _| Ok(page(va.0, 0x1000, MemoryAccess::RW, false)),
+                );
+            }
+        }
+        assert!(
+            !cache.tlb.local().bypassing(),
+            "cold misses started a bypass"
+        );
     }
 }
