@@ -5,6 +5,7 @@ use core::sync::atomic::Ordering;
 
 use super::VmiCore;
 use super::translate::{CoreReader, DirectReader};
+use super::translation_cache::Looked;
 use crate::access::AccessContext;
 use crate::addr::{Pa, Va};
 use crate::arch::{Architecture, PhysRead, Translation};
@@ -31,9 +32,12 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// cache. Nothing is allocated.
     ///
     /// Each address counts one hit or one miss in [`VmiCore::v2p_cache_metrics`], as one
-    /// translation does, exactly for one thread. The lookups of a group of sixteen come
-    /// before its walks: two addresses of one page in a group both count a miss where
-    /// two translations one after the other would count a miss and a hit.
+    /// translation does, exactly for one thread, and the cache steps aside for a thread
+    /// whose lookups keep missing in a full cache as it does for one translation (its
+    /// addresses are then walked, not looked up nor offered, but for one in 32). The
+    /// lookups of a group of sixteen come before its walks: two addresses of one page in
+    /// a group both count a miss where two translations one after the other would count
+    /// a miss and a hit.
     ///
     /// Each slot gets its own error, as [`VmiCore::translate`]'s.
     pub fn translate_many(
@@ -44,7 +48,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     ) -> usize {
         let n = vas.len().min(out.len());
         for (vas, out) in vas.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
-            self.translate_chunk(vas, root, out);
+            self.translate_chunk(vas, root, out, |_| {});
         }
         n
     }
@@ -83,13 +87,14 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
                 }
                 let inside = inside.get(..count).unwrap_or(&[]);
                 let mut translations = [Err(VmiError::NotFound); CHUNK];
-                self.translate_chunk(inside, root, &mut translations);
+                self.translate_chunk(inside, root, &mut translations, |t| {
+                    // The line starts loading now; the walks of the next chunk go on
+                    // meanwhile.
+                    self.driver.prefetch_physical(t.pa);
+                });
                 for ((x, t), _) in index.iter().zip(translations).zip(inside) {
                     match t {
                         Ok(t) => {
-                            // The line starts loading now; the walks of the next chunk
-                            // go on meanwhile.
-                            self.driver.prefetch_physical(t.pa);
                             if let (Some(a), Some(p)) = (at.get_mut(ready), pas.get_mut(ready)) {
                                 // The index in the group, below `GROUP`: it fits a byte.
                                 (*a, *p) = (c.wrapping_mul(CHUNK).wrapping_add(*x) as u8, t.pa);
@@ -141,7 +146,13 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// [`VmiCore::translate_many`] for at most [`CHUNK`] addresses: the lookups, then the
     /// walks of the misses together, then the offers.
     #[inline(always)]
-    fn translate_chunk(&self, vas: &[Va], root: Pa, out: &mut [Result<Translation, VmiError>]) {
+    fn translate_chunk(
+        &self,
+        vas: &[Va],
+        root: Pa,
+        out: &mut [Result<Translation, VmiError>],
+        mut found: impl FnMut(&Translation),
+    ) {
         let cached = self.v2p_cache_enabled.load(Ordering::Relaxed);
         let key = self.root_table(root);
         // Read before the walks, as for one translation: a flush during them outdates
@@ -149,19 +160,34 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         let generation = self.v2p_cache.generation();
         let mut pending = [Va(0); CHUNK];
         let mut at = [0usize; CHUNK];
+        // Whether each walk is offered to the cache: not when the thread bypasses it.
+        let mut offer = [false; CHUNK];
         let mut misses = 0usize;
         for (i, (va, slot)) in vas.iter().zip(out.iter_mut()).enumerate() {
-            if cached {
-                if let Some(t) = self.v2p_cache.lookup(key, *va, generation) {
-                    *slot = Ok(t);
-                    continue;
+            let offered = if cached {
+                match self
+                    .v2p_cache
+                    .look(key, *va, generation, || self.v2p_bypass())
+                {
+                    Looked::Hit(t) => {
+                        found(&t);
+                        *slot = Ok(t);
+                        continue;
+                    }
+                    Looked::Miss => true,
+                    Looked::Bypassed => false,
                 }
-                self.v2p_cache.record_miss();
-            }
+            } else {
+                false
+            };
             // At most `CHUNK` addresses a chunk: `misses` stays in bounds.
-            if let (Some(p), Some(a)) = (pending.get_mut(misses), at.get_mut(misses)) {
-                (*p, *a) = (*va, i);
-                misses = misses.saturating_add(1);
+            if let (Some(p), Some(a), Some(o)) = (
+                pending.get_mut(misses),
+                at.get_mut(misses),
+                offer.get_mut(misses),
+            ) {
+                (*p, *a, *o) = (*va, i, offered);
+                misses = misses.wrapping_add(1);
             }
         }
         let mut walked = [Err(VmiError::NotFound); CHUNK];
@@ -170,8 +196,11 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
             walked.get_mut(..misses).unwrap_or(&mut []),
         );
         self.walk_many(pending, root, walked);
-        for ((va, i), result) in pending.iter().zip(at).zip(walked.iter()) {
-            if cached && let Ok(t) = result {
+        for t in walked.iter().flatten() {
+            found(t);
+        }
+        for (((va, i), offered), result) in pending.iter().zip(at).zip(offer).zip(walked.iter()) {
+            if offered && let Ok(t) = result {
                 self.v2p_cache.insert_walked(key, *va, t, generation);
             }
             if let Some(slot) = out.get_mut(i) {
