@@ -22,3 +22,34 @@ pub(crate) fn prefetch(memory: &[u8], pa: Pa) {
     #[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
     let _ = (memory, pa);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BorrowedDriver, HostDriver};
+    use introvisor::VmiDriver;
+
+    /// Any address, in memory or not, is a hint and nothing else: no panic, no change.
+    #[test]
+    fn a_prefetch_of_any_address_changes_nothing() {
+        let bytes: Vec<u8> = (0..3 * 4096u32).map(|i| (i * 7) as u8).collect();
+        let addresses = [0, 4095, 4096, 3 * 4096 - 1, 3 * 4096, 1 << 40, u64::MAX];
+        for pa in addresses {
+            prefetch(&bytes, Pa(pa));
+            prefetch(&[], Pa(pa));
+        }
+        let lent = HostDriver::from_vec(bytes.clone());
+        let writable = HostDriver::from_vec_writable(bytes.clone());
+        let borrowed = BorrowedDriver::new(&bytes);
+        for pa in addresses {
+            lent.prefetch_physical(Pa(pa));
+            writable.prefetch_physical(Pa(pa));
+            borrowed.prefetch_physical(Pa(pa));
+        }
+        assert_eq!(lent.physical_memory(), Some(&bytes[..]));
+        assert_eq!(borrowed.physical_memory(), Some(&bytes[..]));
+        let mut back = [0u8; 8];
+        writable.read_physical(Pa(4096), &mut back).unwrap();
+        assert_eq!(back, bytes[4096..4104]);
+    }
+}
