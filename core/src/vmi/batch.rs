@@ -92,18 +92,18 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
                     // meanwhile.
                     self.driver.prefetch_physical(t.pa);
                 });
-                for ((x, t), _) in index.iter().zip(translations).zip(inside) {
+                for ((x, t), _) in index.iter().zip(&translations).zip(inside) {
                     match t {
                         Ok(t) => {
                             if let (Some(a), Some(p)) = (at.get_mut(ready), pas.get_mut(ready)) {
                                 // The index in the group, below `GROUP`: it fits a byte.
                                 (*a, *p) = (c.wrapping_mul(CHUNK).wrapping_add(*x) as u8, t.pa);
-                                ready = ready.saturating_add(1);
+                                ready = ready.wrapping_add(1);
                             }
                         }
                         Err(e) => {
                             if let Some(slot) = part.get_mut(*x) {
-                                *slot = Err(e);
+                                *slot = Err(*e);
                             }
                         }
                     }
@@ -190,18 +190,37 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
                 misses = misses.wrapping_add(1);
             }
         }
+        let n = vas.len().min(out.len());
+        if misses == n {
+            // Nothing was found (no cache, a bypass, a cold cache): the walks go straight
+            // to `out`, in order.
+            let (vas, out) = (
+                vas.get(..n).unwrap_or(&[]),
+                out.get_mut(..n).unwrap_or(&mut []),
+            );
+            self.walk_many(vas, root, out);
+            for ((va, offered), result) in vas.iter().zip(offer).zip(out.iter()) {
+                if let Ok(t) = result {
+                    found(t);
+                    if offered {
+                        self.v2p_cache.insert_walked(key, *va, t, generation);
+                    }
+                }
+            }
+            return;
+        }
         let mut walked = [Err(VmiError::NotFound); CHUNK];
         let (pending, walked) = (
             pending.get(..misses).unwrap_or(&[]),
             walked.get_mut(..misses).unwrap_or(&mut []),
         );
         self.walk_many(pending, root, walked);
-        for t in walked.iter().flatten() {
-            found(t);
-        }
         for (((va, i), offered), result) in pending.iter().zip(at).zip(offer).zip(walked.iter()) {
-            if offered && let Ok(t) = result {
-                self.v2p_cache.insert_walked(key, *va, t, generation);
+            if let Ok(t) = result {
+                found(t);
+                if offered {
+                    self.v2p_cache.insert_walked(key, *va, t, generation);
+                }
             }
             if let Some(slot) = out.get_mut(i) {
                 *slot = *result;

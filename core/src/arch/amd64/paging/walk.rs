@@ -304,18 +304,19 @@ fn lanes_level<const LEVELS: u8, const LEVEL: u8, M: PhysRead + ?Sized>(
         let Some(lane) = lanes.get(n).copied() else {
             break;
         };
-        let Some(slot) = out.get_mut(lane.index) else {
-            continue;
-        };
         let mut w = Walker::unchecked(mem, paging, plan, desc, lane.va, root, |_: WalkStep| {});
         w.rights_and = lane.rights_and;
         w.rights_or = lane.rights_or;
         let (shift, _, entry) = w.locate(LEVEL, lane.table);
         let Some(value) = w.mem.read_u64_fast(entry) else {
             // The rest of this walk out of line, one level after the other.
-            *slot = w.finish(LEVEL, lane.table);
+            let result = w.finish(LEVEL, lane.table);
+            if let Some(slot) = out.get_mut(lane.index) {
+                *slot = result;
+            }
             continue;
         };
+        let slot = out.get_mut(lane.index);
         if let Some((table, rights_and, rights_or)) = w.lane(LEVEL, shift, entry, value, slot) {
             // Still walking: `kept <= n`, so the lane moves up (or stays), over one whose
             // walk has ended or that has been moved already. The mask keeps the index in
@@ -500,8 +501,8 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
         Ok(Self::unchecked(mem, paging, plan, desc, va, root, observe))
     }
 
-    /// [`Walker::new`] without its check of the address: for a lane of a batch that has
-    /// no walk to do (it is never stepped).
+    /// [`Walker::new`] without its check of the address: for a lane of a batch, whose
+    /// address was checked when the batch began.
     #[inline(always)]
     fn unchecked(
         mem: &'a M,
@@ -580,12 +581,15 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
         shift: u32,
         entry: Pa,
         value: u64,
-        slot: &mut Result<Translation, VmiError>,
+        slot: Option<&mut Result<Translation, VmiError>>,
     ) -> Option<(Pa, u64, u64)> {
-        match self.check(level, shift, entry, value) {
+        let result = match self.check(level, shift, entry, value) {
             Ok(Step::Table(next)) => return Some((next, self.rights_and, self.rights_or)),
-            Ok(Step::Leaf(t)) => *slot = Ok(t),
-            Err(e) => *slot = Err(e),
+            Ok(Step::Leaf(t)) => Ok(t),
+            Err(e) => Err(e),
+        };
+        if let Some(slot) = slot {
+            *slot = result;
         }
         None
     }
