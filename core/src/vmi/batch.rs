@@ -58,11 +58,15 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// how many it read (the shorter length). Nothing is allocated.
     ///
     /// The addresses are taken 64 at a time: they are translated as a
-    /// [`VmiCore::translate_many`] batch (hits and misses counted as there), then their
-    /// `u64`s are read one after the other, from the memory the driver lends
-    /// ([`VmiDriver::physical_memory`]) with one bounds check each when it does. A `u64`
-    /// that spans two pages is read as [`VmiCore::read_u64`] reads it, in its turn.
+    /// [`VmiCore::translate_many`] batch (hits and misses counted as there), each
+    /// translated address given to [`VmiDriver::prefetch_physical`] as soon as it is
+    /// known, so that its line loads while the next addresses are walked; then the
+    /// group's `u64`s are read one after the other in a short loop, from the memory the
+    /// driver lends ([`VmiDriver::physical_memory`]) with one bounds check each when it
+    /// does. A `u64` that spans two pages is read as [`VmiCore::read_u64`] reads it, in
+    /// its turn. Each slot gets its own error, as [`VmiCore::read_u64`]'s.
     pub fn read_u64_many(&self, vas: &[Va], root: Pa, out: &mut [Result<u64, VmiError>]) -> usize {
+        const { assert!(GROUP <= 256, "a slot's index in its group is a byte") };
         let n = vas.len().min(out.len());
         for (vas, out) in vas.chunks(GROUP).zip(out.chunks_mut(GROUP)) {
             // The slots whose translation succeeded and the addresses to read for them.
@@ -82,7 +86,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
                     {
                         // At most `CHUNK` addresses a chunk: `count` stays in bounds.
                         (*v, *x) = (*va, i);
-                        count = count.saturating_add(1);
+                        count = count.wrapping_add(1);
                     }
                 }
                 let inside = inside.get(..count).unwrap_or(&[]);
@@ -113,19 +117,19 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
             let at = at.get(..ready).unwrap_or(&[]);
             match self.driver.physical_memory() {
                 Some(memory) => {
-                    for (x, pa) in at.iter().zip(pas) {
+                    for (x, pa) in at.iter().zip(&pas) {
                         if let Some(slot) = out.get_mut(usize::from(*x)) {
-                            *slot = match memory.read_u64_fast(pa) {
+                            *slot = match memory.read_u64_fast(*pa) {
                                 Some(value) => Ok(value),
-                                None => self.read_u64_physical(pa),
+                                None => self.read_u64_physical(*pa),
                             };
                         }
                     }
                 }
                 None => {
-                    for (x, pa) in at.iter().zip(pas) {
+                    for (x, pa) in at.iter().zip(&pas) {
                         if let Some(slot) = out.get_mut(usize::from(*x)) {
-                            *slot = self.read_u64_physical(pa);
+                            *slot = self.read_u64_physical(*pa);
                         }
                     }
                 }
