@@ -1075,6 +1075,91 @@ pub(super) mod tests {
         assert!(Amd64::translate(&m[..], &p_no1g, Va(va_4k), Pa(0x1000)).is_ok());
     }
 
+    /// A reader with no fast path: every entry through `read_u64`, as the core's page
+    /// cache reads them.
+    struct SlowOnly<'a>(&'a [u8]);
+    impl PhysRead for SlowOnly<'_> {
+        fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
+            self.0.read_u64(pa)
+        }
+        fn read_u32(&self, pa: Pa) -> Result<u32, VmiError> {
+            self.0.read_u32(pa)
+        }
+    }
+
+    /// A reader whose fast path fails for the entries of one table (as a driver's lent
+    /// memory may not hold every frame), which the slow path reads.
+    struct FastBut<'a>(&'a [u8], u64);
+    impl PhysRead for FastBut<'_> {
+        fn read_u64_fast(&self, pa: Pa) -> Option<u64> {
+            (pa.0 & !0xfff != self.1).then(|| self.0.read_u64_fast(pa))?
+        }
+        fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
+            self.0.read_u64(pa)
+        }
+        fn read_u32(&self, pa: Pa) -> Result<u32, VmiError> {
+            self.0.read_u32(pa)
+        }
+    }
+
+    /// The interleaved batch walk gives, slot for slot, what one walk gives: in 4- and
+    /// 5-level paging, over more addresses than one set of lanes, with every page size,
+    /// faults at each level, non-canonical addresses and repeats, through a reader with
+    /// a fast path, one without, and one whose fast path fails for one table.
+    #[test]
+    fn batch_walks_answer_as_single_walks() {
+        let m4 = level4_fixture();
+        let mut bad = m4.clone();
+        // A reserved bit (MAXPHYADDR 46) in the 2 MiB leaf; a PT entry past memory.
+        w64(
+            &mut bad,
+            0x3000 + 3 * 8,
+            0x1234_5660_0000 | 0x1000 | 0x85 | (1 << 47),
+        );
+        w64(&mut bad, 0x3000 + 8, 0x10_0000 | 0x7);
+        let vas: Vec<u64> = [
+            K + 0x7abc,                 // 4 KiB
+            K + 0x4000_0000 + 0x123,    // 1 GiB
+            K + 3 * 0x20_0000 + 0x4567, // 2 MiB (reserved bit in `bad`)
+            K + 0x20_0000 + 0x10,       // PT past memory in `bad`, PDE absent in `m4`
+            K + 0x8000,                 // PTE absent
+            0x7fff_ffff_f000,           // PML4E absent
+            0x0000_8000_0000_0000,      // not canonical (4-level)
+            0x0100_0000_0000_0000,      // not canonical (5-level too)
+            K + 0x8000_0000,            // PDPTE absent
+        ]
+        .iter()
+        .copied()
+        .cycle()
+        .take(41)
+        .collect();
+        let vas: Vec<Va> = vas.into_iter().map(Va).collect();
+        let p4 = Paging::new(PagingMode::Level4).with_max_phys_addr(46);
+        // 5-level: a PML5 at 0x5000 whose entry 0x1ff (and 0) point at the PML4.
+        let mut m5 = bad.clone();
+        m5.resize(0x6000, 0);
+        w64(&mut m5, 0x5000 + 0x1ff * 8, 0x1000 | 0x7);
+        let p5 = Paging::new(PagingMode::Level5).with_max_phys_addr(46);
+        for (name, mem, paging, root) in [
+            ("4-level", &m4, &p4, Pa(0x1000)),
+            ("4-level, faults", &bad, &p4, Pa(0x1000)),
+            ("5-level", &m5, &p5, Pa(0x5000)),
+        ] {
+            let plan = paging.plan();
+            let want: Vec<_> = vas
+                .iter()
+                .map(|va| Amd64::translate_planned(&mem[..], paging, &plan, *va, root))
+                .collect();
+            assert!(want.iter().filter(|r| r.is_ok()).count() >= 9, "{name}");
+            let readers: [&dyn PhysRead; 3] = [&&mem[..], &SlowOnly(mem), &FastBut(mem, 0x3000)];
+            for (r, reader) in readers.iter().enumerate() {
+                let mut got = vec![Err(VmiError::NotFound); vas.len()];
+                Amd64::translate_many_planned(reader, paging, &plan, &vas, root, &mut got);
+                assert_eq!(got, want, "{name}, reader {r}");
+            }
+        }
+    }
+
     #[test]
     fn level5_walk_and_canonical_bound() {
         // PML5 at 0x1000, then the 4-level fixture's tables shifted by one page.
