@@ -211,7 +211,10 @@ impl Counters {
     pub(crate) fn add_to(&self, m: &mut CacheMetrics) {
         for s in &self.stripes {
             m.hits = m.hits.saturating_add(s.hits.load(Ordering::Relaxed));
-            m.misses = m.misses.saturating_add(s.misses.load(Ordering::Relaxed));
+            // Less the lookups a bypass has counted ahead and not yet skipped.
+            let skip = s.skip.load(Ordering::Relaxed);
+            let misses = s.misses.load(Ordering::Relaxed).saturating_sub(skip);
+            m.misses = m.misses.saturating_add(misses);
             m.evictions = m
                 .evictions
                 .saturating_add(s.evictions.load(Ordering::Relaxed));
@@ -257,8 +260,8 @@ impl Local<'_> {
         if skip == 0 {
             return false;
         }
+        // Its miss was counted when the bypass began (`capacity_miss`).
         stripe.skip.store(skip.wrapping_sub(1), Ordering::Relaxed);
-        bump(&stripe.misses);
         true
     }
 
@@ -279,7 +282,18 @@ impl Local<'_> {
         let score = old.saturating_sub(old >> 3).saturating_add(run >> 3);
         stripe.score.store(score, Ordering::Relaxed);
         if score < bypass.threshold {
-            stripe.skip.store(Bypass::EVERY - 1, Ordering::Relaxed);
+            // The misses of the lookups it skips are counted now, and the ones still to
+            // skip are taken off when the counters are read: exact at any moment for one
+            // thread, and one store less per skipped lookup.
+            let skip = stripe.skip.load(Ordering::Relaxed);
+            let more = (Bypass::EVERY - 1).saturating_sub(skip);
+            stripe
+                .skip
+                .store(skip.saturating_add(more), Ordering::Relaxed);
+            let misses = stripe.misses.load(Ordering::Relaxed);
+            stripe
+                .misses
+                .store(misses.wrapping_add(more), Ordering::Relaxed);
         }
     }
 }

@@ -376,12 +376,30 @@ impl<const N: usize> Tlb<N> {
                 return Ok(value);
             }
         }
-        Err(Self::hint(index, set, flushes))
+        // The free ways are read only if the miss path needs them (`Tlb::look`): a
+        // large page's hit after this miss does not.
+        Err(MissHint::new(index, None))
     }
 
-    /// The hint of a miss in the four ways of set `index`: out of line, so that a hit's
-    /// path stays short. Each way is classified without a branch.
-    #[inline(never)]
+    /// The hint of a [`Tlb::probe_hinted`] miss with the free or stale ways of its set,
+    /// read now (without the sequence numbers, as an insertion's choice always is), when
+    /// the set has four ways; unchanged otherwise.
+    #[inline]
+    pub(crate) fn look(&self, hint: MissHint, generation: u64) -> MissHint {
+        let index = hint.set();
+        match self
+            .slots
+            .get(index.wrapping_mul(Self::WAYS)..)
+            .and_then(<[TlbSlot]>::first_chunk::<4>)
+        {
+            Some(set) => Self::hint(index, set, generation & FLUSHES),
+            None => hint,
+        }
+    }
+
+    /// The hint of a miss in the four ways of set `index`. Each way is classified
+    /// without a branch.
+    #[inline]
     fn hint(index: usize, set: &[TlbSlot; 4], flushes: u64) -> MissHint {
         let mut free = 0u32;
         for (i, slot) in set.iter().enumerate() {
@@ -727,9 +745,14 @@ mod tests {
         for root in [1u64, 2, 4] {
             assert_eq!(tlb.probe(root << 12, 0x42, g2), None);
         }
-        // A miss's hint names the free or stale ways: three of four.
+        // A miss's hint, looked at, names the free or stale ways: three of four.
         match tlb.probe_hinted(9 << 12, 0x42, g2) {
-            Err(hint) => assert_eq!(hint.free().map(u32::count_ones), Some(3)),
+            Err(hint) => {
+                assert_eq!(hint.free(), None, "not looked at yet");
+                let looked = tlb.look(hint, g2);
+                assert_eq!(looked.free().map(u32::count_ones), Some(3));
+                assert!(!looked.full());
+            }
             Ok(v) => panic!("found {v} for a key never inserted"),
         }
     }

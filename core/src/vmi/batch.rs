@@ -167,11 +167,13 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         // Whether each walk is offered to the cache: not when the thread bypasses it.
         let mut offer = [false; CHUNK];
         let mut misses = 0usize;
+        // The thread's counters, chosen once for the chunk (one stripe for its counts).
+        let local = self.v2p_cache.local();
         for (i, (va, slot)) in vas.iter().zip(out.iter_mut()).enumerate() {
             let offered = if cached {
                 match self
                     .v2p_cache
-                    .look(key, *va, generation, || self.v2p_bypass())
+                    .look(&local, key, *va, generation, || self.v2p_bypass())
                 {
                     Looked::Hit(t) => {
                         found(&t);

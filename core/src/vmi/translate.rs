@@ -203,7 +203,13 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         if !self.v2p_cache_enabled.load(Ordering::Relaxed) {
             return self.translate_uncached(va, root);
         }
+        // One stripe of counters for this translation, chosen here.
+        let local = self.v2p_cache.local();
+        if local.bypassing() {
+            return self.translate_uncached(va, root);
+        }
         self.v2p_cache.translate(
+            &local,
             self.root_table(root),
             va,
             root,

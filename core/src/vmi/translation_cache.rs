@@ -115,23 +115,20 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     /// # Errors
     /// As `walk`'s.
     ///
-    /// A thread whose translations mostly miss in a full cache walks without looking,
-    /// but for one in [`Bypass::EVERY`]: `bypass` says below how many hits per capacity
-    /// miss (the caller knows what a walk costs against a hit). See [`Bypass`].
+    /// A miss in a full set updates the thread's bypass state: `bypass` says below how
+    /// many hits per such miss the cache steps aside (the caller knows what a walk costs
+    /// against a hit), and [`TranslationCache::bypassing`] then tells the caller to walk
+    /// without calling this. See [`Bypass`].
     #[inline]
     pub(crate) fn translate(
         &self,
+        local: &Local<'_>,
         root: Pa,
         va: Va,
         raw_root: Pa,
         bypass: impl FnOnce() -> Bypass,
         walk: impl FnOnce(Va, Pa) -> Result<Translation, VmiError>,
     ) -> Result<Translation, VmiError> {
-        // One stripe for every count of this translation.
-        let local = self.tlb.local();
-        if local.bypassing() {
-            return walk(va, raw_root);
-        }
         let vpn = va.0 >> Self::PAGE_SHIFT;
         let generation = self.tlb.generation();
         match self.tlb.probe_hinted(root.0, vpn, generation) {
@@ -139,13 +136,17 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
                 local.record(true);
                 Ok(Self::unpack(entry, va, Self::OFFSET_MASK))
             }
-            Err(hint) => {
-                if hint.full() {
-                    local.capacity_miss(bypass());
-                }
-                self.miss(&local, root, va, raw_root, generation, hint, walk)
-            }
+            Err(hint) => self.miss(local, root, va, raw_root, generation, hint, bypass, walk),
         }
+    }
+
+    /// The calling thread's counters, for one translation: whether it should walk
+    /// without looking ([`Local::bypassing`], see [`Bypass`]), then its counts in
+    /// [`TranslationCache::translate`]. One stripe for all of them, so that the bypass
+    /// state a miss sets is the one the next translation at the same call site reads.
+    #[inline(always)]
+    pub(crate) fn local(&self) -> Local<'_> {
+        self.tlb.local()
     }
 
     /// The current generation, to read before walking for [`TranslationCache::look`]
@@ -156,20 +157,21 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     }
 
     /// The lookup of one address of a batch, under the policy of
-    /// [`TranslationCache::translate`] and with its counts: a thread that bypasses the
-    /// cache does not look ([`Looked::Bypassed`], counted a miss); a miss in a full set
-    /// updates the thread's bypass state (`bypass`, as there); a hit counts a hit, a miss
-    /// a miss. The caller walks what was not found, and offers the walks of
-    /// [`Looked::Miss`] with [`TranslationCache::insert_walked`], as `translate` does.
+    /// [`TranslationCache::translate`] and with its counts, for the thread whose counters
+    /// are `local`: a thread that bypasses the cache does not look ([`Looked::Bypassed`],
+    /// its miss counted ahead as there); a hit counts a hit; a miss of every key counts a
+    /// miss and, in a full set, updates the thread's bypass state (`bypass`, as there).
+    /// The caller walks what was not found, and offers the walks of [`Looked::Miss`]
+    /// with [`TranslationCache::insert_walked`], as `translate` does.
     #[inline]
     pub(crate) fn look(
         &self,
+        local: &Local<'_>,
         root: Pa,
         va: Va,
         generation: u64,
         bypass: impl FnOnce() -> Bypass,
     ) -> Looked {
-        let local = self.tlb.local();
         if local.bypassing() {
             return Looked::Bypassed;
         }
@@ -180,14 +182,14 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
                 Looked::Hit(Self::unpack(entry, va, Self::OFFSET_MASK))
             }
             Err(hint) => {
-                if hint.full() {
-                    local.capacity_miss(bypass());
-                }
                 if let Some(t) = self.probe_large(root, va, generation) {
                     local.record(true);
                     return Looked::Hit(t);
                 }
                 local.record(false);
+                if self.tlb.look(hint, generation).full() {
+                    local.capacity_miss(bypass());
+                }
                 Looked::Miss
             }
         }
@@ -215,6 +217,7 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         raw_root: Pa,
         generation: u64,
         hint: MissHint,
+        bypass: impl FnOnce() -> Bypass,
         walk: impl FnOnce(Va, Pa) -> Result<Translation, VmiError>,
     ) -> Result<Translation, VmiError> {
         const {
@@ -228,6 +231,12 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
             return Ok(t);
         }
         local.record(false);
+        // A miss of every key: if the base page's set is full, a capacity miss, which
+        // the bypass decision counts (a large page's hit above is a hit).
+        let hint = self.tlb.look(hint, generation);
+        if hint.full() {
+            local.capacity_miss(bypass());
+        }
         let t = walk(va, raw_root)?;
         let vpn = va.0 >> Self::PAGE_SHIFT;
         if t.page_size == Self::PAGE_SIZE {
@@ -385,6 +394,7 @@ mod tests {
     fn through(cache: &Cache, root: Pa, va: u64, t: Translation, walks: &Cell<u32>) -> Translation {
         let mask = t.page_size - 1;
         let r = cache.translate(
+            &cache.local(),
             root,
             Va(va),
             root,
@@ -463,12 +473,26 @@ mod tests {
         };
         assert!(
             cache
-                .translate(ROOT, Va(0x5000), ROOT, || Bypass::NEVER, |_, _| fault())
+                .translate(
+                    &cache.local(),
+                    ROOT,
+                    Va(0x5000),
+                    ROOT,
+                    || Bypass::NEVER,
+                    |_, _| fault()
+                )
                 .is_err()
         );
         assert!(
             cache
-                .translate(ROOT, Va(0x5000), ROOT, || Bypass::NEVER, |_, _| fault())
+                .translate(
+                    &cache.local(),
+                    ROOT,
+                    Va(0x5000),
+                    ROOT,
+                    || Bypass::NEVER,
+                    |_, _| fault()
+                )
                 .is_err()
         );
         assert_eq!(cache.metrics().misses, 2);
@@ -508,6 +532,7 @@ mod tests {
         assert_eq!(walks.get(), 4);
         // A flush while the walk runs: its result must not be served afterwards.
         let r = cache.translate(
+            &cache.local(),
             ROOT,
             Va(0x9000),
             ROOT,
@@ -619,16 +644,17 @@ mod tests {
         let mut go = |vpn: u64| {
             translations += 1;
             let va = Va(vpn << 12 | 0x18);
-            let r = cache.translate(
-                ROOT,
-                va,
-                ROOT,
-                || bypass,
-                |va, _| {
-                    walks.set(walks.get() + 1);
-                    Ok(page(va.0, 0x1000, MemoryAccess::RW, false))
-                },
-            );
+            let walk = |va: Va, _| {
+                walks.set(walks.get() + 1);
+                Ok(page(va.0, 0x1000, MemoryAccess::RW, false))
+            };
+            // As `VmiCore::translate` does: one stripe for the check and the lookup.
+            let local = cache.local();
+            let r = if local.bypassing() {
+                walk(va, ROOT)
+            } else {
+                cache.translate(&local, ROOT, va, ROOT, || bypass, walk)
+            };
             assert_eq!(r.map(|t| t.pa.0), Ok(vpn << 12 | 0x18));
             translations
         };
@@ -638,9 +664,14 @@ mod tests {
         }
         // Misses in the full set, each turned away or admitted by the filter: from
         // eight hits per miss, eight misses in a row take the average below three.
+        let mut n = 0;
         for vpn in 100..108 {
-            go(vpn);
+            n = go(vpn);
         }
+        // The bypass counts its lookups' misses ahead; the counters take off the ones
+        // not yet made: exact at any moment.
+        let m = cache.metrics();
+        assert_eq!(m.hits + m.misses, n);
         let held = (0..4)
             .chain(100..108)
             .find(|&v| cache.tlb.probe(ROOT.0, v, cache.generation()).is_some())
@@ -673,6 +704,7 @@ mod tests {
             for vpn in 0..4 {
                 let va = Va((round * 8 + vpn) << 12);
                 let _ = cache.translate(
+                    &cache.local(),
                     ROOT,
                     va,
                     ROOT,
@@ -685,5 +717,44 @@ mod tests {
             !cache.tlb.local().bypassing(),
             "cold misses started a bypass"
         );
+    }
+
+    /// A large page's hit after a base-page miss in a full set is a hit, not a capacity
+    /// miss: a stream of large-page translations never starts a bypass.
+    #[test]
+    fn large_page_hits_behind_a_full_set_never_start_a_bypass() {
+        // One set of four ways: three base pages and one 2 MiB page fill it.
+        let cache: TranslationCache<Amd64, 4> = TranslationCache::new();
+        let bypass = Bypass { threshold: 3 << 4 };
+        let walks = Cell::new(0u32);
+        let go = |va: u64, size: u64| {
+            let local = cache.local();
+            let walk = |va: Va, _| {
+                walks.set(walks.get() + 1);
+                Ok(page(va.0, size, MemoryAccess::RW, false))
+            };
+            let r = if local.bypassing() {
+                walk(Va(va), ROOT)
+            } else {
+                cache.translate(&local, ROOT, Va(va), ROOT, || bypass, walk)
+            };
+            assert_eq!(r.map(|t| t.pa.0), Ok(va));
+        };
+        for vpn in 1..=3u64 {
+            go(vpn << 12, 0x1000);
+        }
+        let large = 0x4000_0000u64;
+        go(large, 0x20_0000);
+        assert_eq!(walks.get(), 4);
+        for i in 0..200u64 {
+            go(large + (i % 512) * 0x1000 + 8, 0x20_0000);
+        }
+        assert_eq!(
+            walks.get(),
+            4,
+            "large-page hits were walked: a bypass started"
+        );
+        let m = cache.metrics();
+        assert_eq!((m.hits, m.misses), (200, 4));
     }
 }

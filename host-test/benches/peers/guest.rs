@@ -48,6 +48,9 @@ pub(crate) struct Synthetic {
     pub(crate) random_4k: Vec<u64>,
     /// Random addresses inside 64 pages of the 4 KiB range.
     pub(crate) working_set: Vec<u64>,
+    /// 64 fixed addresses (one in each of 64 pages of the 4 KiB range), in random order:
+    /// the same byte addresses again and again, the best case of a cache keyed by them.
+    pub(crate) fixed: Vec<u64>,
     /// Random u64 addresses across the three page sizes (backed parts only).
     pub(crate) mixed: Vec<u64>,
     /// The first byte of each string.
@@ -133,6 +136,14 @@ pub(crate) fn build(ops: usize) -> Synthetic {
             VA_4K + page * KIB4 + (rng.below(KIB4) & !7)
         })
         .collect();
+    // Drawn after the others, so that their addresses stay those of earlier runs.
+    let mut fixed_rng = Rng::new(0xf1ced);
+    let fixed_vas: Vec<u64> = (0..64)
+        .map(|_| VA_4K + fixed_rng.below(pages as u64) * KIB4 + (fixed_rng.below(KIB4) & !7))
+        .collect();
+    let fixed = (0..ops)
+        .map(|_| fixed_vas[fixed_rng.below(64) as usize])
+        .collect();
     let mixed = (0..ops)
         .map(|_| match rng.below(3) {
             0 => VA_4K + (rng.below(LEN_4K) & !7),
@@ -145,6 +156,7 @@ pub(crate) fn build(ops: usize) -> Synthetic {
         guest,
         random_4k,
         working_set,
+        fixed,
         mixed,
         strings,
     }
@@ -187,4 +199,38 @@ pub(crate) fn expected_string(guest: &Guest, va: u64, limit: usize) -> Option<Ve
         out.push(byte[0]);
     }
     Some(out)
+}
+
+/// The 5-level guest's 4 KiB range: 16,384 pages under one PML5 entry, whose frames are a
+/// random permutation of a 64 MiB region, each with its own flags.
+pub(crate) const VA_5L: u64 = 0xff11_1000_0000_0000;
+
+/// A 5-level guest (128 MiB of RAM) with 64 MiB of 4 KiB pages, and `ops` random
+/// 8-byte-aligned addresses over them.
+///
+/// # Panics
+/// If the builder refuses a mapping (a bug in this file, not a measurement).
+pub(crate) fn build_five_level(ops: usize) -> (Guest, Vec<u64>) {
+    let mut rng = Rng::new(0x5_1e7e1);
+    let mut flag_rng = Rng::new(0xf1a9_5eed);
+    let mut b = GuestBuilder::with_levels(128 << 20, 5);
+    let pages = (LEN_4K / KIB4) as usize;
+    let mut frames: Vec<u64> = (0..pages as u64).collect();
+    for i in (1..pages).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        frames.swap(i, j);
+    }
+    for (i, &f) in frames.iter().enumerate() {
+        b.map(
+            Va(VA_5L + i as u64 * KIB4),
+            Pa(PA_4K + f * KIB4),
+            PageSize::Size4K,
+            mixed_flags::map_flags(&mut flag_rng),
+        )
+        .expect("4 KiB mapping");
+    }
+    let mut guest = b.finish();
+    mixed_flags::decorate(&mut guest, 0xdec0_5eed);
+    let vas = (0..ops).map(|_| VA_5L + (rng.below(LEN_4K) & !7)).collect();
+    (guest, vas)
 }

@@ -27,6 +27,7 @@ use core::hint::black_box;
 use std::sync::Barrier;
 use std::time::Instant;
 
+use introvisor::arch::amd64::{Paging, PagingMode};
 use introvisor::{AccessContext, Pa, Va, VmiCore};
 use introvisor_host::HostDriver;
 
@@ -77,6 +78,8 @@ enum Workload {
     TranslateCold,
     TranslateWarm,
     TranslateWorkingSet,
+    TranslateFixed,
+    TranslateFiveLevel,
     ReadWorkingSet,
     ReadMixed,
     Bulk,
@@ -84,10 +87,12 @@ enum Workload {
 }
 
 impl Workload {
-    const ALL: [Workload; 7] = [
+    const ALL: [Workload; 9] = [
         Self::TranslateCold,
         Self::TranslateWarm,
         Self::TranslateWorkingSet,
+        Self::TranslateFixed,
+        Self::TranslateFiveLevel,
         Self::ReadWorkingSet,
         Self::ReadMixed,
         Self::Bulk,
@@ -100,6 +105,10 @@ impl Workload {
             Self::TranslateCold => format!("{m}M random translations, 4 KiB range, cold"),
             Self::TranslateWarm => format!("{m}M random translations, 4 KiB range, warm"),
             Self::TranslateWorkingSet => format!("{m}M translations in a 64-page working set"),
+            Self::TranslateFixed => format!("{m}M translations of 64 fixed addresses"),
+            Self::TranslateFiveLevel => {
+                format!("{m}M random translations, 5-level paging, 4 KiB range, cold")
+            }
             Self::ReadWorkingSet => format!("{m}M u64 reads in a 64-page working set"),
             Self::ReadMixed => format!("{m}M random u64 reads, 4 KiB + 2 MiB + 1 GiB pages"),
             Self::Bulk => "64 MiB bulk read in 1 MiB chunks".into(),
@@ -141,6 +150,7 @@ impl Cell {
 struct Expected {
     random_4k: Vec<Option<u64>>,
     working_set: Vec<Option<u64>>,
+    fixed: Vec<Option<u64>>,
     working_set_values: Vec<Option<u64>>,
     mixed_values: Vec<Option<u64>>,
     bulk: Vec<u8>,
@@ -288,6 +298,21 @@ impl Bench {
             .collect();
         self.push(
             Workload::TranslateWorkingSet,
+            name.clone(),
+            kind,
+            samples,
+            n as u64,
+            bad,
+        );
+
+        // 64 fixed addresses, warm.
+        translate_batch(s, &self.syn.fixed, &mut out);
+        let bad = count_mismatches(&out, &self.expected.fixed);
+        let samples = (0..self.reps)
+            .map(|_| time(|| translate_batch(s, &self.syn.fixed, &mut out)) / n as f64)
+            .collect();
+        self.push(
+            Workload::TranslateFixed,
             name.clone(),
             kind,
             samples,
@@ -460,18 +485,80 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// Random translations in 5-level paging, cold: the naive 5-level walk and introvisor
+    /// in each configuration. The peers are not run: vmi-rs 0.13's `translate_address`
+    /// starts at the PML4 (vmi-arch-amd64 `lib.rs`), and memflow 0.2 documents LA57 as
+    /// unsupported (`architecture/mod.rs`).
+    fn run_five_level(&mut self, ops: usize) {
+        let (g, vas) = guest::build_five_level(ops);
+        let expected: Vec<Option<u64>> = vas.iter().map(|&va| guest::expected_pa(&g, va)).collect();
+        let root = g.root;
+        let n = vas.len();
+        let mut out = vec![0u64; n];
+        let memory = &g.memory[..];
+        let floor_pass = |out: &mut [u64]| {
+            for (o, &va) in out.iter_mut().zip(&vas) {
+                *o = floor::walk5(memory, root.0, va);
+            }
+            black_box(out);
+        };
+        floor_pass(&mut out);
+        let bad = count_mismatches(&out, &expected);
+        let samples = (0..self.reps)
+            .map(|_| time(|| floor_pass(&mut out)) / n as f64)
+            .collect();
+        self.push(
+            Workload::TranslateFiveLevel,
+            FLOOR_WALK.into(),
+            Kind::Floor,
+            samples,
+            n as u64,
+            bad,
+        );
+        for caches in [Caches::Default, Caches::NoPageCache, Caches::None] {
+            let mut s = Introvisor::new(memory, root, caches);
+            let name = s.name();
+            if let Ok(filter) = std::env::var("BENCH_FILTER")
+                && !name.contains(&filter)
+            {
+                continue;
+            }
+            s.core.set_paging(Paging::new(PagingMode::Level5));
+            s.flush();
+            translate_batch(&mut s, &vas, &mut out);
+            let bad = count_mismatches(&out, &expected);
+            let samples = (0..self.reps)
+                .map(|_| {
+                    s.flush();
+                    time(|| translate_batch(&mut s, &vas, &mut out)) / n as f64
+                })
+                .collect();
+            self.push(
+                Workload::TranslateFiveLevel,
+                name,
+                Kind::Ours,
+                samples,
+                n as u64,
+                bad,
+            );
+        }
+    }
+}
+
 const FLOOR_WALK: &str = "floor: naive walk";
 const FLOOR_MEMCPY: &str = "floor: memcpy of the same frames";
 
 /// Two threads on one shared core, against one: warm translations and u64 reads in the
-/// working set. Returns (label, one-thread Mops/s, two-thread Mops/s).
+/// working set, in pairs of runs (one thread, then two). Returns the medians of the
+/// one-thread and two-thread rates (Mops/s) and the ratio of each pair, sorted.
 fn threads(
     core: &VmiCore<HostDriver>,
     root: Pa,
     vas: &[u64],
     reps: usize,
     read: bool,
-) -> (f64, f64) {
+) -> (f64, f64, Vec<f64>) {
     let work = |list: &[u64]| {
         let mut acc = 0u64;
         for &va in list {
@@ -492,34 +579,48 @@ fn threads(
         .collect();
     work(vas);
     // One thread and two, both on spawned threads released by a barrier, alternated so
-    // that a disturbance from outside hits both alike.
+    // that a disturbance from outside hits both alike. Each thread times its own work;
+    // a run lasts from the first start to the last end. (Timing from the main thread
+    // after the barrier measured nothing when, on two cores, the workers ran first.)
     let run = |lists: &[&[u64]]| {
-        let barrier = Barrier::new(lists.len() + 1);
-        let start = std::thread::scope(|scope| {
-            for &list in lists {
-                let barrier = &barrier;
-                let work = &work;
-                scope.spawn(move || {
-                    barrier.wait();
-                    work(list);
-                });
-            }
-            barrier.wait();
-            // The scope joins every thread before it returns.
-            Instant::now()
+        let barrier = Barrier::new(lists.len());
+        let spans: Vec<(Instant, Instant)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = lists
+                .iter()
+                .map(|&list| {
+                    let barrier = &barrier;
+                    let work = &work;
+                    scope.spawn(move || {
+                        barrier.wait();
+                        let start = Instant::now();
+                        work(list);
+                        (start, Instant::now())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("worker"))
+                .collect()
         });
+        let first = spans.iter().map(|s| s.0).min().expect("a thread");
+        let last = spans.iter().map(|s| s.1).max().expect("a thread");
         let ops = lists.iter().map(|l| l.len()).sum::<usize>();
-        ops as f64 / start.elapsed().as_nanos() as f64 * 1e3
+        ops as f64 / (last - first).as_nanos() as f64 * 1e3
     };
     let mut one = Vec::new();
     let mut two = Vec::new();
+    let mut ratios = Vec::new();
     for _ in 0..reps.max(7) {
-        one.push(run(&[vas]));
-        two.push(run(&[vas, &rotated]));
+        let (a, b) = (run(&[vas]), run(&[vas, &rotated]));
+        one.push(a);
+        two.push(b);
+        ratios.push(b / a);
     }
     one.sort_by(f64::total_cmp);
     two.sort_by(f64::total_cmp);
-    (one[one.len() / 2], two[two.len() / 2])
+    ratios.sort_by(f64::total_cmp);
+    (one[one.len() / 2], two[two.len() / 2], ratios)
 }
 
 fn machine() -> String {
@@ -580,6 +681,11 @@ fn main() {
             .iter()
             .map(|&va| guest::expected_pa(g, va))
             .collect(),
+        fixed: syn
+            .fixed
+            .iter()
+            .map(|&va| guest::expected_pa(g, va))
+            .collect(),
         working_set_values: syn
             .working_set
             .iter()
@@ -619,6 +725,7 @@ fn main() {
         Kind::Floor,
     );
     bench.run_memcpy();
+    bench.run_five_level(ops);
     for caches in [Caches::Default, Caches::NoPageCache, Caches::None] {
         bench.run(&mut Introvisor::new(memory, root, caches), Kind::Ours);
     }
@@ -635,8 +742,9 @@ fn main() {
         let subject = Introvisor::new(memory, root, caches);
         let name = Subject::name(&subject);
         for read in [false, true] {
-            let (one, two) = threads(&subject.core, root, &bench.syn.working_set, reps, read);
-            thread_rows.push((name.clone(), read, one, two));
+            let (one, two, ratios) =
+                threads(&subject.core, root, &bench.syn.working_set, reps, read);
+            thread_rows.push((name.clone(), read, one, two, ratios));
         }
     }
 
@@ -655,7 +763,11 @@ fn main() {
     }
 }
 
-fn report(bench: &Bench, thread_rows: &[(String, bool, f64, f64)], ops: usize) -> String {
+/// One row of the two-thread table: subject, whether it reads, the one- and two-thread
+/// medians, and the sorted ratios of the pairs.
+type ThreadRow = (String, bool, f64, f64, Vec<f64>);
+
+fn report(bench: &Bench, thread_rows: &[ThreadRow], ops: usize) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "Machine: {}.\n", machine());
     let _ = writeln!(
@@ -696,7 +808,9 @@ fn report(bench: &Bench, thread_rows: &[(String, bool, f64, f64)], ops: usize) -
             .map_or(f64::NAN, |c| c.median());
         for c in &cells {
             let m = c.median();
-            let vs_peer = if c.kind == Kind::Peer {
+            let vs_peer = if !best_peer.is_finite() {
+                "–".to_string()
+            } else if c.kind == Kind::Peer {
                 format!("{:.2}", best_peer / m)
             } else {
                 format!("**{:.2}**", best_peer / m)
@@ -718,16 +832,24 @@ fn report(bench: &Bench, thread_rows: &[(String, bool, f64, f64)], ops: usize) -
     }
     let _ = writeln!(
         md,
-        "\nTwo threads on one shared `VmiCore` (scoped threads, the working set, warm), in millions of operations per second:\n"
+        "\nTwo threads on one shared `VmiCore` (scoped threads, the working set, warm), in millions of operations per second; medians of {} pairs of runs (one thread, then two), and the ratio of each pair: its median and spread:\n",
+        thread_rows.first().map_or(0, |r| r.4.len())
     );
-    let _ = writeln!(md, "| subject | operation | 1 thread | 2 threads | 2 ÷ 1 |");
-    let _ = writeln!(md, "|---|---|---:|---:|---:|");
-    for (name, read, one, two) in thread_rows {
+    let _ = writeln!(
+        md,
+        "| subject | operation | 1 thread | 2 threads | 2 ÷ 1, median | 2 ÷ 1, spread |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|");
+    for (name, read, one, two, ratios) in thread_rows {
         let op = if *read { "read_u64" } else { "translate" };
+        let (lo, mid, hi) = (
+            ratios.first().copied().unwrap_or(f64::NAN),
+            ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN),
+            ratios.last().copied().unwrap_or(f64::NAN),
+        );
         let _ = writeln!(
             md,
-            "| {name} | {op} | {one:.1} | {two:.1} | {:.2} |",
-            two / one
+            "| {name} | {op} | {one:.1} | {two:.1} | {mid:.2} | {lo:.2}–{hi:.2} |"
         );
     }
     md
