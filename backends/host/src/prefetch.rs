@@ -5,10 +5,10 @@ use introvisor::Pa;
 
 /// Starts loading the cache line of byte `pa` of `memory` into the CPU's caches, if
 /// `memory` holds that byte; a hint, with no other effect. A no-op where the target has
-/// no prefetch instruction this crate issues.
+/// no prefetch instruction this crate issues, and under Miri (which has none).
 #[inline(always)]
 pub(crate) fn prefetch(memory: &[u8], pa: Pa) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse", not(miri)))]
     if let Some(byte) = usize::try_from(pa.0).ok().and_then(|at| memory.get(at)) {
         let at: *const u8 = byte;
         // SAFETY: `_mm_prefetch` requires SSE, which the `cfg` above ensures the target
@@ -19,7 +19,7 @@ pub(crate) fn prefetch(memory: &[u8], pa: Pa) {
             core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(at.cast());
         }
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse", not(miri))))]
     let _ = (memory, pa);
 }
 
