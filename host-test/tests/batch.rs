@@ -188,3 +188,111 @@ fn a_batch_after_a_change_and_a_flush_sees_the_new_tables() {
     );
     assert_ne!(old.pa, Pa(0x0080_0008));
 }
+
+/// Batches of every length around the group sizes (16 addresses looked up and walked
+/// together, 64 translated before their reads), with a `u64` across two pages, a fault
+/// and a repeat placed on each side of each boundary: the same answers as single calls,
+/// with the translation cache on, off and of zero capacity, the page cache on and off.
+#[test]
+fn group_boundaries_change_no_answer() {
+    let g = guest();
+    let across = Va(V4K + 5 * 4096 + 4092);
+    let hole = Va(V4K + 3 * 4096 + 16); // page 3 is left out
+    let noncanonical = Va(0x0000_8000_0000_0000);
+    let past = Va(V1G + (1 << 30) + 64); // translates; the read fails
+    let mut rng = Rng::new(0xb0_da);
+    for lent in [true, false] {
+        for (tlb, capacity, pages) in [
+            (true, None, true),
+            (true, None, false),
+            (true, Some(0), false),
+            (true, Some(0), true),
+            (false, None, false),
+        ] {
+            let name = format!("lent {lent}, tlb {tlb} {capacity:?}, page cache {pages}");
+            let (single, batch) = (core(&g, lent, tlb, pages), core(&g, lent, tlb, pages));
+            if let Some(c) = capacity {
+                single.resize_v2p_cache(c);
+                batch.resize_v2p_cache(c);
+            }
+            for len in [1usize, 2, 15, 16, 17, 31, 33, 63, 64, 65, 127, 128, 130] {
+                let mut vas: Vec<Va> = (0..len)
+                    .map(|_| Va(V4K + (rng.below(252 * 4096) & !7)))
+                    .collect();
+                // Each special address at a boundary (if the batch is that long).
+                for (at, va) in [
+                    (15, across),
+                    (16, hole),
+                    (17, noncanonical),
+                    (63, past),
+                    (64, across),
+                    (0, hole),
+                    (len - 1, across),
+                ] {
+                    if let Some(slot) = vas.get_mut(at) {
+                        *slot = va;
+                    }
+                }
+                if len > 40 {
+                    vas[40] = vas[3];
+                }
+                let words: Vec<Result<u64, VmiError>> = vas
+                    .iter()
+                    .map(|va| single.read_u64(AccessContext::paging(*va, g.root)))
+                    .collect();
+                let mut got = vec![Err(VmiError::NotFound); len];
+                assert_eq!(batch.read_u64_many(&vas, g.root, &mut got), len);
+                assert_eq!(got, words, "u64 reads of {len}, {name}");
+                let want: Vec<Result<Translation, VmiError>> =
+                    vas.iter().map(|va| single.translate(*va, g.root)).collect();
+                let mut got = vec![Err(VmiError::NotFound); len];
+                assert_eq!(batch.translate_many(&vas, g.root, &mut got), len);
+                assert_eq!(got, want, "translations of {len}, {name}");
+                // Each kind of answer is there once the batch is long enough.
+                if len > 64 {
+                    assert!(words[15].is_ok() && words[64].is_ok(), "{name}");
+                    assert!(words[16].is_err_and(|e| e.page_fault().is_some()), "{name}");
+                    assert!(words[63].is_err(), "{name}");
+                    assert!(words[63..].iter().any(|w| w.is_ok()), "{name}");
+                }
+            }
+            let (b, s) = (batch.v2p_cache_metrics(), single.v2p_cache_metrics());
+            assert_eq!(b.hits + b.misses, s.hits + s.misses, "lookups, {name}");
+            if capacity == Some(0) {
+                assert_eq!((b.hits, s.hits), (0, 0), "{name}");
+            }
+        }
+    }
+}
+
+/// A thread that reads at random over more pages than the translation cache holds makes
+/// the cache step aside (its lookups are mostly capacity misses): the batch then walks
+/// without looking, and its answers stay those of single calls, each address still
+/// counted once.
+#[test]
+fn a_batch_in_a_bypassing_thread_answers_as_single_calls() {
+    let g = guest();
+    for lent in [true, false] {
+        let (single, batch) = (core(&g, lent, true, false), core(&g, lent, true, false));
+        // Four sets: 16 entries for 192 pages, so nearly every lookup is a capacity miss.
+        single.resize_v2p_cache(16);
+        batch.resize_v2p_cache(16);
+        let mut rng = Rng::new(0x5ca7);
+        let vas: Vec<Va> = (0..4096)
+            .map(|_| Va(V4K + (rng.below(256 * 4096) & !7)))
+            .collect();
+        let want: Vec<Result<u64, VmiError>> = vas
+            .iter()
+            .map(|va| single.read_u64(AccessContext::paging(*va, g.root)))
+            .collect();
+        let mut got = vec![Err(VmiError::NotFound); vas.len()];
+        for (vas, got) in vas.chunks(64).zip(got.chunks_mut(64)) {
+            batch.read_u64_many(vas, g.root, got);
+        }
+        assert_eq!(got, want, "lent {lent}");
+        let (b, s) = (batch.v2p_cache_metrics(), single.v2p_cache_metrics());
+        assert_eq!(b.hits + b.misses, s.hits + s.misses, "lent {lent}");
+        assert!(b.misses > b.hits * 4, "{b:?}: the workload misses");
+        assert!(want.iter().filter(|w| w.is_ok()).count() > vas.len() / 2);
+    }
+}

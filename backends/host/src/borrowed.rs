@@ -172,6 +172,11 @@ impl<'a> VmiDriver for BorrowedDriver<'a> {
         Some(self.memory)
     }
 
+    #[inline(always)]
+    fn prefetch_physical(&self, pa: Pa) {
+        crate::prefetch::prefetch(self.memory, pa);
+    }
+
     fn now(&self) -> Option<Duration> {
         Some(self.clock.elapsed())
     }

@@ -195,6 +195,13 @@ impl VmiDriver for HostDriver {
         self.memory.as_identity_slice()
     }
 
+    #[inline(always)]
+    fn prefetch_physical(&self, pa: Pa) {
+        if let Some(memory) = self.memory.as_identity_slice() {
+            crate::prefetch::prefetch(memory, pa);
+        }
+    }
+
     fn write_physical(&self, pa: Pa, data: &[u8]) -> Result<(), VmiError> {
         self.memory.write(pa, data)
     }

@@ -31,6 +31,7 @@ pub mod builder;
 mod driver;
 pub mod dump;
 pub mod memory;
+mod prefetch;
 
 pub use borrowed::{BorrowedDriver, BorrowedPage};
 pub use driver::{HostDriver, HostPage};

@@ -41,6 +41,10 @@ macro_rules! forward_driver {
             (**self).physical_memory()
         }
         #[inline]
+        fn prefetch_physical(&self, pa: Pa) {
+            (**self).prefetch_physical(pa)
+        }
+        #[inline]
         fn write_physical(&self, pa: Pa, data: &[u8]) -> Result<(), VmiError> {
             (**self).write_physical(pa, data)
         }

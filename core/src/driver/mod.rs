@@ -80,6 +80,19 @@ pub trait VmiDriver {
         None
     }
 
+    /// A hint that the core is about to read guest-physical memory at `pa`: a driver
+    /// with memory mapped into the process may start loading its cache line (a software
+    /// prefetch) so that the read that follows finds it. It reads nothing the caller can
+    /// see, changes nothing and cannot fail; the default does nothing. The core's batch
+    /// reads ([`VmiCore::read_u64_many`](crate::VmiCore::read_u64_many)) give it each
+    /// address as soon as it is translated, so that the misses of many reads overlap
+    /// with the walks of the next ones (the core, which has no `unsafe`, cannot issue
+    /// a prefetch itself).
+    #[inline]
+    fn prefetch_physical(&self, pa: Pa) {
+        let _ = pa;
+    }
+
     /// Writes `data` to guest-physical memory at `pa`; the range lies within one page.
     ///
     /// # Errors

@@ -242,7 +242,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// BENCHMARKS.md has the measurements); below one hit in eight misses otherwise,
     /// where each table entry is a driver read.
     #[inline]
-    fn v2p_bypass(&self) -> Bypass {
+    pub(super) fn v2p_bypass(&self) -> Bypass {
         Bypass {
             threshold: if self.driver.physical_memory().is_some() {
                 3 << 4

@@ -34,6 +34,17 @@ const TLB_SHIFT_MASK: u64 = 0x3f << TLB_SHIFT;
 /// Where a large-page key keeps log2 of the page size.
 const TLB_LARGE_TAG: u32 = 58;
 
+/// What [`TranslationCache::look`] found for one address of a batch.
+pub(crate) enum Looked {
+    /// The cached translation.
+    Hit(Translation),
+    /// None: the walk is to be offered.
+    Miss,
+    /// The thread bypasses the cache: the walk is not offered, as in
+    /// [`TranslationCache::translate`].
+    Bypassed,
+}
+
 /// Up to `N` translations of architecture `A`, keyed by root and virtual page, read
 /// without a lock. `N = 0` caches nothing.
 ///
@@ -138,33 +149,50 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         self.tlb.local()
     }
 
-    /// The current generation, to read before walking for [`TranslationCache::lookup`]
+    /// The current generation, to read before walking for [`TranslationCache::look`]
     /// and [`TranslationCache::insert_walked`].
     #[inline]
     pub(crate) fn generation(&self) -> u64 {
         self.tlb.generation()
     }
 
-    /// The cached translation of `va` under `root` (its base page, then each large size
-    /// the cache holds), counting a hit; `None`, counting nothing, when it has none (the
-    /// caller counts the miss with [`TranslationCache::record_miss`]).
+    /// The lookup of one address of a batch, under the policy of
+    /// [`TranslationCache::translate`] and with its counts, for the thread whose counters
+    /// are `local`: a thread that bypasses the cache does not look ([`Looked::Bypassed`],
+    /// its miss counted ahead as there); a hit counts a hit; a miss of every key counts a
+    /// miss and, in a full set, updates the thread's bypass state (`bypass`, as there).
+    /// The caller walks what was not found, and offers the walks of [`Looked::Miss`]
+    /// with [`TranslationCache::insert_walked`], as `translate` does.
     #[inline]
-    pub(crate) fn lookup(&self, root: Pa, va: Va, generation: u64) -> Option<Translation> {
-        let vpn = va.0 >> Self::PAGE_SHIFT;
-        let found = match self.tlb.probe(root.0, vpn, generation) {
-            Some(entry) => Some(Self::unpack(entry, va, Self::OFFSET_MASK)),
-            None => self.probe_large(root, va, generation),
-        };
-        if found.is_some() {
-            self.tlb.record(true);
+    pub(crate) fn look(
+        &self,
+        local: &Local<'_>,
+        root: Pa,
+        va: Va,
+        generation: u64,
+        bypass: impl FnOnce() -> Bypass,
+    ) -> Looked {
+        if local.bypassing() {
+            return Looked::Bypassed;
         }
-        found
-    }
-
-    /// Counts one miss.
-    #[inline]
-    pub(crate) fn record_miss(&self) {
-        self.tlb.record(false);
+        let vpn = va.0 >> Self::PAGE_SHIFT;
+        match self.tlb.probe_hinted(root.0, vpn, generation) {
+            Ok(entry) => {
+                local.record(true);
+                Looked::Hit(Self::unpack(entry, va, Self::OFFSET_MASK))
+            }
+            Err(hint) => {
+                if let Some(t) = self.probe_large(root, va, generation) {
+                    local.record(true);
+                    return Looked::Hit(t);
+                }
+                local.record(false);
+                if self.tlb.look(hint, generation).full() {
+                    local.capacity_miss(bypass());
+                }
+                Looked::Miss
+            }
+        }
     }
 
     /// Offers `t`, the walk of `va` under `root` that followed a read of `generation`,

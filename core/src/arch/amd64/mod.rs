@@ -105,7 +105,7 @@ impl Architecture for Amd64 {
         paging::walk_pages_planned(mem, paging, plan, va, root, count, each)
     }
 
-    /// Interleaved: eight walks at a time, level by level.
+    /// Interleaved: sixteen walks at a time, level by level.
     #[inline]
     fn translate_many_planned(
         mem: &(impl PhysRead + ?Sized),

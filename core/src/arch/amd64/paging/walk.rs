@@ -405,7 +405,7 @@ pub(crate) fn walk_pages_planned(
 
 /// Walks that a batch interleaves: [`walk_many_planned`] takes the addresses this many at
 /// a time, each level of every walk before the next level of any.
-pub(crate) const LANES: usize = 8;
+pub(crate) const LANES: usize = 16;
 
 /// [`walk_planned`] for each of `vas` (at most [`LANES`] of them, the rest are left),
 /// into `out` in the same order: in 4- and 5-level paging the walks are interleaved,
@@ -420,8 +420,8 @@ pub(crate) fn walk_many_planned(
     out: &mut [Result<Translation, VmiError>],
 ) {
     match paging.mode {
-        PagingMode::Level4 => walk_long_many::<4>(mem, paging, plan, &LEVEL4, vas, root, out),
-        PagingMode::Level5 => walk_long_many::<5>(mem, paging, plan, &LEVEL5, vas, root, out),
+        PagingMode::Level4 => walk_long_many::<4>(mem, paging, plan, vas, root, out),
+        PagingMode::Level5 => walk_long_many::<5>(mem, paging, plan, vas, root, out),
         _ => {
             for (va, slot) in vas.iter().zip(out.iter_mut()) {
                 *slot = walk_other(mem, paging, plan, *va, root, |_| {});
@@ -430,30 +430,50 @@ pub(crate) fn walk_many_planned(
     }
 }
 
+/// One walk of [`walk_long_many`] still under way: its address, its index in the batch,
+/// the table it reads next and the rights its walk has combined so far.
+#[derive(Clone, Copy)]
+struct Lane {
+    va: Va,
+    index: usize,
+    table: Pa,
+    rights_and: u64,
+    rights_or: u64,
+}
+
 /// The interleaved walks of [`walk_many_planned`] in 4- or 5-level paging.
+///
+/// Each level reads the entry of every walk still under way, then the next level those
+/// whose entry referenced a table. The walks that stop (a leaf, a fault) leave the list
+/// as they stop, the others move up in it: no lane is visited, nor branched on, once its
+/// walk is over, so that page sizes mixed at random cost no mispredictions there.
 #[inline(always)]
 fn walk_long_many<const LEVELS: u8>(
     mem: &(impl PhysRead + ?Sized),
     paging: &Paging,
     plan: &WalkPlan,
-    desc: &'static ModeDesc,
     vas: &[Va],
     root: Pa,
     out: &mut [Result<Translation, VmiError>],
 ) {
-    let noop = |_: WalkStep| {};
-    // One walker per lane, and whether it still walks and which table it reads next;
-    // a lane without an address (or whose address failed its check) never walks.
-    let mut walkers: [_; LANES] = core::array::from_fn(|i| {
-        let va = vas.get(i).copied().unwrap_or(Va(0));
-        Walker::unchecked(mem, paging, plan, desc, va, root, noop)
-    });
-    let mut active = [false; LANES];
+    let desc: &'static ModeDesc = if LEVELS == 5 { &LEVEL5 } else { &LEVEL4 };
     let start = Pa(root.0 & plan.table_mask);
-    let mut tables = [start; LANES];
-    for ((on, va), slot) in active.iter_mut().zip(vas).zip(out.iter_mut()) {
+    let mut lanes = [Lane {
+        va: Va(0),
+        index: 0,
+        table: start,
+        rights_and: u64::MAX,
+        rights_or: 0,
+    }; LANES];
+    let mut live = 0usize;
+    for (index, (va, slot)) in vas.iter().zip(out.iter_mut()).take(LANES).enumerate() {
         if paging.mode.is_valid_va(*va) {
-            *on = true;
+            // At most `LANES` addresses: `live` stays below `LANES` here.
+            if let Some(lane) = lanes.get_mut(live) {
+                lane.va = *va;
+                lane.index = index;
+            }
+            live = live.wrapping_add(1);
         } else {
             *slot = Err(fault(
                 *va,
@@ -468,66 +488,78 @@ fn walk_long_many<const LEVELS: u8>(
     // Each level of every walk, then the next: the walks' loads do not depend on one
     // another, so the CPU overlaps them.
     if LEVELS == 5 {
-        lanes_level::<LEVELS, 5, _, _>(&mut walkers, &mut active, &mut tables, out);
+        live = lanes_level::<LEVELS, 5, _>(mem, paging, plan, root, &mut lanes, live, out);
     }
-    lanes_level::<LEVELS, 4, _, _>(&mut walkers, &mut active, &mut tables, out);
-    lanes_level::<LEVELS, 3, _, _>(&mut walkers, &mut active, &mut tables, out);
-    lanes_level::<LEVELS, 2, _, _>(&mut walkers, &mut active, &mut tables, out);
-    lanes_level::<LEVELS, 1, _, _>(&mut walkers, &mut active, &mut tables, out);
-    // Level 1 always maps a page or fails; this is the bound made explicit.
-    for (((on, va), table), slot) in active.iter().zip(vas).zip(tables).zip(out.iter_mut()) {
-        if *on {
-            *slot = Err(fault(*va, root, 0, table, 0, FaultReason::NotPresent));
+    live = lanes_level::<LEVELS, 4, _>(mem, paging, plan, root, &mut lanes, live, out);
+    live = lanes_level::<LEVELS, 3, _>(mem, paging, plan, root, &mut lanes, live, out);
+    live = lanes_level::<LEVELS, 2, _>(mem, paging, plan, root, &mut lanes, live, out);
+    live = lanes_level::<LEVELS, 1, _>(mem, paging, plan, root, &mut lanes, live, out);
+    // Level 1 always maps a page or fails, so no walk is left; this is the bound made
+    // explicit.
+    for lane in lanes.iter().take(live) {
+        if let Some(slot) = out.get_mut(lane.index) {
+            *slot = Err(fault(
+                lane.va,
+                root,
+                0,
+                lane.table,
+                0,
+                FaultReason::NotPresent,
+            ));
         }
     }
 }
 
-/// One level of every lane of [`walk_long_many`] that still walks: its own function for
-/// each level, so that the level is a constant in it and every lookup in the mode's
-/// description folds, as in [`walk_long`]. As there, an entry the reader cannot read the
-/// fast way finishes that walk out of line.
-#[inline(never)]
-fn lanes_level<
-    const LEVELS: u8,
-    const LEVEL: u8,
-    M: PhysRead + ?Sized,
-    F: FnMut(WalkStep) + Copy,
->(
-    walkers: &mut [Walker<'_, M, F>; LANES],
-    active: &mut [bool; LANES],
-    tables: &mut [Pa; LANES],
+/// One level of the first `live` walks of `lanes` ([`walk_long_many`]); returns how many
+/// go on, moved to the front of `lanes` in their order. The level is a constant here, so
+/// that every lookup in the mode's description folds, as in [`walk_long`]; an entry the
+/// reader cannot read the fast way finishes that walk out of line ([`Walker::finish`]).
+#[inline(always)]
+fn lanes_level<const LEVELS: u8, const LEVEL: u8, M: PhysRead + ?Sized>(
+    mem: &M,
+    paging: &Paging,
+    plan: &WalkPlan,
+    root: Pa,
+    lanes: &mut [Lane; LANES],
+    live: usize,
     out: &mut [Result<Translation, VmiError>],
-) {
-    // The walkers hold these already; set here, they are constants to the compiler.
+) -> usize {
+    const { assert!(LANES.is_power_of_two()) };
     let desc: &'static ModeDesc = if LEVELS == 5 { &LEVEL5 } else { &LEVEL4 };
-    let lanes = walkers
-        .iter_mut()
-        .zip(active.iter_mut())
-        .zip(tables.iter_mut());
-    for (((w, on), table), slot) in lanes.zip(out.iter_mut()) {
-        if !*on {
-            continue;
-        }
-        w.desc = desc;
-        w.wide = true;
-        let (shift, _, entry) = w.locate(LEVEL, *table);
+    let mut kept = 0usize;
+    for n in 0..live.min(LANES) {
+        let Some(lane) = lanes.get(n).copied() else {
+            break;
+        };
+        let mut w = Walker::unchecked(mem, paging, plan, desc, lane.va, root, |_: WalkStep| {});
+        w.rights_and = lane.rights_and;
+        w.rights_or = lane.rights_or;
+        let (shift, _, entry) = w.locate(LEVEL, lane.table);
         let Some(value) = w.mem.read_u64_fast(entry) else {
-            *on = false;
-            *slot = w.fork().finish(LEVEL, *table);
+            // The rest of this walk out of line, one level after the other.
+            let result = w.finish(LEVEL, lane.table);
+            if let Some(slot) = out.get_mut(lane.index) {
+                *slot = result;
+            }
             continue;
         };
-        match w.check(LEVEL, shift, entry, value) {
-            Ok(Step::Table(next)) => *table = next,
-            Ok(Step::Leaf(t)) => {
-                *on = false;
-                *slot = Ok(t);
+        let slot = out.get_mut(lane.index);
+        if let Some((table, rights_and, rights_or)) = w.lane(LEVEL, shift, entry, value, slot) {
+            // Still walking: `kept <= n`, so the lane moves up (or stays), over one whose
+            // walk has ended or that has been moved already. The mask keeps the index in
+            // bounds without a check.
+            if let Some(to) = lanes.get_mut(kept & (LANES - 1)) {
+                *to = Lane {
+                    table,
+                    rights_and,
+                    rights_or,
+                    ..lane
+                };
             }
-            Err(e) => {
-                *on = false;
-                *slot = Err(e);
-            }
+            kept = kept.wrapping_add(1);
         }
     }
+    kept
 }
 
 /// 4- or 5-level paging (`LEVELS`, described by `desc`): the levels written out.
@@ -701,8 +733,8 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
         Ok(Self::unchecked(mem, paging, plan, desc, va, root, observe))
     }
 
-    /// [`Walker::new`] without its check of the address: for a lane of a batch that has
-    /// no walk to do (it is never stepped).
+    /// [`Walker::new`] without its check of the address: for a lane of a batch, whose
+    /// address was checked when the batch began.
     #[inline(always)]
     fn unchecked(
         mem: &'a M,
@@ -724,26 +756,6 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
             plan: *plan,
             rights_and: u64::MAX,
             rights_or: 0,
-        }
-    }
-
-    /// A copy of this walker, to finish a lane of a batch with [`Walker::finish`].
-    #[inline(always)]
-    fn fork(&self) -> Self
-    where
-        F: Copy,
-    {
-        Self {
-            mem: self.mem,
-            paging: self.paging,
-            desc: self.desc,
-            va: self.va,
-            root: self.root,
-            observe: self.observe,
-            wide: self.wide,
-            plan: self.plan,
-            rights_and: self.rights_and,
-            rights_or: self.rights_or,
         }
     }
 
@@ -790,6 +802,28 @@ impl<'a, M: PhysRead + ?Sized, F: FnMut(WalkStep)> Walker<'a, M, F> {
         let (shift, index, entry) = self.locate(level, table);
         let value = self.read_entry(level, index, entry)?;
         self.check(level, shift, entry, value)
+    }
+
+    /// [`Walker::check`] for a lane of a batch: the next table and the rights so far when
+    /// the walk goes on; else the walk's result, written to `slot`.
+    #[inline(always)]
+    fn lane(
+        &mut self,
+        level: u8,
+        shift: u32,
+        entry: Pa,
+        value: u64,
+        slot: Option<&mut Result<Translation, VmiError>>,
+    ) -> Option<(Pa, u64, u64)> {
+        let result = match self.check(level, shift, entry, value) {
+            Ok(Step::Table(next)) => return Some((next, self.rights_and, self.rights_or)),
+            Ok(Step::Leaf(t)) => Ok(t),
+            Err(e) => Err(e),
+        };
+        if let Some(slot) = slot {
+            *slot = result;
+        }
+        None
     }
 
     /// The rest of a walk whose entry at `level` in `table` the reader could not read the
@@ -1271,6 +1305,91 @@ pub(super) mod tests {
         );
         // ... but a PDPTE that references a PD is fine.
         assert!(Amd64::translate(&m[..], &p_no1g, Va(va_4k), Pa(0x1000)).is_ok());
+    }
+
+    /// A reader with no fast path: every entry through `read_u64`, as the core's page
+    /// cache reads them.
+    struct SlowOnly<'a>(&'a [u8]);
+    impl PhysRead for SlowOnly<'_> {
+        fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
+            self.0.read_u64(pa)
+        }
+        fn read_u32(&self, pa: Pa) -> Result<u32, VmiError> {
+            self.0.read_u32(pa)
+        }
+    }
+
+    /// A reader whose fast path fails for the entries of one table (as a driver's lent
+    /// memory may not hold every frame), which the slow path reads.
+    struct FastBut<'a>(&'a [u8], u64);
+    impl PhysRead for FastBut<'_> {
+        fn read_u64_fast(&self, pa: Pa) -> Option<u64> {
+            (pa.0 & !0xfff != self.1).then(|| self.0.read_u64_fast(pa))?
+        }
+        fn read_u64(&self, pa: Pa) -> Result<u64, VmiError> {
+            self.0.read_u64(pa)
+        }
+        fn read_u32(&self, pa: Pa) -> Result<u32, VmiError> {
+            self.0.read_u32(pa)
+        }
+    }
+
+    /// The interleaved batch walk gives, slot for slot, what one walk gives: in 4- and
+    /// 5-level paging, over more addresses than one set of lanes, with every page size,
+    /// faults at each level, non-canonical addresses and repeats, through a reader with
+    /// a fast path, one without, and one whose fast path fails for one table.
+    #[test]
+    fn batch_walks_answer_as_single_walks() {
+        let m4 = level4_fixture();
+        let mut bad = m4.clone();
+        // A reserved bit (MAXPHYADDR 46) in the 2 MiB leaf; a PT entry past memory.
+        w64(
+            &mut bad,
+            0x3000 + 3 * 8,
+            0x1234_5660_0000 | 0x1000 | 0x85 | (1 << 47),
+        );
+        w64(&mut bad, 0x3000 + 8, 0x10_0000 | 0x7);
+        let vas: Vec<u64> = [
+            K + 0x7abc,                 // 4 KiB
+            K + 0x4000_0000 + 0x123,    // 1 GiB
+            K + 3 * 0x20_0000 + 0x4567, // 2 MiB (reserved bit in `bad`)
+            K + 0x20_0000 + 0x10,       // PT past memory in `bad`, PDE absent in `m4`
+            K + 0x8000,                 // PTE absent
+            0x7fff_ffff_f000,           // PML4E absent
+            0x0000_8000_0000_0000,      // not canonical (4-level)
+            0x0100_0000_0000_0000,      // not canonical (5-level too)
+            K + 0x8000_0000,            // PDPTE absent
+        ]
+        .iter()
+        .copied()
+        .cycle()
+        .take(41)
+        .collect();
+        let vas: Vec<Va> = vas.into_iter().map(Va).collect();
+        let p4 = Paging::new(PagingMode::Level4).with_max_phys_addr(46);
+        // 5-level: a PML5 at 0x5000 whose entry 0x1ff (and 0) point at the PML4.
+        let mut m5 = bad.clone();
+        m5.resize(0x6000, 0);
+        w64(&mut m5, 0x5000 + 0x1ff * 8, 0x1000 | 0x7);
+        let p5 = Paging::new(PagingMode::Level5).with_max_phys_addr(46);
+        for (name, mem, paging, root) in [
+            ("4-level", &m4, &p4, Pa(0x1000)),
+            ("4-level, faults", &bad, &p4, Pa(0x1000)),
+            ("5-level", &m5, &p5, Pa(0x5000)),
+        ] {
+            let plan = paging.plan();
+            let want: Vec<_> = vas
+                .iter()
+                .map(|va| Amd64::translate_planned(&mem[..], paging, &plan, *va, root))
+                .collect();
+            assert!(want.iter().filter(|r| r.is_ok()).count() >= 9, "{name}");
+            let readers: [&dyn PhysRead; 3] = [&&mem[..], &SlowOnly(mem), &FastBut(mem, 0x3000)];
+            for (r, reader) in readers.iter().enumerate() {
+                let mut got = vec![Err(VmiError::NotFound); vas.len()];
+                Amd64::translate_many_planned(reader, paging, &plan, &vas, root, &mut got);
+                assert_eq!(got, want, "{name}, reader {r}");
+            }
+        }
     }
 
     #[test]
