@@ -381,12 +381,13 @@ impl<const N: usize> Tlb<N> {
         Err(MissHint::new(index, None))
     }
 
-    /// The hint of a [`Tlb::probe_hinted`] miss with the free or stale ways of its set,
-    /// read now (without the sequence numbers, as an insertion's choice always is), when
-    /// the set has four ways; unchanged otherwise.
+    /// The hint of a miss of `(root, vpn)`, for [`Tlb::offer_hinted`]: its set, with
+    /// the free or stale ways read now (without the sequence numbers, as an insertion's
+    /// choice always is) when the set has four ways.
     #[inline]
-    pub(crate) fn look(&self, hint: MissHint, generation: u64) -> MissHint {
-        let index = hint.set();
+    pub(crate) fn look(&self, root: u64, vpn: u64, generation: u64) -> MissHint {
+        let index = self.index_of(root, vpn, self.sets_in_use.load(Ordering::Relaxed));
+        let hint = MissHint::new(index, None);
         match self
             .slots
             .get(index.wrapping_mul(Self::WAYS)..)
@@ -749,7 +750,7 @@ mod tests {
         match tlb.probe_hinted(9 << 12, 0x42, g2) {
             Err(hint) => {
                 assert_eq!(hint.free(), None, "not looked at yet");
-                let looked = tlb.look(hint, g2);
+                let looked = tlb.look(9 << 12, 0x42, g2);
                 assert_eq!(looked.free().map(u32::count_ones), Some(3));
                 assert!(!looked.full());
             }

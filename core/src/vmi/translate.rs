@@ -218,7 +218,8 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     }
 
     /// [`VmiCore::translate`] through the translation cache: its own function, so that
-    /// the uncached and bypassed paths do not pay for the cached one's registers.
+    /// the uncached and bypassed paths do not pay for the cached one's registers; and
+    /// the miss in another, so that a hit saves none.
     #[inline(never)]
     fn translate_cached(
         &self,
@@ -226,7 +227,21 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         va: Va,
         root: Pa,
     ) -> Result<Translation, VmiError> {
-        self.v2p_cache.translate(
+        match self.v2p_cache.hit(local, self.root_table(root), va) {
+            Some(t) => Ok(t),
+            None => self.translate_missed(local, va, root),
+        }
+    }
+
+    /// The miss path of [`VmiCore::translate_cached`].
+    #[inline(never)]
+    fn translate_missed(
+        &self,
+        local: &Local<'_>,
+        va: Va,
+        root: Pa,
+    ) -> Result<Translation, VmiError> {
+        self.v2p_cache.miss(
             local,
             self.root_table(root),
             va,

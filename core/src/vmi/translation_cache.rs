@@ -20,7 +20,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::access::MemoryAccess;
 use crate::addr::{Pa, Va};
 use crate::arch::{Architecture, Translation};
-use crate::cache::{Bypass, CacheMetrics, Local, MissHint, Tlb};
+use crate::cache::{Bypass, CacheMetrics, Local, Tlb};
 use crate::error::VmiError;
 
 /// The default capacity: base and large pages together.
@@ -118,8 +118,9 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     /// A miss in a full set updates the thread's bypass state: `bypass` says below how
     /// many hits per such miss the cache steps aside (the caller knows what a walk costs
     /// against a hit), and [`TranslationCache::bypassing`] then tells the caller to walk
-    /// without calling this. See [`Bypass`].
-    #[inline]
+    /// without calling this. See [`Bypass`]. (`VmiCore` calls [`TranslationCache::hit`]
+    /// and [`TranslationCache::miss`] apart; the tests, this.)
+    #[cfg(test)]
     pub(crate) fn translate(
         &self,
         local: &Local<'_>,
@@ -129,15 +130,25 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         bypass: impl FnOnce() -> Bypass,
         walk: impl FnOnce(Va, Pa) -> Result<Translation, VmiError>,
     ) -> Result<Translation, VmiError> {
-        let vpn = va.0 >> Self::PAGE_SHIFT;
-        let generation = self.tlb.generation();
-        match self.tlb.probe_hinted(root.0, vpn, generation) {
-            Ok(entry) => {
-                local.record(true);
-                Ok(Self::unpack(entry, va, Self::OFFSET_MASK))
-            }
-            Err(hint) => self.miss(local, root, va, raw_root, generation, hint, bypass, walk),
+        match self.hit(local, root, va) {
+            Some(t) => Ok(t),
+            None => self.miss(local, root, va, raw_root, bypass, walk),
         }
+    }
+
+    /// The hit path of [`TranslationCache::translate`]: the base page's key, counted as a
+    /// hit when found; `None`, counting nothing, when not (then
+    /// [`TranslationCache::miss`] counts). Apart from the miss so that a caller can keep
+    /// the miss out of line, and a hit needs no saved registers.
+    #[inline(always)]
+    pub(crate) fn hit(&self, local: &Local<'_>, root: Pa, va: Va) -> Option<Translation> {
+        let vpn = va.0 >> Self::PAGE_SHIFT;
+        let entry = self
+            .tlb
+            .probe_hinted(root.0, vpn, self.tlb.generation())
+            .ok()?;
+        local.record(true);
+        Some(Self::unpack(entry, va, Self::OFFSET_MASK))
     }
 
     /// The calling thread's counters, for one translation: whether it should walk
@@ -181,13 +192,13 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
                 local.record(true);
                 Looked::Hit(Self::unpack(entry, va, Self::OFFSET_MASK))
             }
-            Err(hint) => {
+            Err(_) => {
                 if let Some(t) = self.probe_large(root, va, generation) {
                     local.record(true);
                     return Looked::Hit(t);
                 }
                 local.record(false);
-                if self.tlb.look(hint, generation).full() {
+                if self.tlb.look(root.0, vpn, generation).full() {
                     local.capacity_miss(bypass());
                 }
                 Looked::Miss
@@ -207,16 +218,16 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     /// row in its set ([`Tlb::offer`]), so a scan over more pages than the cache holds (a
     /// bulk read, random reads over a large range) neither flushes the working set out
     /// nor pays a slot write's locked instruction per page.
-    #[expect(clippy::too_many_arguments, reason = "the state of one translation")]
-    #[inline(never)]
-    fn miss(
+    ///
+    /// It re-reads the generation (before the walk, which is what the offer needs) and
+    /// the base page's set: a hit's path passes on nothing.
+    #[inline]
+    pub(crate) fn miss(
         &self,
         local: &Local<'_>,
         root: Pa,
         va: Va,
         raw_root: Pa,
-        generation: u64,
-        hint: MissHint,
         bypass: impl FnOnce() -> Bypass,
         walk: impl FnOnce(Va, Pa) -> Result<Translation, VmiError>,
     ) -> Result<Translation, VmiError> {
@@ -226,6 +237,7 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
                 "the TLB packs flags and a size in the page offset bits"
             )
         };
+        let generation = self.tlb.generation();
         if let Some(t) = self.probe_large(root, va, generation) {
             local.record(true);
             return Ok(t);
@@ -233,12 +245,12 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         local.record(false);
         // A miss of every key: if the base page's set is full, a capacity miss, which
         // the bypass decision counts (a large page's hit above is a hit).
-        let hint = self.tlb.look(hint, generation);
+        let vpn = va.0 >> Self::PAGE_SHIFT;
+        let hint = self.tlb.look(root.0, vpn, generation);
         if hint.full() {
             local.capacity_miss(bypass());
         }
         let t = walk(va, raw_root)?;
-        let vpn = va.0 >> Self::PAGE_SHIFT;
         if t.page_size == Self::PAGE_SIZE {
             // The base page's key, in the set the probe saw.
             self.tlb
