@@ -140,19 +140,29 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     ) -> Result<usize, VmiError> {
         let page = usize::try_from(Self::PAGE_SIZE).unwrap_or(usize::MAX);
         let memory = self.driver.physical_memory();
+        // Runs closed and not yet copied, how many, and the run being gathered (none
+        // while its length is zero).
         let mut runs = [Run::EMPTY; RUNS];
-        // Runs gathered in `runs`, and where the next page goes in `buf`.
         let mut gathered = 0usize;
+        let mut run = Run {
+            pa: 0,
+            start: done,
+            len: 0,
+        };
+        // Where the next page goes in `buf`.
         let mut at = done;
         let mut failed = None;
         let mut each = |t: crate::arch::Translation| {
             let pa = t.pa.0;
-            let last = gathered.checked_sub(1).and_then(|i| runs.get_mut(i));
-            match last {
-                Some(run) if run.end() == Some(pa) && run.len.checked_add(page).is_some() => {
-                    run.len = run.len.saturating_add(page);
-                }
-                _ => {
+            if run.len != 0 && run.end() == Some(pa) {
+                // At most `buf.len()`: it does not saturate.
+                run.len = run.len.saturating_add(page);
+            } else {
+                if run.len != 0 {
+                    if let Some(slot) = runs.get_mut(gathered) {
+                        *slot = run;
+                        gathered = gathered.saturating_add(1);
+                    }
                     if gathered == RUNS {
                         if let Err(e) = self.copy_runs(&runs, buf, memory) {
                             failed = Some(e);
@@ -160,15 +170,12 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
                         }
                         gathered = 0;
                     }
-                    if let Some(slot) = runs.get_mut(gathered) {
-                        *slot = Run {
-                            pa,
-                            start: at,
-                            len: page,
-                        };
-                        gathered = gathered.saturating_add(1);
-                    }
                 }
+                run = Run {
+                    pa,
+                    start: at,
+                    len: page,
+                };
             }
             at = at.saturating_add(page);
             true
@@ -199,12 +206,16 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
             return Err(e);
         }
         self.copy_runs(runs.get(..gathered).unwrap_or(&[]), buf, memory)?;
+        if run.len != 0 {
+            self.copy_run(&run, buf, memory)?;
+        }
         walked?;
         Ok(at)
     }
 
     /// Copies each of `runs` in order ([`VmiCore::copy_run`]); stops at the first failure.
-    #[inline]
+    /// Out of line, so that the range walk's per-page step stays small enough to inline.
+    #[inline(never)]
     fn copy_runs(
         &self,
         runs: &[Run],
