@@ -215,6 +215,14 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
 
     /// Copies each of `runs` in order ([`VmiCore::copy_run`]); stops at the first failure.
     /// Out of line, so that the range walk's per-page step stays small enough to inline.
+    ///
+    /// From lent memory, it first loads one byte of each run's first frame: the loads are
+    /// independent, so their TLB and cache misses overlap, where each copy alone would
+    /// meet its run's misses one after the other (the hardware prefetchers do not cross
+    /// into another page). Measured (`bulk_profile`, 4 KiB frames scattered): about 10%
+    /// faster, and faster than the 4 KiB copies of the bench's floor. The loads are
+    /// bounds-checked reads of the lent slice; a run outside it is skipped here and
+    /// fails in its copy.
     #[inline(never)]
     fn copy_runs(
         &self,
@@ -222,6 +230,13 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         buf: &mut [u8],
         memory: Option<&[u8]>,
     ) -> Result<(), VmiError> {
+        if let Some(m) = memory {
+            let touched = runs.iter().fold(0u8, |acc, run| {
+                let first = usize::try_from(run.pa).ok().and_then(|at| m.get(at));
+                acc ^ first.copied().unwrap_or(0)
+            });
+            core::hint::black_box(touched);
+        }
         for run in runs {
             self.copy_run(run, buf, memory)?;
         }
