@@ -15,6 +15,10 @@ use crate::error::VmiError;
 /// Runs of physically contiguous frames a long read gathers before it copies them.
 const RUNS: usize = 32;
 
+/// The cache line size assumed when a batch's first frames are loaded ahead of their
+/// copies (64 bytes on x86-64 and most ARM cores; a wrong guess costs speed only).
+const LINE: usize = 64;
+
 /// The longest single copy of a run from lent memory; longer runs are copied in pieces
 /// of this size. Measured (glibc 2.36 on AMD EPYC): a `memcpy` of 1 MiB or more takes
 /// glibc's path for copies larger than L2, 15-60% slower per byte here than copies of
@@ -216,13 +220,15 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// Copies each of `runs` in order ([`VmiCore::copy_run`]); stops at the first failure.
     /// Out of line, so that the range walk's per-page step stays small enough to inline.
     ///
-    /// From lent memory, it first loads one byte of each run's first frame: the loads are
-    /// independent, so their TLB and cache misses overlap, where each copy alone would
-    /// meet its run's misses one after the other (the hardware prefetchers do not cross
-    /// into another page). Measured (`bulk_profile`, 4 KiB frames scattered): about 10%
-    /// faster, and faster than the 4 KiB copies of the bench's floor. The loads are
-    /// bounds-checked reads of the lent slice; a run outside it is skipped here and
-    /// fails in its copy.
+    /// From lent memory, it first loads a byte of each cache line of each run's first
+    /// frame: the loads are independent, so their TLB and cache misses overlap, where
+    /// each copy alone would meet its run's misses one after the other (the hardware
+    /// prefetchers do not cross into another page); the copies then read from the CPU's
+    /// caches (a batch's first frames are at most 128 KiB). Measured (`bulk_profile`,
+    /// 4 KiB frames scattered): 5-15% faster than without, and faster than the 4 KiB
+    /// copies of the bench's floor, whether or not the caller's buffer and guest memory
+    /// are aligned alike. The loads are bounds-checked reads of the lent slice; a run
+    /// outside it is skipped here and fails in its copy.
     #[inline(never)]
     fn copy_runs(
         &self,
@@ -231,9 +237,12 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         memory: Option<&[u8]>,
     ) -> Result<(), VmiError> {
         if let Some(m) = memory {
+            let page = usize::try_from(Self::PAGE_SIZE).unwrap_or(usize::MAX);
             let touched = runs.iter().fold(0u8, |acc, run| {
-                let first = usize::try_from(run.pa).ok().and_then(|at| m.get(at));
-                acc ^ first.copied().unwrap_or(0)
+                let first = usize::try_from(run.pa)
+                    .ok()
+                    .and_then(|at| m.get(at..at.checked_add(run.len.min(page))?));
+                first.map_or(acc, |f| f.iter().step_by(LINE).fold(acc, |a, b| a ^ b))
             });
             core::hint::black_box(touched);
         }
