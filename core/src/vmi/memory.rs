@@ -156,7 +156,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
         // Where the next page goes in `buf`.
         let mut at = done;
         let mut failed = None;
-        let mut each = |t: crate::arch::Translation| {
+        let each = |t: crate::arch::Translation| {
             let pa = t.pa.0;
             if run.len != 0 && run.end() == Some(pa) {
                 // At most `buf.len()`: it does not saturate.
@@ -192,7 +192,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
                 va,
                 root,
                 count,
-                &mut each,
+                each,
             )
         } else {
             <D::Architecture as Architecture>::translate_pages_planned(
@@ -202,7 +202,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
                 va,
                 root,
                 count,
-                &mut each,
+                each,
             )
         };
         // The runs before a failure come first in address order.
