@@ -279,3 +279,91 @@ fn runs_are_read_with_one_call_when_the_driver_spans_pages() {
         }
     }
 }
+
+/// Page tables of random entries (most present, some large, some with reserved bits,
+/// frames anywhere in memory or past it, so tables alias each other and data): every
+/// long read reads what reads of one page at a time read, fails with the same error,
+/// and fills the same bytes before it, through lent memory, a driver that reads across
+/// pages, and BorrowedDriver.
+#[test]
+fn long_reads_over_random_tables_match_page_reads() {
+    const SIZE: usize = 1 << 20;
+    let seed = introvisor_host_test::seed(0x4a11_5eed);
+    println!("seed {seed}");
+    let mut rng = Rng::new(seed);
+    let mut memory = vec![0u8; SIZE];
+    let frames = (SIZE / 4096) as u64;
+    for word in memory.chunks_exact_mut(8) {
+        let frame = match rng.below(16) {
+            // Mostly frames inside memory, a few just past it.
+            0 => frames + rng.below(4),
+            _ => rng.below(frames),
+        };
+        let mut entry = frame << 12 | rng.below(1 << 12) & !0x80;
+        if rng.below(50) != 0 {
+            entry |= 1; // present
+        }
+        if rng.below(12) == 0 {
+            entry |= 0x80; // a large page where the level has them
+        }
+        if rng.below(200) == 0 {
+            entry |= 1 << (40 + rng.below(12)); // reserved with MAXPHYADDR 40
+        }
+        if rng.below(2) == 0 {
+            entry |= 1 << 63; // XD
+        }
+        word.copy_from_slice(&entry.to_le_bytes());
+    }
+    let root = Pa(0);
+    let paging = Paging::new(PagingMode::Level4).with_max_phys_addr(40);
+    let lent = VmiCore::new(HostDriver::from_vec(memory.clone())).with_paging(paging);
+    let spans = VmiCore::new(HostDriver::from_vec_writable(memory.clone())).with_paging(paging);
+    spans.disable_gfn_cache();
+    let borrowed = VmiCore::new(BorrowedDriver::new(&memory)).with_paging(paging);
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..400 {
+        // Canonical addresses in both halves, most of them where a walk succeeds.
+        let mut va = 0;
+        for _ in 0..64 {
+            let low = rng.below(1 << 47);
+            va = if rng.below(2) == 0 {
+                low
+            } else {
+                low | 0xffff_8000_0000_0000
+            };
+            if lent.translate(Va(va), root).is_ok() {
+                break;
+            }
+        }
+        let len = (17 * 4096 + rng.below(100 * 4096)) as usize;
+        let (want, result) = reference(&lent, root, va, len);
+        let check_one = |name: &str, r: Result<(), VmiError>, got: &[u8]| match &result {
+            Ok(()) => {
+                assert_eq!(r, Ok(()), "{name}: read at {va:#x}+{len:#x}");
+                assert!(got == want, "{name}: bytes at {va:#x}+{len:#x}");
+            }
+            Err((done, e)) => {
+                assert_eq!(r, Err(*e), "{name}: error at {va:#x}+{len:#x}");
+                assert!(
+                    got[..*done] == want[..*done],
+                    "{name}: bytes before the failure at {va:#x}+{len:#x} (+{done:#x})"
+                );
+            }
+        };
+        let ctx = AccessContext::paging(Va(va), root);
+        let mut got = vec![0u8; len];
+        check_one("lent", lent.read(ctx, &mut got), &got);
+        let mut got = vec![0u8; len];
+        check_one("spans", spans.read(ctx, &mut got), &got);
+        let mut got = vec![0u8; len];
+        check_one("borrowed", borrowed.read(ctx, &mut got), &got);
+        match result {
+            Ok(()) => ok += 1,
+            Err((done, _)) if done > 17 * 4096 => failed += 1,
+            Err(_) => {}
+        }
+    }
+    println!("{ok} whole reads, {failed} failures past the first 17 pages");
+    // Some reads succeed whole, some fail past the first 17 pages (in the range walk).
+    assert!(ok > 0 && failed > 10, "{ok} reads, {failed} late failures");
+}
