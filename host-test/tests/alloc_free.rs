@@ -47,8 +47,9 @@ fn fixture(page_cache: bool) -> Fixture {
     }
 }
 
-/// Every hot path once: translations and u64 reads in each page size, a 64 KiB bulk read
-/// across 16 pages, and a string read into a buffer.
+/// Every hot path once: translations and u64 reads in each page size, a bulk read across
+/// 41 pages (a long read: a range walk and runs copied at once), and a string read into
+/// a buffer.
 fn hot_paths(f: &Fixture, bulk: &mut [u8]) {
     let ctx = |va| AccessContext::paging(Va(va), f.root);
     for va in [
@@ -87,7 +88,7 @@ fn hot_paths(f: &Fixture, bulk: &mut [u8]) {
 fn hot_paths_allocate_nothing_warm_or_cold() {
     for page_cache in [true, false] {
         let f = fixture(page_cache);
-        let mut bulk = vec![0u8; 16 * 4096];
+        let mut bulk = vec![0u8; 40 * 4096];
         // Cold: the first use fills both caches (walks, page handles, insertions).
         let cold = count_allocations(|| hot_paths(&f, &mut bulk));
         assert_eq!(cold, 0, "cold paths allocated (page cache: {page_cache})");

@@ -167,6 +167,12 @@ impl<'a> VmiDriver for BorrowedDriver<'a> {
         Ok(())
     }
 
+    /// Yes: a read is one bounds check of the borrowed slice, whatever it spans.
+    #[inline]
+    fn read_physical_spans_pages(&self) -> bool {
+        true
+    }
+
     #[inline]
     fn physical_memory(&self) -> Option<&[u8]> {
         Some(self.memory)

@@ -190,6 +190,13 @@ impl VmiDriver for HostDriver {
         self.memory.read(pa, buf)
     }
 
+    /// Yes: [`GuestMemory::read`] copies from as many adjacent ranges as a read spans,
+    /// and fails at the first byte no range holds.
+    #[inline]
+    fn read_physical_spans_pages(&self) -> bool {
+        true
+    }
+
     #[inline]
     fn physical_memory(&self) -> Option<&[u8]> {
         self.memory.as_identity_slice()

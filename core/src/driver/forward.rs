@@ -37,6 +37,10 @@ macro_rules! forward_driver {
             (**self).read_physical(pa, buf)
         }
         #[inline]
+        fn read_physical_spans_pages(&self) -> bool {
+            (**self).read_physical_spans_pages()
+        }
+        #[inline]
         fn physical_memory(&self) -> Option<&[u8]> {
             (**self).physical_memory()
         }

@@ -53,7 +53,8 @@ pub trait VmiDriver {
     /// [`VmiError::GfnNotPresent`] for a frame outside guest memory.
     fn read_page(&self, gfn: Gfn) -> Result<Self::Page, VmiError>;
 
-    /// Copies guest-physical memory into `buf`; the range lies within one page.
+    /// Copies guest-physical memory into `buf`; the range lies within one page, unless
+    /// the driver says it reads across pages ([`VmiDriver::read_physical_spans_pages`]).
     ///
     /// The core uses this instead of [`VmiDriver::read_page`] when its page cache is
     /// disabled. The default goes through `read_page`; a driver with memory mapped into
@@ -65,6 +66,17 @@ pub trait VmiDriver {
         let shift = <Self::Architecture as Architecture>::PAGE_SHIFT;
         let page = self.read_page(Gfn(pa.0 >> shift))?;
         page.read(<Self::Architecture as Architecture>::page_offset(pa.0), buf)
+    }
+
+    /// Whether [`VmiDriver::read_physical`] also takes a range that spans several pages
+    /// (the default: `false`). When it does, the core reads a run of physically
+    /// contiguous frames with one call (a long [`VmiCore::read`](crate::VmiCore::read)
+    /// with the page cache disabled). Such a call must succeed exactly when a read of
+    /// each page alone would, with the same bytes; when it fails, the core reads the run
+    /// again a page at a time, so the error it reports is the failing page's own.
+    #[inline]
+    fn read_physical_spans_pages(&self) -> bool {
+        false
     }
 
     /// All of guest-physical memory as one byte slice starting at address 0, when the

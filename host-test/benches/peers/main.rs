@@ -32,7 +32,7 @@ use introvisor::{AccessContext, Pa, Va, VmiCore};
 use introvisor_host::HostDriver;
 
 use crate::floor::Floor;
-use crate::guest::{LEN_4K, PA_4K, STRING_LIMIT, Synthetic, VA_4K};
+use crate::guest::{LEN_4K, PA_4K, STRING_LIMIT, Synthetic, VA_2M, VA_4K};
 use crate::subjects::{Caches, Introvisor, Memflow, VmiRs};
 
 /// One row of the benchmark: a library in one configuration, and the workload methods.
@@ -83,11 +83,12 @@ enum Workload {
     ReadWorkingSet,
     ReadMixed,
     Bulk,
+    BulkContiguous,
     Strings,
 }
 
 impl Workload {
-    const ALL: [Workload; 9] = [
+    const ALL: [Workload; 10] = [
         Self::TranslateCold,
         Self::TranslateWarm,
         Self::TranslateWorkingSet,
@@ -96,6 +97,7 @@ impl Workload {
         Self::ReadWorkingSet,
         Self::ReadMixed,
         Self::Bulk,
+        Self::BulkContiguous,
         Self::Strings,
     ];
 
@@ -112,6 +114,9 @@ impl Workload {
             Self::ReadWorkingSet => format!("{m}M u64 reads in a 64-page working set"),
             Self::ReadMixed => format!("{m}M random u64 reads, 4 KiB + 2 MiB + 1 GiB pages"),
             Self::Bulk => "64 MiB bulk read in 1 MiB chunks".into(),
+            Self::BulkContiguous => {
+                "64 MiB bulk read in 1 MiB chunks, physically contiguous (2 MiB pages)".into()
+            }
             Self::Strings => format!("{}k NUL-terminated string reads", STRINGS_N / 1000),
         }
     }
@@ -119,6 +124,9 @@ impl Workload {
 
 const STRINGS_N: usize = guest::STRINGS;
 const BULK_CHUNK: usize = 1 << 20;
+/// The physically contiguous bulk read: the first 64 MiB of the 2 MiB range, whose pages
+/// map PA 0 to 64 MiB in order.
+const BULK_CONTIGUOUS_PA: u64 = 0;
 
 struct Cell {
     workload: Workload,
@@ -154,6 +162,7 @@ struct Expected {
     working_set_values: Vec<Option<u64>>,
     mixed_values: Vec<Option<u64>>,
     bulk: Vec<u8>,
+    bulk_contiguous: Vec<u8>,
     strings: Vec<Vec<u8>>,
 }
 
@@ -196,8 +205,13 @@ fn read_u64_batch<S: Subject>(s: &mut S, vas: &[u64], out: &mut [u64]) {
 }
 
 #[inline(never)]
-fn bulk_batch<S: Subject>(s: &mut S, buf: &mut [u8], mut check: impl FnMut(usize, bool, &[u8])) {
-    for (i, va) in (VA_4K..VA_4K + LEN_4K).step_by(BULK_CHUNK).enumerate() {
+fn bulk_batch<S: Subject>(
+    s: &mut S,
+    base: u64,
+    buf: &mut [u8],
+    mut check: impl FnMut(usize, bool, &[u8]),
+) {
+    for (i, va) in (base..base + LEN_4K).step_by(BULK_CHUNK).enumerate() {
         let ok = s.read(va, buf);
         check(i, ok, buf);
     }
@@ -393,34 +407,34 @@ impl Bench {
         );
         drop(out);
 
-        // The bulk read.
+        // The bulk reads: the 4 KiB range (scattered frames), and the start of the 2 MiB
+        // range (physically contiguous).
         let mut buf = vec![0u8; BULK_CHUNK];
-        let mut bad = 0u64;
-        let expected = &self.expected.bulk;
-        bulk_batch(s, &mut buf, |i, ok, got| {
-            let want = &expected[i * BULK_CHUNK..(i + 1) * BULK_CHUNK];
-            if !ok || got != want {
-                bad += 1;
-            }
-        });
-        let chunks = (LEN_4K as usize / BULK_CHUNK) as f64;
-        let samples = (0..self.reps)
-            .map(|_| {
-                time(|| {
-                    bulk_batch(s, &mut buf, |_, ok, b| {
-                        black_box((ok, b));
-                    })
-                }) / chunks
-            })
-            .collect();
-        self.push(
-            Workload::Bulk,
-            name.clone(),
-            kind,
-            samples,
-            chunks as u64,
-            bad,
-        );
+        for (workload, base) in [(Workload::Bulk, VA_4K), (Workload::BulkContiguous, VA_2M)] {
+            let expected = if workload == Workload::Bulk {
+                &self.expected.bulk
+            } else {
+                &self.expected.bulk_contiguous
+            };
+            let mut bad = 0u64;
+            bulk_batch(s, base, &mut buf, |i, ok, got| {
+                let want = &expected[i * BULK_CHUNK..(i + 1) * BULK_CHUNK];
+                if !ok || got != want {
+                    bad += 1;
+                }
+            });
+            let chunks = (LEN_4K as usize / BULK_CHUNK) as f64;
+            let samples = (0..self.reps)
+                .map(|_| {
+                    time(|| {
+                        bulk_batch(s, base, &mut buf, |_, ok, b| {
+                            black_box((ok, b));
+                        })
+                    }) / chunks
+                })
+                .collect();
+            self.push(workload, name.clone(), kind, samples, chunks as u64, bad);
+        }
 
         // Strings.
         let vas = &self.syn.strings;
@@ -476,7 +490,22 @@ impl Bench {
             .collect();
         self.push(
             Workload::Bulk,
-            "memcpy, one contiguous 64 MiB region".into(),
+            FLOOR_CONTIGUOUS.into(),
+            Kind::Floor,
+            samples,
+            0,
+            0,
+        );
+        // The floor of the contiguous bulk read: the same bytes, 1 MiB at a time.
+        let start = BULK_CONTIGUOUS_PA as usize;
+        let src = &memory[start..start + LEN_4K as usize];
+        floor::memcpy(src, &mut dst);
+        let samples = (0..self.reps)
+            .map(|_| time(|| floor::memcpy(src, &mut dst)) / chunks)
+            .collect();
+        self.push(
+            Workload::BulkContiguous,
+            FLOOR_CONTIGUOUS.into(),
             Kind::Floor,
             samples,
             0,
@@ -548,6 +577,7 @@ impl Bench {
 
 const FLOOR_WALK: &str = "floor: naive walk";
 const FLOOR_MEMCPY: &str = "floor: memcpy of the same frames";
+const FLOOR_CONTIGUOUS: &str = "memcpy, one contiguous 64 MiB region";
 
 /// Two threads on one shared core, against one: warm translations and u64 reads in the
 /// working set, in pairs of runs (one thread, then two). Returns the medians of the
@@ -701,6 +731,16 @@ fn main() {
             guest::expected_bytes(g, VA_4K, &mut b).expect("4 KiB range mapped");
             b
         },
+        bulk_contiguous: {
+            let mut b = vec![0u8; LEN_4K as usize];
+            guest::expected_bytes(g, VA_2M, &mut b).expect("2 MiB range mapped");
+            let start = BULK_CONTIGUOUS_PA as usize;
+            assert!(
+                b[..] == g.memory[start..start + b.len()],
+                "the 2 MiB range starts physically contiguous"
+            );
+            b
+        },
         strings: syn
             .strings
             .iter()
@@ -782,7 +822,8 @@ fn report(bench: &Bench, thread_rows: &[ThreadRow], ops: usize) -> String {
         md,
         "Medians of {} repetitions; per operation, except the bulk read (per 1 MiB chunk). \
          *× best peer*: how many times faster than the fastest vmi-rs or memflow row. \
-         *× floor*: time over the floor's (the naive walk; for the bulk read, memcpy of the same frames).\n",
+         *× floor*: time over the floor's (the naive walk; for the bulk read, memcpy of the same frames; \
+         for the contiguous bulk read, memcpy of the same contiguous bytes).\n",
         bench.reps
     );
     let _ = writeln!(
@@ -797,10 +838,10 @@ fn report(bench: &Bench, thread_rows: &[ThreadRow], ops: usize) -> String {
             .filter(|c| c.kind == Kind::Peer)
             .map(|c| c.median())
             .fold(f64::INFINITY, f64::min);
-        let floor_name = if w == Workload::Bulk {
-            FLOOR_MEMCPY
-        } else {
-            FLOOR_WALK
+        let floor_name = match w {
+            Workload::Bulk => FLOOR_MEMCPY,
+            Workload::BulkContiguous => FLOOR_CONTIGUOUS,
+            _ => FLOOR_WALK,
         };
         let floor = cells
             .iter()
