@@ -26,6 +26,9 @@ use introvisor_host_test::{Rng, mixed_flags};
 const BASE: u64 = 0xffff_8000_0000_0000;
 const PAGES: u64 = 4096;
 const OPS: u32 = 200_000;
+/// The 2 MiB pages of `walk2m`.
+const BASE_2M: u64 = 0xffff_c900_0000_0000;
+const LARGE: u64 = 256;
 /// MiB in the mapped range.
 const MIBS: u64 = (PAGES * 4096) >> 20;
 
@@ -47,6 +50,16 @@ fn main() {
         )
         .expect("map");
     }
+    // 2 MiB pages over the same memory (aliases), for `walk2m`.
+    for page in 0..LARGE {
+        b.map(
+            Va(BASE_2M + page * (2 << 20)),
+            introvisor::Pa((page * (2 << 20)) % (32 << 20)),
+            PageSize::Size2M,
+            mixed_flags::map_flags(&mut flag_rng),
+        )
+        .expect("map 2 MiB");
+    }
     let mut guest = b.finish();
     mixed_flags::decorate(&mut guest, 0xdec0_5eed);
     let memory: &'static [u8] = Box::leak(guest.memory.clone().into_boxed_slice());
@@ -56,7 +69,7 @@ fn main() {
         core.set_paging(Paging::new(PagingMode::Level5));
     }
     core.disable_gfn_cache();
-    if mode == "walk" || mode == "bulkwalk" || mode == "walkmany" {
+    if mode == "walk" || mode == "walk2m" || mode == "bulkwalk" || mode == "walkmany" {
         core.disable_v2p_cache();
     }
     if mode == "miss" {
@@ -89,7 +102,14 @@ fn main() {
             core::hint::black_box(core.translate(Va(va), root).ok());
         }
     }
-    let span = if mode.starts_with("ws") {
+    let (base, span) = if mode == "walk2m" {
+        (BASE_2M, LARGE * (2 << 20))
+    } else {
+        (BASE, 0)
+    };
+    let span = if span != 0 {
+        span
+    } else if mode.starts_with("ws") {
         64 * 4096
     } else {
         PAGES * 4096
@@ -122,7 +142,7 @@ fn main() {
         return;
     }
     for _ in 0..OPS {
-        let va = BASE + (rng.below(span) & !7);
+        let va = base + (rng.below(span) & !7);
         acc ^= if mode == "read" {
             core.read_u64(AccessContext::paging(Va(va), root))
                 .expect("read")

@@ -148,8 +148,8 @@ pub(crate) fn translate_lent<'a, R: PhysRead>(
     root: Pa,
 ) -> Result<Translation, VmiError> {
     let lent = match paging.mode {
-        PagingMode::Level4 => walk_lent::<4>(bytes, plan, va, root),
-        PagingMode::Level5 => walk_lent::<5>(bytes, plan, va, root),
+        PagingMode::Level4 => walk_lent::<4>(bytes, paging, plan, va, root),
+        PagingMode::Level5 => walk_lent::<5>(bytes, paging, plan, va, root),
         _ => return walk_planned(&reader().0, paging, plan, va, root, |_| {}),
     };
     match lent {
@@ -172,6 +172,47 @@ struct Resume {
     table: u64,
 }
 
+/// The translation of `va` by a large leaf at `level` (2: 2 MiB, 3: 1 GiB) of 4/5-level
+/// paging over lent memory, whose adjusted entry is `adjusted` and the AND of the
+/// adjusted entries down to it `rights` (see [`WalkPlan::adjust`]); `None` unless the
+/// entry is present, has PS, may be a leaf at that level (level 3 only with 1 GiB pages,
+/// [`Paging::page_1gb`]) and
+/// has no reserved bit: bits MAXPHYADDR..=51, bit 63 without EFER.NXE, and the bits
+/// between the PAT bit 12 and the page base, 20:13 or 29:13 (SDM Vol. 3A Tables 4-16,
+/// 4-18). The full walk then decides, as it does for every other case.
+#[inline]
+fn large_leaf(
+    paging: &Paging,
+    plan: &WalkPlan,
+    level: u32,
+    adjusted: u64,
+    rights: u64,
+    va: Va,
+) -> Option<Translation> {
+    if level == 3 && !paging.page_1gb {
+        return None;
+    }
+    // `adjust` took P away (or added 2^63 as well): the entry as the guest wrote it.
+    let raw = adjusted.wrapping_sub(plan.adjust);
+    // Level 3 maps 1 GiB, level 2 2 MiB (the only levels this is called for).
+    let shift: u32 = if level == 3 { 30 } else { 21 };
+    let reserved = plan.high_reserved | bit_range(13, shift);
+    let must = EntryFlags::PRESENT.bits() | EntryFlags::PAGE_SIZE.bits();
+    if raw & must != must || raw & reserved != 0 {
+        return None;
+    }
+    let offset = (1u64 << shift).wrapping_sub(1);
+    let exec = ((rights | plan.adjust) >> 63) as u8;
+    Some(Translation {
+        pa: Pa((raw & plan.table_mask & !offset) | (va.0 & offset)),
+        page_size: 1 << shift,
+        access: MemoryAccess::from_bits_retain(
+            1 | (rights & EntryFlags::WRITABLE.bits()) as u8 | exec << 2,
+        ),
+        user: rights & EntryFlags::USER.bits() != 0,
+    })
+}
+
 /// 4- or 5-level paging (`LEVELS`) over `bytes`, the memory the reader lends from address
 /// 0: the common path, one test a level; anything else is handed to [`lent_rest`] as a
 /// [`Resume`].
@@ -186,9 +227,11 @@ struct Resume {
 /// MAXPHYADDR) decides all of it. The handover happens at the entry that fails it, or at
 /// the root for a non-canonical address or a root past the slice. Accessed and dirty bits
 /// are never written.
+/// A large leaf at level 2 or 3 is answered by [`large_leaf`] without the handover.
 #[inline(always)]
 fn walk_lent<const LEVELS: u8>(
     bytes: &[u8],
+    paging: &Paging,
     plan: &WalkPlan,
     va: Va,
     root: Pa,
@@ -236,6 +279,13 @@ fn walk_lent<const LEVELS: u8>(
             rights &= adjusted;
             let next = (adjusted & plan.upper_test).rotate_right(12);
             if next >= frames {
+                // A large leaf is answered here; anything else (and any large leaf
+                // with a reserved bit) goes to the full walk, which says why.
+                if ($level == 2 || $level == 3)
+                    && let Some(t) = large_leaf(paging, plan, $level, adjusted, rights, va)
+                {
+                    return Ok(t);
+                }
                 return Err(Resume {
                     level: $level,
                     rights,
