@@ -102,7 +102,7 @@ fn main() {
             core::hint::black_box(core.translate(Va(va), root).ok());
         }
     }
-    let (base, span) = if mode == "walk2m" {
+    let (base, span) = if mode == "walk2m" || mode == "tlb2m" {
         (BASE_2M, LARGE * (2 << 20))
     } else {
         (BASE, 0)

@@ -95,6 +95,9 @@ struct Stripe {
     score: AtomicU64,
     /// `hits` at the last capacity miss.
     mark: AtomicU64,
+    /// log2 of the size of the large page the last translation hit, 0 after a base
+    /// page's hit: the key a translation cache probes first ([`Local::last_shift`]).
+    last_shift: AtomicU64,
 }
 
 impl Stripe {
@@ -106,6 +109,7 @@ impl Stripe {
             skip: AtomicU64::new(0),
             score: AtomicU64::new(Bypass::START),
             mark: AtomicU64::new(0),
+            last_shift: AtomicU64::new(0),
         }
     }
 }
@@ -254,6 +258,24 @@ impl Local<'_> {
             bump(&self.stripe.hits);
         } else {
             bump(&self.stripe.misses);
+        }
+    }
+
+    /// The size (log2) of the large page the thread's last translation hit, or 0: a
+    /// stream of translations in large pages (a kernel's direct map) probes that size
+    /// first and finds it in one probe.
+    #[inline]
+    pub(crate) fn last_shift(&self) -> u32 {
+        // Only `set_last_shift` stores it, with a shift below 64.
+        (self.stripe.last_shift.load(Ordering::Relaxed) & 63) as u32
+    }
+
+    /// Sets [`Local::last_shift`], writing only when it changes.
+    #[inline]
+    pub(crate) fn set_last_shift(&self, shift: u32) {
+        let shift = u64::from(shift & 63);
+        if self.stripe.last_shift.load(Ordering::Relaxed) != shift {
+            self.stripe.last_shift.store(shift, Ordering::Relaxed);
         }
     }
 

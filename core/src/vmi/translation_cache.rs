@@ -142,11 +142,23 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     /// the miss out of line, and a hit needs no saved registers.
     #[inline(always)]
     pub(crate) fn hit(&self, local: &Local<'_>, root: Pa, va: Va) -> Option<Translation> {
+        let generation = self.tlb.generation();
+        // After a large page's hit, that size first: a stream of translations in large
+        // pages (a kernel's direct map) then takes one probe, not one per size.
+        let last = local.last_shift();
+        if last != 0
+            && let Some(entry) = self
+                .tlb
+                .probe(root.0, Self::large_key(va, last), generation)
+        {
+            local.record(true);
+            return Some(Self::unpack(entry, va, Self::offset_mask(last)));
+        }
         let vpn = va.0 >> Self::PAGE_SHIFT;
-        let entry = self
-            .tlb
-            .probe_hinted(root.0, vpn, self.tlb.generation())
-            .ok()?;
+        let entry = self.tlb.probe_hinted(root.0, vpn, generation).ok()?;
+        if last != 0 {
+            local.set_last_shift(0);
+        }
         local.record(true);
         Some(Self::unpack(entry, va, Self::OFFSET_MASK))
     }
@@ -193,7 +205,7 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
                 Looked::Hit(Self::unpack(entry, va, Self::OFFSET_MASK))
             }
             Err(_) => {
-                if let Some(t) = self.probe_large(root, va, generation) {
+                if let Some((t, _)) = self.probe_large(root, va, generation) {
                     local.record(true);
                     return Looked::Hit(t);
                 }
@@ -238,7 +250,8 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
             )
         };
         let generation = self.tlb.generation();
-        if let Some(t) = self.probe_large(root, va, generation) {
+        if let Some((t, shift)) = self.probe_large(root, va, generation) {
+            local.set_last_shift(shift);
             local.record(true);
             return Ok(t);
         }
@@ -263,7 +276,7 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
 
     /// The large-page translation of `va`, for each large size the cache has held.
     #[inline]
-    fn probe_large(&self, root: Pa, va: Va, generation: u64) -> Option<Translation> {
+    fn probe_large(&self, root: Pa, va: Va, generation: u64) -> Option<(Translation, u32)> {
         let mut shifts = self.large_shifts.load(Ordering::Relaxed);
         while shifts != 0 {
             let shift = shifts.trailing_zeros();
@@ -272,13 +285,17 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
                 .tlb
                 .probe(root.0, Self::large_key(va, shift), generation)
             {
-                let offset_mask = 1u64
-                    .checked_shl(shift)
-                    .map_or(u64::MAX, |size| size.wrapping_sub(1));
-                return Some(Self::unpack(entry, va, offset_mask));
+                return Some((Self::unpack(entry, va, Self::offset_mask(shift)), shift));
             }
         }
         None
+    }
+
+    /// The offset bits of a page of `1 << shift` bytes.
+    #[inline]
+    fn offset_mask(shift: u32) -> u64 {
+        1u64.checked_shl(shift)
+            .map_or(u64::MAX, |size| size.wrapping_sub(1))
     }
 
     /// Offers `t`, the translation of `va`, under the key of its page size.
@@ -768,5 +785,42 @@ mod tests {
         );
         let m = cache.metrics();
         assert_eq!((m.hits, m.misses), (200, 4));
+    }
+
+    /// After a large page's hit, that size is probed first: a stream of large-page
+    /// translations hits without walking, a base page's translation in between still
+    /// finds its own entry (and resets the order), a page of the other large size is
+    /// found, and neither a single-entry flush nor a full flush is hidden by the order.
+    #[test]
+    fn the_last_large_size_is_probed_first_and_hides_no_flush() {
+        let cache = Cache::new();
+        let walks = Cell::new(0);
+        let small = page(0x0010_0000, 0x1000, MemoryAccess::R, false);
+        let mib2 = page(0x0060_0000, 0x20_0000, MemoryAccess::RW, false);
+        let gib1 = page(0x4000_0000, 0x4000_0000, MemoryAccess::RWX, true);
+        through(&cache, ROOT, 0x2000, small, &walks);
+        through(&cache, ROOT, 0x40_0000, mib2, &walks);
+        through(&cache, ROOT, 0x8000_0000, gib1, &walks);
+        assert_eq!(walks.get(), 3);
+        for i in 0..64u64 {
+            let t = through(&cache, ROOT, 0x40_0000 + i * 0x8008, mib2, &walks);
+            assert_eq!(t.pa.0, 0x60_0000 + i * 0x8008);
+            assert_eq!(t.page_size, 0x20_0000);
+            let t = through(&cache, ROOT, 0x2000 + (i & 0xff8), small, &walks);
+            assert_eq!((t.pa.0, t.page_size), (0x10_0000 + (i & 0xff8), 0x1000));
+            let t = through(&cache, ROOT, 0x8000_0000 + (i << 20), gib1, &walks);
+            assert_eq!((t.pa.0, t.user), (0x4000_0000 + (i << 20), true));
+        }
+        assert_eq!(walks.get(), 3, "every translation after the first three hit");
+        // The last hit was the 1 GiB page: flushing it must not leave it served.
+        cache.flush_entry(ROOT, Va(0x8000_0000));
+        through(&cache, ROOT, 0x8000_1000, gib1, &walks);
+        assert_eq!(walks.get(), 4, "the flushed 1 GiB page walks again");
+        cache.flush();
+        through(&cache, ROOT, 0x8000_2000, gib1, &walks);
+        through(&cache, ROOT, 0x40_0000, mib2, &walks);
+        assert_eq!(walks.get(), 6, "a full flush outdates the first-probed size too");
+        let m = cache.metrics();
+        assert_eq!(m.hits + m.misses, 3 + 3 * 64 + 3);
     }
 }
