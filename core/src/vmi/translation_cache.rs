@@ -811,7 +811,11 @@ mod tests {
             let t = through(&cache, ROOT, 0x8000_0000 + (i << 20), gib1, &walks);
             assert_eq!((t.pa.0, t.user), (0x4000_0000 + (i << 20), true));
         }
-        assert_eq!(walks.get(), 3, "every translation after the first three hit");
+        assert_eq!(
+            walks.get(),
+            3,
+            "every translation after the first three hit"
+        );
         // The last hit was the 1 GiB page: flushing it must not leave it served.
         cache.flush_entry(ROOT, Va(0x8000_0000));
         through(&cache, ROOT, 0x8000_1000, gib1, &walks);
@@ -819,7 +823,11 @@ mod tests {
         cache.flush();
         through(&cache, ROOT, 0x8000_2000, gib1, &walks);
         through(&cache, ROOT, 0x40_0000, mib2, &walks);
-        assert_eq!(walks.get(), 6, "a full flush outdates the first-probed size too");
+        assert_eq!(
+            walks.get(),
+            6,
+            "a full flush outdates the first-probed size too"
+        );
         let m = cache.metrics();
         assert_eq!(m.hits + m.misses, 3 + 3 * 64 + 3);
     }

@@ -69,13 +69,9 @@ pub(crate) fn build(ops: usize) -> Synthetic {
     let mut flag_rng = Rng::new(0xf1a9_5eed);
     let mut flags = || mixed_flags::map_flags(&mut flag_rng);
 
-    // 4 KiB pages over a shuffled 64 MiB region (Fisher-Yates).
+    // 4 KiB pages over a shuffled 64 MiB region.
     let pages = (LEN_4K / KIB4) as usize;
-    let mut frames: Vec<u64> = (0..pages as u64).collect();
-    for i in (1..pages).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        frames.swap(i, j);
-    }
+    let frames = shuffled(&mut rng, pages);
     for (i, &f) in frames.iter().enumerate() {
         b.map(
             Va(VA_4K + i as u64 * KIB4),
@@ -162,6 +158,16 @@ pub(crate) fn build(ops: usize) -> Synthetic {
     }
 }
 
+/// `0..n` in an order drawn from `rng` (Fisher-Yates).
+fn shuffled(rng: &mut Rng, n: usize) -> Vec<u64> {
+    let mut v: Vec<u64> = (0..n as u64).collect();
+    for i in (1..n).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
 /// The guest's own answer for a translation (the builder's record, not a walk).
 pub(crate) fn expected_pa(guest: &Guest, va: u64) -> Option<u64> {
     guest.lookup(Va(va)).map(|pa| pa.0)
@@ -215,11 +221,7 @@ pub(crate) fn build_five_level(ops: usize) -> (Guest, Vec<u64>) {
     let mut flag_rng = Rng::new(0xf1a9_5eed);
     let mut b = GuestBuilder::with_levels(128 << 20, 5);
     let pages = (LEN_4K / KIB4) as usize;
-    let mut frames: Vec<u64> = (0..pages as u64).collect();
-    for i in (1..pages).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        frames.swap(i, j);
-    }
+    let frames = shuffled(&mut rng, pages);
     for (i, &f) in frames.iter().enumerate() {
         b.map(
             Va(VA_5L + i as u64 * KIB4),
