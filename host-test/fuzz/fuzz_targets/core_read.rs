@@ -131,7 +131,14 @@ fuzz_target!(|data: &[u8]| {
         match op % 16 {
             0 => {
                 let ctx = context(&mut input, root);
-                let len = usize::from(input.u16() % 9000);
+                // One length in sixteen is a long read (over 16 pages: the range walk
+                // and the runs of contiguous frames), over memory the tables alias.
+                let raw = input.u16();
+                let len = if raw >= 0xf000 {
+                    65_537 + usize::from(raw & 0x0fff) * 16
+                } else {
+                    usize::from(raw % 9000)
+                };
                 let (mut x, mut y) = (vec![0u8; len], vec![0u8; len]);
                 let (rx, ry) = (cached.read(ctx, &mut x), plain.read(ctx, &mut y));
                 let compare = !(dirty && is_paging(ctx));
