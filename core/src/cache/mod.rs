@@ -19,6 +19,7 @@ mod tlb;
 
 pub use self::clock::ClockCache;
 pub use self::lru::Lru;
+pub(crate) use self::tlb::MissHint;
 pub use self::tlb::Tlb;
 
 /// A key of a fixed-capacity cache: copyable, comparable, and hashable to 64 bits.

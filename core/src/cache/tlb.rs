@@ -19,10 +19,9 @@ const FLUSH: u64 = 1 << REMOVAL_BITS;
 /// compares its slot's word with one `==`.
 const FLUSHES: u64 = !(FLUSH - 1);
 
-/// What a [`Tlb::probe_hinted`] miss saw of the key's set, for [`Tlb::offer_hinted`],
-/// in one word (so that the probe's result comes back in registers): the set's index
-/// from bit 8, bit 4 set when the probe looked at the ways, and in bits 0..=3 one bit
-/// for each free or stale way.
+/// What [`Tlb::look`] saw of a missed key's set, for [`Tlb::offer_hinted`], in one word:
+/// the set's index from bit 8, bit 4 set when it looked at the ways (a set of four), and
+/// in bits 0..=3 one bit for each free or stale way.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct MissHint(u64);
 
@@ -314,15 +313,6 @@ impl<const N: usize> Tlb<N> {
     /// The value cached for `(root, vpn)` in `generation`, as [`Tlb::get`] but counting
     /// nothing: for a caller that probes several keys for one lookup and counts it once
     /// with [`Tlb::record`]. O(WAYS), no lock, no write.
-    #[inline]
-    pub fn probe(&self, root: u64, vpn: u64, generation: u64) -> Option<u64> {
-        self.probe_hinted(root, vpn, generation).ok()
-    }
-
-    /// [`Tlb::probe`] that, on a miss, also says which ways of the key's set are free
-    /// or stale, for [`Tlb::offer_hinted`]: the miss path then need not read the set
-    /// twice. The hint is read without the sequence numbers, as an insertion's choice
-    /// always is (the write decides under its lock).
     ///
     /// The four ways' page numbers are compared at once into a mask, without a branch
     /// on which way holds the key: in a full cache it is anywhere, and a probe that
@@ -330,12 +320,7 @@ impl<const N: usize> Tlb<N> {
     /// of 64 pages in a full cache took 14 ns a hit against 5 in an empty one). Only the
     /// ways in the mask are then read under their seqlocks.
     #[inline]
-    pub(crate) fn probe_hinted(
-        &self,
-        root: u64,
-        vpn: u64,
-        generation: u64,
-    ) -> Result<u64, MissHint> {
+    pub fn probe(&self, root: u64, vpn: u64, generation: u64) -> Option<u64> {
         const { assert!(Self::WAYS == 4, "probe's fixed-size set") };
         let flushes = generation & FLUSHES;
         // No test of a zero set count here: with none in use, set 0 is empty (a resize
@@ -373,12 +358,10 @@ impl<const N: usize> Tlb<N> {
                 && let Some((value, g)) = slot.lookup(root, vpn)
                 && g == flushes
             {
-                return Ok(value);
+                return Some(value);
             }
         }
-        // The free ways are read only if the miss path needs them (`Tlb::look`): a
-        // large page's hit after this miss does not.
-        Err(MissHint::new(index, None))
+        None
     }
 
     /// The hint of a miss of `(root, vpn)`, for [`Tlb::offer_hinted`]: its set, with
@@ -387,14 +370,13 @@ impl<const N: usize> Tlb<N> {
     #[inline]
     pub(crate) fn look(&self, root: u64, vpn: u64, generation: u64) -> MissHint {
         let index = self.index_of(root, vpn, self.sets_in_use.load(Ordering::Relaxed));
-        let hint = MissHint::new(index, None);
         match self
             .slots
             .get(index.wrapping_mul(Self::WAYS)..)
             .and_then(<[TlbSlot]>::first_chunk::<4>)
         {
             Some(set) => Self::hint(index, set, generation & FLUSHES),
-            None => hint,
+            None => MissHint::new(index, None),
         }
     }
 
@@ -412,16 +394,10 @@ impl<const N: usize> Tlb<N> {
     }
 
     /// The probe of a set shorter than four ways (the last of a capacity that is not a
-    /// multiple of four), way by way; no hint.
+    /// multiple of four), way by way.
     #[cold]
-    fn probe_short(
-        &self,
-        index: usize,
-        root: u64,
-        vpn: u64,
-        flushes: u64,
-    ) -> Result<u64, MissHint> {
-        let found = (vpn != EMPTY)
+    fn probe_short(&self, index: usize, root: u64, vpn: u64, flushes: u64) -> Option<u64> {
+        (vpn != EMPTY)
             .then(|| self.set(index))
             .flatten()
             .and_then(|set| {
@@ -429,11 +405,10 @@ impl<const N: usize> Tlb<N> {
                     Some((value, g)) if g == flushes => Some(value),
                     _ => None,
                 })
-            });
-        found.ok_or(MissHint::new(index, None))
+            })
     }
 
-    /// [`Tlb::offer`] of the key a [`Tlb::probe_hinted`] missed, choosing among the ways
+    /// [`Tlb::offer`] of the key a [`Tlb::probe`] missed, choosing among the ways
     /// its hint named (the key itself was not there). Without a usable hint, as
     /// [`Tlb::offer`].
     #[inline]
@@ -747,15 +722,10 @@ mod tests {
             assert_eq!(tlb.probe(root << 12, 0x42, g2), None);
         }
         // A miss's hint, looked at, names the free or stale ways: three of four.
-        match tlb.probe_hinted(9 << 12, 0x42, g2) {
-            Err(hint) => {
-                assert_eq!(hint.free(), None, "not looked at yet");
-                let looked = tlb.look(9 << 12, 0x42, g2);
-                assert_eq!(looked.free().map(u32::count_ones), Some(3));
-                assert!(!looked.full());
-            }
-            Ok(v) => panic!("found {v} for a key never inserted"),
-        }
+        assert_eq!(tlb.probe(9 << 12, 0x42, g2), None, "a key never inserted");
+        let looked = tlb.look(9 << 12, 0x42, g2);
+        assert_eq!(looked.free().map(u32::count_ones), Some(3));
+        assert!(!looked.full());
     }
 
     #[test]

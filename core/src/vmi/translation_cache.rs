@@ -20,7 +20,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::access::MemoryAccess;
 use crate::addr::{Pa, Va};
 use crate::arch::{Architecture, Translation};
-use crate::cache::{Bypass, CacheMetrics, Local, Tlb};
+use crate::cache::{Bypass, CacheMetrics, Local, MissHint, Tlb};
 use crate::error::VmiError;
 
 /// The default capacity: base and large pages together.
@@ -117,8 +117,8 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
     ///
     /// A miss in a full set updates the thread's bypass state: `bypass` says below how
     /// many hits per such miss the cache steps aside (the caller knows what a walk costs
-    /// against a hit), and [`TranslationCache::bypassing`] then tells the caller to walk
-    /// without calling this. See [`Bypass`]. (`VmiCore` calls [`TranslationCache::hit`]
+    /// against a hit), and [`Local::bypassing`] then tells the caller to walk without
+    /// calling this. See [`Bypass`]. (`VmiCore` calls [`TranslationCache::hit`]
     /// and [`TranslationCache::miss`] apart; the tests, this.)
     #[cfg(test)]
     pub(crate) fn translate(
@@ -155,7 +155,7 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
             return Some(Self::unpack(entry, va, Self::offset_mask(last)));
         }
         let vpn = va.0 >> Self::PAGE_SHIFT;
-        let entry = self.tlb.probe_hinted(root.0, vpn, generation).ok()?;
+        let entry = self.tlb.probe(root.0, vpn, generation)?;
         if last != 0 {
             local.set_last_shift(0);
         }
@@ -198,23 +198,12 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
         if local.bypassing() {
             return Looked::Bypassed;
         }
-        let vpn = va.0 >> Self::PAGE_SHIFT;
-        match self.tlb.probe_hinted(root.0, vpn, generation) {
-            Ok(entry) => {
-                local.record(true);
-                Looked::Hit(Self::unpack(entry, va, Self::OFFSET_MASK))
-            }
-            Err(_) => {
-                if let Some((t, _)) = self.probe_large(root, va, generation) {
-                    local.record(true);
-                    return Looked::Hit(t);
-                }
-                local.record(false);
-                if self.tlb.look(root.0, vpn, generation).full() {
-                    local.capacity_miss(bypass());
-                }
-                Looked::Miss
-            }
+        if let Some(t) = self.hit(local, root, va) {
+            return Looked::Hit(t);
+        }
+        match self.missed_base(local, root, va, generation, bypass) {
+            Ok(t) => Looked::Hit(t),
+            Err(_) => Looked::Miss,
         }
     }
 
@@ -250,19 +239,11 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
             )
         };
         let generation = self.tlb.generation();
-        if let Some((t, shift)) = self.probe_large(root, va, generation) {
-            local.set_last_shift(shift);
-            local.record(true);
-            return Ok(t);
-        }
-        local.record(false);
-        // A miss of every key: if the base page's set is full, a capacity miss, which
-        // the bypass decision counts (a large page's hit above is a hit).
+        let hint = match self.missed_base(local, root, va, generation, bypass) {
+            Ok(t) => return Ok(t),
+            Err(hint) => hint,
+        };
         let vpn = va.0 >> Self::PAGE_SHIFT;
-        let hint = self.tlb.look(root.0, vpn, generation);
-        if hint.full() {
-            local.capacity_miss(bypass());
-        }
         let t = walk(va, raw_root)?;
         if t.page_size == Self::PAGE_SIZE {
             // The base page's key, in the set the probe saw.
@@ -272,6 +253,32 @@ impl<A: Architecture, const N: usize> TranslationCache<A, N> {
             self.offer(root, va, vpn, &t, generation);
         }
         Ok(t)
+    }
+
+    /// After the base page's key missed: the large-page key of each size the cache
+    /// holds, a hit counted as one (and its size probed first next time); else a miss
+    /// counted, and in a full set the bypass state updated (a capacity miss), and the
+    /// base page's set looked at for the offer.
+    #[inline]
+    fn missed_base(
+        &self,
+        local: &Local<'_>,
+        root: Pa,
+        va: Va,
+        generation: u64,
+        bypass: impl FnOnce() -> Bypass,
+    ) -> Result<Translation, MissHint> {
+        if let Some((t, shift)) = self.probe_large(root, va, generation) {
+            local.set_last_shift(shift);
+            local.record(true);
+            return Ok(t);
+        }
+        local.record(false);
+        let hint = self.tlb.look(root.0, va.0 >> Self::PAGE_SHIFT, generation);
+        if hint.full() {
+            local.capacity_miss(bypass());
+        }
+        Err(hint)
     }
 
     /// The large-page translation of `va`, for each large size the cache has held.
