@@ -238,7 +238,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// [`VmiCore::translate_uncached`] does one.
     fn walk_many(&self, vas: &[Va], root: Pa, out: &mut [Result<Translation, VmiError>]) {
         let memory = self.driver.physical_memory();
-        if memory.is_none() && self.gfn_cache_enabled.load(Ordering::Relaxed) {
+        if self.page_cache_in_use_for(memory) {
             <D::Architecture as Architecture>::translate_many_planned(
                 &CoreReader(self),
                 &self.paging,

@@ -2,7 +2,6 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-use core::sync::atomic::Ordering;
 
 use super::translate::{CoreReader, DirectReader};
 use super::{SCAN_PAGES, VmiCore};
@@ -184,7 +183,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
             at = at.saturating_add(page);
             true
         };
-        let walked = if memory.is_none() && self.gfn_cache_enabled.load(Ordering::Relaxed) {
+        let walked = if self.page_cache_in_use_for(memory) {
             <D::Architecture as Architecture>::translate_pages_planned(
                 &CoreReader(self),
                 &self.paging,
