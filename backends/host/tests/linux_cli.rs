@@ -68,6 +68,14 @@ fn ps_lists_pid_ppid_comm_pgd_in_list_order() {
         sh.contains("\"kernel_thread\":false") && sh.contains("\"user_pgd\":\"0x"),
         "{sh}"
     );
+    // A vCPU the dump does not have is an input error, as for `translate` (it was
+    // silently ignored): a raw dump has none.
+    for cmd in ["ps", "modules", "linux"] {
+        let (code, out, err) = run(&[cmd, d.path(), "--vcpu", "3"]);
+        assert_eq!(code, 2, "{cmd}: {err}");
+        assert!(err.contains("--vcpu 3: the dump has 0 vCPU"), "{cmd}: {err}");
+        assert!(out.is_empty(), "{cmd}: {out}");
+    }
 }
 
 #[test]

@@ -2,7 +2,6 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-
 use super::translate::{CoreReader, DirectReader};
 use super::{SCAN_PAGES, VmiCore};
 use crate::access::{AccessContext, TranslationMechanism};

@@ -78,14 +78,10 @@ fn find(path: &OsString, opts: &args::Parsed) -> Result<Found, Failure> {
     let vcpu = opts
         .value("vcpu")
         .map(|v| args::count_arg(v, "vCPU number"))
-        .transpose()?
-        .unwrap_or(0);
+        .transpose()?;
     let (driver, info) = target::open(path, target::format_choice(opts)?)?;
-    let registers = usize::try_from(vcpu)
-        .ok()
-        .and_then(|i| info.vcpus.get(i))
-        .filter(|v| v.has_control_registers())
-        .map(|v| v.registers);
+    // As `translate` and `read` choose it: a --vcpu the dump lacks is an error.
+    let registers = target::vcpu_registers(vcpu, &info)?;
     let hint = FindHint {
         cr3: cr3.map(Pa).or(registers.map(|r| r.translation_root())),
         mode: registers

@@ -129,6 +129,29 @@ pub(crate) fn format_choice(opts: &Parsed) -> Result<Option<DumpKind>, Failure> 
 }
 
 /// Opens the dump at `path`, as `kind` if given, else by content.
+/// The registers of vCPU `vcpu` of the dump (the first vCPU without `--vcpu`), if the
+/// dump records its control registers; an input error for a vCPU the dump does not have.
+pub(crate) fn vcpu_registers(
+    vcpu: Option<u64>,
+    info: &DumpInfo,
+) -> Result<Option<introvisor::arch::amd64::Registers>, Failure> {
+    let v = match vcpu {
+        Some(n) => Some(
+            *usize::try_from(n)
+                .ok()
+                .and_then(|i| info.vcpus.get(i))
+                .ok_or_else(|| {
+                    Failure::input(format!(
+                        "--vcpu {n}: the dump has {} vCPU(s) with registers",
+                        info.vcpus.len()
+                    ))
+                })?,
+        ),
+        None => info.vcpus.first().copied(),
+    };
+    Ok(v.filter(|v| v.has_control_registers()).map(|v| v.registers))
+}
+
 pub(crate) fn open(
     path: &OsString,
     kind: Option<DumpKind>,
@@ -190,23 +213,7 @@ pub(crate) fn resolve(path: &OsString, opts: &Parsed) -> Result<Target, Failure>
         .transpose()?;
 
     let (driver, info) = open(path, kind)?;
-    let vcpu_regs = match vcpu {
-        Some(n) => {
-            let v = usize::try_from(n)
-                .ok()
-                .and_then(|i| info.vcpus.get(i))
-                .ok_or_else(|| {
-                    Failure::input(format!(
-                        "--vcpu {n}: the dump has {} vCPU(s) with registers",
-                        info.vcpus.len()
-                    ))
-                })?;
-            Some(*v)
-        }
-        None => info.vcpus.first().copied(),
-    }
-    .filter(|v| v.has_control_registers())
-    .map(|v| v.registers);
+    let vcpu_regs = vcpu_registers(vcpu, &info)?;
 
     let mut paging = match &vcpu_regs {
         Some(r) => r.paging(),
