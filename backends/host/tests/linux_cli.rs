@@ -73,7 +73,10 @@ fn ps_lists_pid_ppid_comm_pgd_in_list_order() {
     for cmd in ["ps", "modules", "linux"] {
         let (code, out, err) = run(&[cmd, d.path(), "--vcpu", "3"]);
         assert_eq!(code, 2, "{cmd}: {err}");
-        assert!(err.contains("--vcpu 3: the dump has 0 vCPU"), "{cmd}: {err}");
+        assert!(
+            err.contains("--vcpu 3: the dump has 0 vCPU"),
+            "{cmd}: {err}"
+        );
         assert!(out.is_empty(), "{cmd}: {out}");
     }
 }

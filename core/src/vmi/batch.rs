@@ -142,9 +142,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// translated.
     #[inline(never)]
     fn read_u64_physical(&self, pa: Pa) -> Result<u64, VmiError> {
-        let mut raw = [0u8; 8];
-        self.read_physical_in_page(pa, &mut raw)?;
-        Ok(u64::from_le_bytes(raw))
+        CoreReader(self).read_u64(pa)
     }
 
     /// [`VmiCore::translate_many`] for at most [`CHUNK`] addresses: the lookups, then the

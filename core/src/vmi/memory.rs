@@ -84,8 +84,13 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
                 // `done` ends a page here; every page but the last is whole.
                 let middle = (left.saturating_sub(1) as u64) >> Self::PAGE_SHIFT;
                 if middle > 0 {
-                    done = self.read_pages(Va(address), root, middle, buf, done)?;
-                    continue;
+                    let next = self.read_pages(Va(address), root, middle, buf, done)?;
+                    // An architecture's range walk that read nothing (the trait allows
+                    // it) leaves the page to the per-page path below: no loop forever.
+                    if next > done {
+                        done = next;
+                        continue;
+                    }
                 }
             }
             // At least one byte (the page end is after `address`), at most `left`: the
@@ -274,7 +279,7 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
             }
             return Ok(());
         }
-        if !self.page_cache_in_use()
+        if !self.page_cache_in_use_for(memory)
             && self.driver.read_physical_spans_pages()
             && self.driver.read_physical(Pa(run.pa), dst).is_ok()
         {

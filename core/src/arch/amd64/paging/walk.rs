@@ -423,7 +423,12 @@ pub(crate) fn walk_pages_planned(
         // The next PTEs of the same table (a table is 512 entries, 4 KiB aligned).
         while left > 0 && entry.0 & 0xff8 != 0xff8 {
             entry = Pa(entry.0.wrapping_add(8));
-            let Some(value) = mem.read_u64_fast(entry) else {
+            // Lent memory first; else the reader's own read (the page cache, the
+            // driver). A failed read ends the run: the full walk then says why.
+            let Some(value) = mem
+                .read_u64_fast(entry)
+                .or_else(|| mem.read_u64(entry).ok())
+            else {
                 break;
             };
             // As `Walker::check` at level 1: P, then the reserved bits (a PTE has no PS
