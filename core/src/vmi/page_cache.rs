@@ -96,14 +96,16 @@ impl<D: VmiDriver, const TLB: usize, const PAGES: usize> VmiCore<D, TLB, PAGES> 
     /// than a cache lookup, so such reads bypass the page cache even when it is enabled.
     #[inline]
     pub(super) fn page_cache_in_use(&self) -> bool {
-        self.page_cache_in_use_for(self.driver.physical_memory())
+        // The flag first: with the page cache off, the driver is not asked for its memory
+        // (on the path of every read).
+        self.gfn_cache_enabled.load(Ordering::Relaxed) && self.driver.physical_memory().is_none()
     }
 
     /// [`VmiCore::page_cache_in_use`] for a caller that already holds the driver's
     /// `physical_memory()`: the one rule for choosing the page cache's reader.
     #[inline]
     pub(super) fn page_cache_in_use_for(&self, memory: Option<&[u8]>) -> bool {
-        memory.is_none() && self.gfn_cache_enabled.load(Ordering::Relaxed)
+        self.gfn_cache_enabled.load(Ordering::Relaxed) && memory.is_none()
     }
 
     /// [`VmiCore::read_physical_in_page`] through the page cache.
